@@ -26,7 +26,7 @@ pub mod state;
 pub mod types;
 
 pub use log::{EntryPayload, LogEntry, WriteOp};
-// replica re-exports: added when the replica lands
+pub use replica::{Effect, Recovered, Replica, ReplicaConfig, ReplicaStatus, RequestId};
 pub use slot::{SLOT_COUNT, Slot};
 pub use state::{ScanFrom, StateError, StateView, StoredValue};
 pub use types::{LogIndex, NodeId, Term, UnixMillis};

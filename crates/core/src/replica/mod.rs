@@ -1,0 +1,247 @@
+//! The replica: the state machine a node runs for its replication group.
+//!
+//! Today it implements the standalone mode (one voter, which commits an entry as soon as its own log
+//! has it durably). The single-leader, leaderless and multi-leader modes replace only the commit
+//! rule and add peer messages; the contract with the driver stays the same:
+//!
+//! - inputs: [`Replica::submit`] (a client command), [`Replica::handle_persisted`] (the log is durable
+//!   up to an index), [`Replica::handle_applied`] (the state has applied up to an index),
+//!   [`Replica::tick`] (time passes);
+//! - outputs: [`Effect`]s, drained with [`Replica::drain_effects`]. The driver performs them in order:
+//!   `Persist` before the `Apply` of the same entries, `Apply` in log order.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use chorus_resp::Reply;
+
+use crate::command::KvCommand;
+use crate::kv::{KvMachine, KvStats, needs_applied_state};
+use crate::log::{EntryPayload, LogEntry, WriteOp};
+use crate::state::StateView;
+use crate::types::{LogIndex, NodeId, Term, UnixMillis};
+
+/// Identifies a client request so its reply finds its way back: the connection and the request's
+/// position on it. Opaque to the core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId {
+    pub connection: u64,
+    pub sequence: u64,
+}
+
+/// Something the driver must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Append these entries to the log, then report with `handle_persisted` once they are as durable
+    /// as the fsync policy promises.
+    Persist(Vec<LogEntry>),
+    /// Apply these committed entries to the key-value state, in order, then report with
+    /// `handle_applied`.
+    Apply(Vec<LogEntry>),
+    /// Send this reply to the client that made the request.
+    Reply { request: RequestId, reply: Reply },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaConfig {
+    pub node_id: NodeId,
+    /// Most keys active expiry deletes per tick, so one tick never stalls the node.
+    pub expire_keys_per_tick_max: usize,
+}
+
+impl ReplicaConfig {
+    pub fn new(node_id: NodeId) -> ReplicaConfig {
+        ReplicaConfig { node_id, expire_keys_per_tick_max: 200 }
+    }
+}
+
+/// Where the durable log and state stood when the node started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Recovered {
+    pub last_index: LogIndex,
+    pub last_term: Term,
+    /// The state has applied every entry up to here (the driver replays the log before starting).
+    pub applied_index: LogIndex,
+}
+
+/// Counters and positions reported by INFO and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReplicaStatus {
+    pub term: Term,
+    pub last_index: LogIndex,
+    pub commit_index: LogIndex,
+    pub applied_index: LogIndex,
+    pub held_replies: usize,
+    pub pending_keys: usize,
+    pub kv: KvStats,
+}
+
+/// A whole-keyspace command waiting for the state to apply everything proposed before it.
+#[derive(Debug)]
+struct BarrierRead {
+    barrier: LogIndex,
+    request: RequestId,
+    command: KvCommand,
+    now: UnixMillis,
+}
+
+#[derive(Debug)]
+pub struct Replica {
+    config: ReplicaConfig,
+    term: Term,
+    kv: KvMachine,
+    last_index: LogIndex,
+    commit_index: LogIndex,
+    applied_index: LogIndex,
+    /// Entries proposed and not yet handed to the driver for applying, in index order.
+    unapplied: VecDeque<LogEntry>,
+    /// Replies that saw a write not yet committed, by the index that must commit first.
+    held_replies: BTreeMap<LogIndex, Vec<(RequestId, Reply)>>,
+    barrier_reads: VecDeque<BarrierRead>,
+    effects: Vec<Effect>,
+}
+
+impl Replica {
+    pub fn new(config: ReplicaConfig, recovered: Recovered) -> Replica {
+        assert!(recovered.applied_index <= recovered.last_index, "state is ahead of the log");
+        // Standalone: whatever survived in the log was durable, hence committed.
+        Replica {
+            config,
+            term: recovered.last_term.max(Term(1)),
+            kv: KvMachine::new(),
+            last_index: recovered.last_index,
+            commit_index: recovered.last_index,
+            applied_index: recovered.applied_index,
+            unapplied: VecDeque::new(),
+            held_replies: BTreeMap::new(),
+            barrier_reads: VecDeque::new(),
+            effects: Vec::new(),
+        }
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.config.node_id
+    }
+
+    pub fn status(&self) -> ReplicaStatus {
+        ReplicaStatus {
+            term: self.term,
+            last_index: self.last_index,
+            commit_index: self.commit_index,
+            applied_index: self.applied_index,
+            held_replies: self.held_replies.values().map(Vec::len).sum(),
+            pending_keys: self.kv.pending_keys(),
+            kv: self.kv.stats,
+        }
+    }
+
+    /// Takes the effects produced so far, in the order they must be performed.
+    pub fn drain_effects(&mut self) -> std::vec::Drain<'_, Effect> {
+        self.effects.drain(..)
+    }
+
+    /// A client command. Its reply comes out as an `Effect::Reply`, at once or once what it depends
+    /// on has committed.
+    pub fn submit<S: StateView>(&mut self, now: UnixMillis, request: RequestId, command: KvCommand, state: &S) {
+        if needs_applied_state(&command) {
+            self.barrier_reads.push_back(BarrierRead { barrier: self.last_index, request, command, now });
+            self.run_barrier_reads(state);
+            return;
+        }
+        let execution = self.kv.execute(now, &command, state);
+        let wait_for = if execution.ops.is_empty() { execution.read_barrier } else { self.propose(execution.ops) };
+        self.reply_after(wait_for, request, execution.reply);
+    }
+
+    /// The log is durable up to `index` (per the fsync policy).
+    pub fn handle_persisted(&mut self, index: LogIndex) {
+        assert!(index <= self.last_index, "persisted an index never proposed");
+        if index <= self.commit_index {
+            return;
+        }
+        self.commit_index = index;
+        let still_held = self.held_replies.split_off(&self.commit_index.next());
+        for (_, replies) in std::mem::replace(&mut self.held_replies, still_held) {
+            for (request, reply) in replies {
+                self.effects.push(Effect::Reply { request, reply });
+            }
+        }
+        let mut committed = Vec::new();
+        while self.unapplied.front().is_some_and(|entry| entry.index <= self.commit_index) {
+            if let Some(entry) = self.unapplied.pop_front() {
+                committed.push(entry);
+            }
+        }
+        if !committed.is_empty() {
+            self.effects.push(Effect::Apply(committed));
+        }
+    }
+
+    /// The key-value state has applied every entry up to `index`.
+    pub fn handle_applied<S: StateView>(&mut self, index: LogIndex, state: &S) {
+        assert!(index <= self.commit_index, "applied an entry that is not committed");
+        if index <= self.applied_index {
+            return;
+        }
+        self.applied_index = index;
+        self.kv.on_applied(index);
+        self.run_barrier_reads(state);
+    }
+
+    /// Time passes: deletes keys whose expiry has come (through the log, so every replica deletes
+    /// the same keys at the same point in the log).
+    pub fn tick<S: StateView>(&mut self, now: UnixMillis, state: &S) {
+        let candidates = match state.expired_keys(now, self.config.expire_keys_per_tick_max) {
+            Ok(keys) => keys,
+            // A read error here is retried next tick; the node reports storage errors elsewhere.
+            Err(_) => return,
+        };
+        let mut deletes = Vec::new();
+        for key in candidates {
+            // A key with a write in flight is left alone: that write either replaced or removed it,
+            // and the next tick re-checks once it is applied.
+            if self.kv.has_pending(&key) {
+                continue;
+            }
+            if let Ok(Some(stored)) = state.get(&key)
+                && stored.is_expired(now)
+            {
+                deletes.push(WriteOp::Delete { key });
+            }
+        }
+        if !deletes.is_empty() {
+            self.kv.stats.expired_keys += deletes.len() as u64;
+            self.propose(deletes);
+        }
+    }
+
+    fn propose(&mut self, ops: Vec<WriteOp>) -> LogIndex {
+        let index = self.last_index.next();
+        self.kv.record_pending(index, &ops);
+        let entry = LogEntry { index, term: self.term, payload: EntryPayload::Write(ops) };
+        self.unapplied.push_back(entry.clone());
+        self.effects.push(Effect::Persist(vec![entry]));
+        self.last_index = index;
+        index
+    }
+
+    fn reply_after(&mut self, index: LogIndex, request: RequestId, reply: Reply) {
+        if index <= self.commit_index {
+            self.effects.push(Effect::Reply { request, reply });
+        } else {
+            self.held_replies.entry(index).or_default().push((request, reply));
+        }
+    }
+
+    fn run_barrier_reads<S: StateView>(&mut self, state: &S) {
+        while self.barrier_reads.front().is_some_and(|read| read.barrier <= self.applied_index) {
+            let Some(read) = self.barrier_reads.pop_front() else {
+                break;
+            };
+            let reply = self.kv.execute_on_applied(read.now, &read.command, state);
+            self.effects.push(Effect::Reply { request: read.request, reply });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,292 @@
+//! The replica fed by hand: each test sets up state, feeds inputs and asserts the effects.
+
+use bytes::Bytes;
+use chorus_resp::Reply;
+
+use super::*;
+use crate::command::{KvCommand, lookup};
+use crate::state::MemoryState;
+
+const NOW: UnixMillis = UnixMillis(1_700_000_000_000);
+
+struct Harness {
+    replica: Replica,
+    state: MemoryState,
+    next_sequence: u64,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Harness {
+            replica: Replica::new(ReplicaConfig::new(NodeId(1)), Recovered::default()),
+            state: MemoryState::new(),
+            next_sequence: 0,
+        }
+    }
+
+    fn command(words: &[&str]) -> KvCommand {
+        let args: Vec<Bytes> = words.iter().map(|word| Bytes::copy_from_slice(word.as_bytes())).collect();
+        let spec = lookup(&args[0]).expect("known command");
+        KvCommand::parse(spec, &args).expect("valid command")
+    }
+
+    /// Submits a command at `now`; returns its request id.
+    fn submit_at(&mut self, now: UnixMillis, words: &[&str]) -> RequestId {
+        let request = RequestId { connection: 1, sequence: self.next_sequence };
+        self.next_sequence += 1;
+        self.replica.submit(now, request, Self::command(words), &self.state);
+        request
+    }
+
+    fn submit(&mut self, words: &[&str]) -> RequestId {
+        self.submit_at(NOW, words)
+    }
+
+    /// Takes the effects; returns (entries to persist, replies).
+    fn take(&mut self) -> (Vec<LogEntry>, Vec<(RequestId, Reply)>) {
+        let mut persist = Vec::new();
+        let mut replies = Vec::new();
+        let effects: Vec<Effect> = self.replica.drain_effects().collect();
+        for effect in effects {
+            match effect {
+                Effect::Persist(entries) => persist.extend(entries),
+                Effect::Reply { request, reply } => replies.push((request, reply)),
+                Effect::Apply(entries) => {
+                    let last = entries.last().map(|entry| entry.index).expect("non-empty apply");
+                    self.state.apply(&entries);
+                    self.replica.handle_applied(last, &self.state);
+                    let (more_persist, more_replies) = self.take();
+                    persist.extend(more_persist);
+                    replies.extend(more_replies);
+                }
+            }
+        }
+        (persist, replies)
+    }
+
+    /// Makes everything proposed durable and returns the replies released.
+    fn persist_all(&mut self) -> Vec<(RequestId, Reply)> {
+        let last = self.replica.status().last_index;
+        self.replica.handle_persisted(last);
+        self.take().1
+    }
+
+    /// Runs one command to completion and returns its reply.
+    fn run(&mut self, words: &[&str]) -> Reply {
+        let request = self.submit(words);
+        let (_, mut replies) = self.take();
+        replies.extend(self.persist_all());
+        let (_, reply) = replies.into_iter().find(|(id, _)| *id == request).expect("a reply");
+        reply
+    }
+}
+
+fn bulk(text: &str) -> Reply {
+    Reply::Bulk(Bytes::copy_from_slice(text.as_bytes()))
+}
+
+#[test]
+fn a_write_is_acknowledged_only_after_it_is_persisted() {
+    let mut harness = Harness::new();
+    let set = harness.submit(&["SET", "k", "v"]);
+    let (persist, replies) = harness.take();
+    assert_eq!(persist.len(), 1, "the write goes to the log");
+    assert!(replies.is_empty(), "no acknowledgement before the log is durable");
+    assert_eq!(harness.persist_all(), vec![(set, Reply::OK)]);
+    assert_eq!(harness.run(&["GET", "k"]), bulk("v"));
+}
+
+#[test]
+fn pipelined_commands_see_earlier_pending_writes() {
+    let mut harness = Harness::new();
+    let first = harness.submit(&["INCR", "counter"]);
+    let second = harness.submit(&["INCR", "counter"]);
+    let get = harness.submit(&["GET", "counter"]);
+    let (persist, replies) = harness.take();
+    assert_eq!(persist.len(), 2);
+    assert!(replies.is_empty(), "the GET saw a pending write, so it waits for it to commit");
+    let released = harness.persist_all();
+    assert_eq!(released, vec![(first, Reply::Integer(1)), (second, Reply::Integer(2)), (get, bulk("2"))]);
+}
+
+#[test]
+fn reads_of_untouched_keys_are_not_held_behind_pending_writes() {
+    let mut harness = Harness::new();
+    harness.run(&["SET", "stable", "1"]);
+    harness.submit(&["SET", "busy", "2"]);
+    let read = harness.submit(&["GET", "stable"]);
+    let (_, replies) = harness.take();
+    assert_eq!(replies, vec![(read, bulk("1"))]);
+}
+
+#[test]
+fn relative_expiry_is_logged_as_an_absolute_time() {
+    let mut harness = Harness::new();
+    harness.submit(&["SET", "k", "v", "EX", "10"]);
+    let (persist, _) = harness.take();
+    let EntryPayload::Write(ops) = &persist[0].payload else { panic!("expected a write") };
+    assert_eq!(
+        ops,
+        &vec![WriteOp::Put {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"v"),
+            expire_at: Some(UnixMillis(NOW.0 + 10_000)),
+        }]
+    );
+}
+
+#[test]
+fn incr_is_logged_as_a_plain_put() {
+    let mut harness = Harness::new();
+    harness.run(&["SET", "n", "41"]);
+    harness.submit(&["INCR", "n"]);
+    let (persist, _) = harness.take();
+    let EntryPayload::Write(ops) = &persist[0].payload else { panic!("expected a write") };
+    assert!(matches!(&ops[..], [WriteOp::Put { value, .. }] if value == &Bytes::from_static(b"42")));
+}
+
+#[test]
+fn failed_commands_log_nothing() {
+    let mut harness = Harness::new();
+    harness.run(&["SET", "text", "abc"]);
+    let request = harness.submit(&["INCR", "text"]);
+    let (persist, replies) = harness.take();
+    assert!(persist.is_empty());
+    assert_eq!(replies, vec![(request, Reply::err("value is not an integer or out of range"))]);
+    harness.run(&["SET", "big", "9223372036854775807"]);
+    assert_eq!(harness.run(&["INCR", "big"]), Reply::err("increment or decrement would overflow"));
+    assert_eq!(harness.run(&["GET", "big"]), bulk("9223372036854775807"));
+}
+
+#[test]
+fn dbsize_waits_until_earlier_writes_are_applied() {
+    let mut harness = Harness::new();
+    harness.submit(&["SET", "a", "1"]);
+    harness.submit(&["SET", "b", "2"]);
+    let size = harness.submit(&["DBSIZE"]);
+    let (_, replies) = harness.take();
+    assert!(replies.is_empty());
+    let released = harness.persist_all();
+    assert_eq!(released.last(), Some(&(size, Reply::Integer(2))));
+}
+
+#[test]
+fn expired_keys_read_as_missing_and_are_deleted_through_the_log() {
+    let mut harness = Harness::new();
+    harness.run(&["SET", "short", "v", "PX", "100"]);
+    harness.run(&["SET", "forever", "v"]);
+    let later = UnixMillis(NOW.0 + 101);
+    let get = harness.submit_at(later, &["GET", "short"]);
+    let (_, replies) = harness.take();
+    assert_eq!(replies, vec![(get, Reply::Null)]);
+    harness.replica.tick(later, &harness.state);
+    let (persist, _) = harness.take();
+    assert_eq!(persist.len(), 1, "active expiry proposes one delete entry");
+    let EntryPayload::Write(ops) = &persist[0].payload else { panic!("expected a write") };
+    assert_eq!(ops, &vec![WriteOp::Delete { key: Bytes::from_static(b"short") }]);
+    harness.persist_all();
+    assert_eq!(harness.state.key_count(), Ok(1));
+    harness.replica.tick(later, &harness.state);
+    assert!(harness.take().0.is_empty(), "nothing left to expire");
+}
+
+#[test]
+fn flushall_hides_every_key_before_it_is_applied() {
+    let mut harness = Harness::new();
+    harness.run(&["SET", "a", "1"]);
+    harness.submit(&["FLUSHALL"]);
+    let get = harness.submit(&["GET", "a"]);
+    let (_, replies) = harness.take();
+    assert!(replies.is_empty(), "the GET depends on the pending FLUSHALL");
+    let released = harness.persist_all();
+    assert!(released.contains(&(get, Reply::Null)));
+}
+
+#[test]
+fn set_options_follow_redis() {
+    let mut harness = Harness::new();
+    assert_eq!(harness.run(&["SET", "k", "v1", "XX"]), Reply::Null);
+    assert_eq!(harness.run(&["SET", "k", "v1", "NX"]), Reply::OK);
+    assert_eq!(harness.run(&["SET", "k", "v2", "NX"]), Reply::Null);
+    assert_eq!(harness.run(&["SET", "k", "v2", "NX", "GET"]), bulk("v1"));
+    assert_eq!(harness.run(&["SET", "k", "v3", "GET"]), bulk("v1"));
+    assert_eq!(harness.run(&["SETNX", "k", "x"]), Reply::Integer(0));
+    harness.run(&["EXPIRE", "k", "100"]);
+    assert_eq!(harness.run(&["SET", "k", "v4", "KEEPTTL"]), Reply::OK);
+    assert_eq!(harness.run(&["TTL", "k"]), Reply::Integer(100));
+    harness.run(&["SET", "k", "v5"]);
+    assert_eq!(harness.run(&["TTL", "k"]), Reply::Integer(-1), "plain SET clears the TTL");
+}
+
+#[test]
+fn expire_conditions_follow_redis() {
+    let mut harness = Harness::new();
+    assert_eq!(harness.run(&["EXPIRE", "missing", "10"]), Reply::Integer(0));
+    harness.run(&["SET", "k", "v"]);
+    assert_eq!(harness.run(&["EXPIRE", "k", "10", "XX"]), Reply::Integer(0));
+    assert_eq!(harness.run(&["EXPIRE", "k", "10", "GT"]), Reply::Integer(0), "no TTL counts as infinite");
+    assert_eq!(harness.run(&["EXPIRE", "k", "10", "LT"]), Reply::Integer(1));
+    assert_eq!(harness.run(&["EXPIRE", "k", "20", "NX"]), Reply::Integer(0));
+    assert_eq!(harness.run(&["EXPIRE", "k", "20", "GT"]), Reply::Integer(1));
+    assert_eq!(harness.run(&["PTTL", "k"]), Reply::Integer(20_000));
+    assert_eq!(harness.run(&["PERSIST", "k"]), Reply::Integer(1));
+    assert_eq!(harness.run(&["PERSIST", "k"]), Reply::Integer(0));
+    assert_eq!(harness.run(&["EXPIRE", "k", "-1"]), Reply::Integer(1), "a past time deletes");
+    assert_eq!(harness.run(&["EXISTS", "k"]), Reply::Integer(0));
+}
+
+#[test]
+fn multi_key_commands_count_like_redis() {
+    let mut harness = Harness::new();
+    assert_eq!(harness.run(&["MSET", "a", "1", "b", "2"]), Reply::OK);
+    assert_eq!(harness.run(&["EXISTS", "a", "a", "c"]), Reply::Integer(2));
+    assert_eq!(harness.run(&["MGET", "a", "c", "b"]), Reply::Array(vec![bulk("1"), Reply::Null, bulk("2")]));
+    assert_eq!(harness.run(&["MSETNX", "c", "3", "a", "9"]), Reply::Integer(0));
+    assert_eq!(harness.run(&["DEL", "a", "a", "c"]), Reply::Integer(1));
+    assert_eq!(harness.run(&["DBSIZE"]), Reply::Integer(1));
+}
+
+#[test]
+fn string_edits_follow_redis() {
+    let mut harness = Harness::new();
+    assert_eq!(harness.run(&["APPEND", "s", "Hello"]), Reply::Integer(5));
+    assert_eq!(harness.run(&["APPEND", "s", " World"]), Reply::Integer(11));
+    assert_eq!(harness.run(&["GETRANGE", "s", "0", "4"]), bulk("Hello"));
+    assert_eq!(harness.run(&["GETRANGE", "s", "-5", "-1"]), bulk("World"));
+    assert_eq!(harness.run(&["GETRANGE", "s", "5", "2"]), bulk(""));
+    assert_eq!(harness.run(&["SETRANGE", "s", "6", "Redis"]), Reply::Integer(11));
+    assert_eq!(harness.run(&["GET", "s"]), bulk("Hello Redis"));
+    assert_eq!(harness.run(&["SETRANGE", "pad", "3", "x"]), Reply::Integer(4));
+    assert_eq!(harness.run(&["GET", "pad"]), Reply::Bulk(Bytes::from_static(b"\0\0\0x")));
+    assert_eq!(harness.run(&["STRLEN", "s"]), Reply::Integer(11));
+    assert_eq!(harness.run(&["GETDEL", "s"]), bulk("Hello Redis"));
+    assert_eq!(harness.run(&["GETDEL", "s"]), Reply::Null);
+}
+
+#[test]
+fn scan_visits_every_key_exactly_once_when_nothing_changes() {
+    let mut harness = Harness::new();
+    for i in 0..250 {
+        harness.run(&["SET", &format!("key:{i}"), "v"]);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut cursor = "0".to_string();
+    let mut calls = 0;
+    loop {
+        let Reply::Array(parts) = harness.run(&["SCAN", &cursor, "COUNT", "20"]) else { panic!("array") };
+        let [Reply::Bulk(next), Reply::Array(keys)] = &parts[..] else { panic!("cursor and keys") };
+        for key in keys {
+            let Reply::Bulk(key) = key else { panic!("bulk key") };
+            assert!(seen.insert(key.clone()), "key returned twice");
+        }
+        cursor = String::from_utf8(next.to_vec()).expect("utf8 cursor");
+        calls += 1;
+        if cursor == "0" {
+            break;
+        }
+        assert!(calls < 100, "scan does not terminate");
+    }
+    assert_eq!(seen.len(), 250);
+    let Reply::Array(matched) = harness.run(&["KEYS", "key:1?"]) else { panic!("array") };
+    assert_eq!(matched.len(), 10);
+}
