@@ -8,10 +8,15 @@
 //! of bulk strings or an inline line, and a narrow parser is several times faster (see
 //! `docs/storage-and-protocol.md`).
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 mod reply;
 mod request;
 mod response;
 
+#[cfg(test)]
+mod proptests;
+
 pub use reply::{Protocol, Reply, encode_reply};
-pub use request::{Limits, ProtocolError, encode_request, parse_request};
+pub use request::{Limits, ProtocolError, RequestParser, encode_request, parse_request};
 pub use response::{ReplyError, parse_reply};

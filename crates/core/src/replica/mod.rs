@@ -176,6 +176,24 @@ impl Replica {
         }
     }
 
+    /// The log can no longer be written: every entry not yet durable is abandoned and every reply
+    /// still waiting becomes an error carrying `reason` (a writer cannot know whether its write
+    /// survived, and is told so rather than left waiting). The driver must refuse every later command:
+    /// the pending view is gone, so reads could miss committed writes not yet applied.
+    pub fn fail_unpersisted(&mut self, reason: &str) {
+        for (_, replies) in std::mem::take(&mut self.held_replies) {
+            for (request, _) in replies {
+                self.effects.push(Effect::Reply { request, reply: Reply::err(reason) });
+            }
+        }
+        for read in std::mem::take(&mut self.barrier_reads) {
+            self.effects.push(Effect::Reply { request: read.request, reply: Reply::err(reason) });
+        }
+        self.unapplied.retain(|entry| entry.index <= self.commit_index);
+        self.last_index = self.commit_index;
+        self.kv.discard_pending();
+    }
+
     /// The key-value state has applied every entry up to `index`.
     pub fn handle_applied<S: StateView>(&mut self, index: LogIndex, state: &S) {
         assert!(index <= self.commit_index, "applied an entry that is not committed");

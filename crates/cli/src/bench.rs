@@ -1,0 +1,1129 @@
+//! `chorus bench`: a closed-loop load generator for any server that speaks RESP (Chorus or Redis).
+//!
+//! Each client is one tokio task holding one TCP connection. It sends `--pipeline` requests at once,
+//! then reads as many replies. The latency of a request is the time from sending its batch to
+//! receiving its reply, which is how `redis-benchmark` measures it, so the numbers of both tools
+//! compare (`scripts/bench-vs-redis.sh` runs both against Chorus and Redis).
+//!
+//! ```text
+//!   connect every client ──► AUTH ──► preload (optional, unmeasured) ──► warmup ──► measured ──► report
+//! ```
+//!
+//! Keys are drawn by a seeded splitmix64 per client (the seeds come from `--seed`), so the key
+//! sequence of a run is replayed by its seed, independent of any crate's random API.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail, ensure};
+use bytes::{Bytes, BytesMut};
+use chorus_resp::{Reply, encode_request, parse_reply};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+/// Clients (connections) at most: Redis's default `maxclients` is 10000.
+const CLIENTS_MAX: usize = 10_000;
+/// Requests in flight per connection at most.
+const PIPELINE_MAX: usize = 10_000;
+/// Value size at most: Redis's default `proto-max-bulk-len` (512 MiB).
+const VALUE_BYTES_MAX: usize = 512 * 1024 * 1024;
+/// Seconds of run time at most (`--duration`, `--warmup`): one day.
+const SECONDS_MAX: f64 = 86_400.0;
+/// Digits the key index is zero-padded to: `key:000000123`.
+const KEY_DIGITS: usize = 9;
+/// SETs sent per batch while preloading.
+const PRELOAD_BATCH: usize = 256;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A run fails when no reply at all arrives for this long: a hung server must not hang the bench.
+const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Latencies are clamped to one hour (in microseconds) before they are recorded.
+const LATENCY_US_MAX: u64 = 3_600_000_000;
+/// Significant digits kept by the latency histograms.
+const LATENCY_SIGFIG: u8 = 3;
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+/// Run time when neither `--duration` nor `--requests` is given.
+const DURATION_DEFAULT_S: f64 = 10.0;
+
+/// Load generator: many connections sending SET/GET/INCR to one server, reporting throughput and
+/// latency percentiles (latency = time from sending a pipelined batch to receiving each reply).
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Server host name or IP address.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// Server client port.
+    #[arg(long, default_value_t = 7001)]
+    pub port: u16,
+
+    /// Server address as HOST:PORT (instead of --host and --port).
+    #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["host", "port"])]
+    pub addr: Option<String>,
+
+    /// Password: sends `AUTH <password>` on every connection before the run.
+    #[arg(long)]
+    pub password: Option<String>,
+
+    /// What each request does. `mixed` sends GET with probability --read-ratio, SET otherwise;
+    /// `incr` sends INCR to `counter:<n>` keys (so it does not collide with the string values of
+    /// the other workloads).
+    #[arg(long, value_enum, default_value_t = Workload::Set)]
+    pub workload: Workload,
+
+    /// Fraction of GETs in the `mixed` workload, from 0 to 1.
+    #[arg(long, default_value_t = 0.9, value_name = "RATIO")]
+    pub read_ratio: f64,
+
+    /// Size of the key space: keys are `key:000000000` to `key:<N-1>`, chosen uniformly at random.
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    pub keys: u64,
+
+    /// Size of each SET value in bytes.
+    #[arg(long, default_value_t = 100, value_name = "BYTES")]
+    pub value_size: usize,
+
+    /// Concurrent connections, each one tokio task.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub clients: usize,
+
+    /// Requests each connection sends before reading their replies.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub pipeline: usize,
+
+    /// Measured run time in seconds [default: 10, or no time limit when --requests is given].
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+
+    /// Stop after this many measured requests in total (with --duration too: whichever comes first).
+    #[arg(long, value_name = "N")]
+    pub requests: Option<u64>,
+
+    /// Seconds of load before measuring starts (requests sent then are not counted).
+    #[arg(long, default_value_t = 0.0, value_name = "SECS")]
+    pub warmup: f64,
+
+    /// SET every key of the key space first (pipelined, not measured), so GETs hit.
+    /// For `incr` the counters are set to 0.
+    #[arg(long)]
+    pub preload: bool,
+
+    /// Preload every key, then exit without a measured run (e.g. to measure memory per key).
+    #[arg(long)]
+    pub preload_only: bool,
+
+    /// Seed of the key choice [default: from the clock; the seed used is printed].
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+
+    /// Threads of the load generator's runtime (1, like redis-benchmark, leaves the other cores
+    /// to the server on a small machine).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub threads: usize,
+
+    /// Print one JSON object at the end instead of the table (implies --no-progress).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Do not show the progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    Set,
+    Get,
+    Mixed,
+    Incr,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Set => "set",
+            Workload::Get => "get",
+            Workload::Mixed => "mixed",
+            Workload::Incr => "incr",
+        }
+    }
+
+    fn key_prefix(self) -> &'static [u8] {
+        match self {
+            Workload::Incr => b"counter:",
+            Workload::Set | Workload::Get | Workload::Mixed => b"key:",
+        }
+    }
+}
+
+/// Runs the benchmark described by `args` on a runtime of its own and prints the report.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let plan = Plan::from_args(&args, clock_seed())?;
+    let runtime = if plan.threads == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(plan.threads).enable_all().build()
+    }
+    .context("cannot start the tokio runtime")?;
+    let Some(report) = runtime.block_on(bench(Arc::new(plan)))? else {
+        return Ok(());
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report).context("cannot encode the report as JSON")?);
+    } else {
+        print!("{}", report.render_table());
+    }
+    Ok(())
+}
+
+/// The arguments, checked and resolved: what the run will do.
+#[derive(Debug, Clone)]
+struct Plan {
+    addr: String,
+    password: Option<String>,
+    workload: Workload,
+    read_ratio: f64,
+    keys: u64,
+    value: Bytes,
+    clients: usize,
+    pipeline: usize,
+    duration: Option<Duration>,
+    requests: Option<u64>,
+    warmup: Duration,
+    preload: bool,
+    preload_only: bool,
+    seed: u64,
+    threads: usize,
+    progress: bool,
+    verbose: bool,
+}
+
+impl Plan {
+    /// Checks `args`; `clock_seed` is the seed used when `--seed` is absent.
+    fn from_args(args: &BenchArgs, clock_seed: u64) -> anyhow::Result<Plan> {
+        ensure!((1..=CLIENTS_MAX).contains(&args.clients), "--clients must be between 1 and {CLIENTS_MAX}");
+        ensure!((1..=PIPELINE_MAX).contains(&args.pipeline), "--pipeline must be between 1 and {PIPELINE_MAX}");
+        ensure!(args.keys >= 1, "--keys must be at least 1");
+        ensure!(args.value_size <= VALUE_BYTES_MAX, "--value-size must be at most {VALUE_BYTES_MAX} bytes");
+        ensure!((0.0..=1.0).contains(&args.read_ratio), "--read-ratio must be between 0 and 1");
+        ensure!((1..=64).contains(&args.threads), "--threads must be between 1 and 64");
+        if let Some(requests) = args.requests {
+            ensure!(requests >= 1, "--requests must be at least 1");
+        }
+        let duration = match (args.duration, args.requests) {
+            (Some(seconds), _) => Some(seconds_arg("--duration", seconds, false)?),
+            (None, None) => Some(Duration::from_secs_f64(DURATION_DEFAULT_S)),
+            (None, Some(_)) => None,
+        };
+        let warmup = seconds_arg("--warmup", args.warmup, true)?;
+        let addr = match &args.addr {
+            Some(addr) => {
+                ensure!(
+                    addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()),
+                    "--addr must be HOST:PORT, got {addr:?}"
+                );
+                addr.clone()
+            }
+            None if args.host.contains(':') && !args.host.starts_with('[') => format!("[{}]:{}", args.host, args.port),
+            None => format!("{}:{}", args.host, args.port),
+        };
+        let value = match args.workload {
+            Workload::Incr => Bytes::from_static(b"0"),
+            Workload::Set | Workload::Get | Workload::Mixed => Bytes::from(vec![b'x'; args.value_size]),
+        };
+        Ok(Plan {
+            addr,
+            password: args.password.clone(),
+            workload: args.workload,
+            read_ratio: args.read_ratio,
+            keys: args.keys,
+            value,
+            clients: args.clients,
+            pipeline: args.pipeline,
+            duration,
+            requests: args.requests,
+            warmup,
+            preload: args.preload || args.preload_only,
+            preload_only: args.preload_only,
+            seed: args.seed.unwrap_or(clock_seed),
+            threads: args.threads,
+            progress: !args.no_progress && !args.json,
+            verbose: !args.json,
+        })
+    }
+
+    /// Appends the next request of `rng`'s sequence to `out`, using `key` as scratch space, and
+    /// returns which command it is (to check its reply).
+    fn encode_next(&self, rng: &mut SplitMix64, key: &mut Vec<u8>, out: &mut BytesMut) -> Op {
+        let op = match self.workload {
+            Workload::Set => Op::Set,
+            Workload::Get => Op::Get,
+            Workload::Incr => Op::Incr,
+            Workload::Mixed if rng.next_f64() < self.read_ratio => Op::Get,
+            Workload::Mixed => Op::Set,
+        };
+        write_key(self.workload.key_prefix(), rng.below(self.keys), key);
+        match op {
+            Op::Set => encode_request(&[b"SET".as_slice(), key, &self.value], out),
+            Op::Get => encode_request(&[b"GET".as_slice(), key], out),
+            Op::Incr => encode_request(&[b"INCR".as_slice(), key], out),
+        }
+        op
+    }
+
+    /// The seed of each client's generator, drawn in client order from one seeded by `--seed`.
+    fn client_seeds(&self) -> Vec<u64> {
+        let mut master = SplitMix64::new(self.seed);
+        (0..self.clients).map(|_| master.next_u64()).collect()
+    }
+}
+
+/// `seconds` as a Duration, or an error naming `flag`.
+fn seconds_arg(flag: &str, seconds: f64, zero_ok: bool) -> anyhow::Result<Duration> {
+    ensure!(seconds.is_finite() && seconds <= SECONDS_MAX, "{flag} must be at most {SECONDS_MAX} seconds");
+    if zero_ok {
+        ensure!(seconds >= 0.0, "{flag} must not be negative");
+    } else {
+        ensure!(seconds > 0.0, "{flag} must be more than 0 seconds");
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn clock_seed() -> u64 {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_nanos());
+    SplitMix64::new(nanos as u64).next_u64()
+}
+
+/// splitmix64 (Steele, Lea, Flood 2014): tiny, fast, and a stable sequence for every seed.
+#[derive(Debug, Clone)]
+struct SplitMix64 {
+    state: u64,
+}
+
+impl SplitMix64 {
+    fn new(seed: u64) -> SplitMix64 {
+        SplitMix64 { state: seed }
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, n)` by multiply-shift (Lemire); the bias, under n / 2^64, is immaterial here.
+    fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+
+    /// Uniform in `[0, 1)`, 53 random bits.
+    fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+}
+
+/// Writes `<prefix><index>` to `out`, the index zero-padded to `KEY_DIGITS` digits (wider if it
+/// needs more), like redis-benchmark's `key:000000000123`-style keys.
+fn write_key(prefix: &[u8], index: u64, out: &mut Vec<u8>) {
+    let mut digits = [b'0'; 20]; // u64::MAX has 20 digits.
+    let mut rest = index;
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.clear();
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(&digits[start.min(digits.len() - KEY_DIGITS)..]);
+}
+
+/// The command of a request, to know which reply is a success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Set,
+    Get,
+    Incr,
+}
+
+/// What a reply says about its request.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Ok,
+    /// A GET of a key that does not exist.
+    Miss,
+    Error(String),
+}
+
+fn classify(op: Op, reply: Reply) -> Outcome {
+    match (op, reply) {
+        (_, Reply::Error(text)) => Outcome::Error(text),
+        (Op::Set, Reply::StatusOwned(status)) if status == "OK" => Outcome::Ok,
+        (Op::Set, Reply::Status("OK")) => Outcome::Ok,
+        (Op::Get, Reply::Bulk(_) | Reply::Verbatim(_)) => Outcome::Ok,
+        (Op::Get, Reply::Null) => Outcome::Miss,
+        (Op::Incr, Reply::Integer(_)) => Outcome::Ok,
+        (op, other) => Outcome::Error(format!("unexpected reply to {op:?}: {other:?}")),
+    }
+}
+
+/// One client's connection with its buffers.
+struct Conn {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+}
+
+impl Conn {
+    async fn connect(addr: &str) -> anyhow::Result<Conn> {
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => bail!("cannot connect to {addr}: {error} (is the server running?)"),
+            Err(_) => bail!("cannot connect to {addr}: no answer within {CONNECT_TIMEOUT:?}"),
+        };
+        stream.set_nodelay(true).with_context(|| format!("cannot set TCP_NODELAY on the connection to {addr}"))?;
+        Ok(Conn { stream, rbuf: BytesMut::with_capacity(64 * 1024), wbuf: BytesMut::with_capacity(64 * 1024) })
+    }
+
+    /// Sends `wbuf` and reads `count` replies, handing each (in order) to `on_reply` with the time
+    /// it was read. Writes and reads overlap, so a batch larger than the socket buffers cannot
+    /// deadlock against a server that writes replies while it reads requests.
+    async fn exchange(&mut self, count: usize, mut on_reply: impl FnMut(Reply, Instant)) -> anyhow::Result<()> {
+        let Conn { stream, rbuf, wbuf } = self;
+        let (mut reader, mut writer) = stream.split();
+        let write = async { writer.write_all(wbuf).await.context("cannot send to the server") };
+        let read = async {
+            let mut received = 0;
+            let mut read_at = Instant::now();
+            loop {
+                while received < count {
+                    match parse_reply(rbuf).context("the server sent a reply that does not parse")? {
+                        Some(reply) => {
+                            on_reply(reply, read_at);
+                            received += 1;
+                        }
+                        None => break,
+                    }
+                }
+                if received == count {
+                    return Ok(());
+                }
+                let bytes = reader.read_buf(rbuf).await.context("cannot read from the server")?;
+                ensure!(bytes > 0, "the server closed the connection");
+                read_at = Instant::now();
+            }
+        };
+        tokio::try_join!(write, read)?;
+        wbuf.clear();
+        Ok(())
+    }
+}
+
+/// Counters shared by the clients, the progress bar and the stall check.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Set by Ctrl-C: clients stop after their current batch.
+    stop: AtomicBool,
+    /// Replies received in the measured phase.
+    measured: AtomicU64,
+    /// Error replies in the measured phase.
+    errors: AtomicU64,
+    /// Replies received in any phase, for the stall check.
+    replies: AtomicU64,
+    /// Measured requests not yet claimed by a client, with `--requests`.
+    budget: Option<AtomicU64>,
+}
+
+impl Shared {
+    /// Claims up to `want` requests of the budget; 0 when it is spent.
+    fn claim(&self, want: usize) -> usize {
+        let Some(budget) = &self.budget else {
+            return want;
+        };
+        let mut left = budget.load(Ordering::Relaxed);
+        loop {
+            let take = left.min(want as u64);
+            if take == 0 {
+                return 0;
+            }
+            match budget.compare_exchange_weak(left, left - take, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return take as usize,
+                Err(actual) => left = actual,
+            }
+        }
+    }
+}
+
+/// What one client measured.
+#[derive(Debug, Clone)]
+struct Stats {
+    latency_us: Histogram<u64>,
+    requests: u64,
+    errors: u64,
+    get_misses: u64,
+    first_error: Option<String>,
+    /// When the client sent its last measured request's reply was read.
+    finished_at: Option<Instant>,
+}
+
+impl Stats {
+    fn new() -> anyhow::Result<Stats> {
+        Ok(Stats {
+            latency_us: Histogram::new(LATENCY_SIGFIG).context("cannot create a latency histogram")?,
+            requests: 0,
+            errors: 0,
+            get_misses: 0,
+            first_error: None,
+            finished_at: None,
+        })
+    }
+
+    fn record(&mut self, outcome: Outcome, latency: Duration) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).min(LATENCY_US_MAX);
+        if self.latency_us.record(micros).is_err() {
+            self.latency_us.saturating_record(micros);
+        }
+        self.requests += 1;
+        match outcome {
+            Outcome::Ok => {}
+            Outcome::Miss => self.get_misses += 1,
+            Outcome::Error(text) => {
+                self.errors += 1;
+                self.first_error.get_or_insert(text);
+            }
+        }
+    }
+
+    fn merge(&mut self, other: Stats) -> anyhow::Result<()> {
+        self.latency_us.add(&other.latency_us).context("cannot merge latency histograms")?;
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.get_misses += other.get_misses;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.finished_at = self.finished_at.max(other.finished_at);
+        Ok(())
+    }
+}
+
+async fn bench(plan: Arc<Plan>) -> anyhow::Result<Option<Report>> {
+    let shared = Arc::new(Shared { budget: plan.requests.map(AtomicU64::new), ..Shared::default() });
+    if plan.verbose {
+        eprintln!(
+            "chorus bench: {} against {}, {} clients, pipeline {}, {} keys, {}-byte values, seed {}",
+            plan.workload.name(),
+            plan.addr,
+            plan.clients,
+            plan.pipeline,
+            plan.keys,
+            plan.value.len(),
+            plan.seed
+        );
+    }
+
+    let mut connecting = JoinSet::new();
+    for index in 0..plan.clients {
+        let plan = Arc::clone(&plan);
+        connecting.spawn(async move {
+            let mut conn = Conn::connect(&plan.addr).await?;
+            if let Some(password) = &plan.password {
+                auth(&mut conn, password).await.with_context(|| format!("AUTH failed on {}", plan.addr))?;
+            }
+            Ok((index, conn))
+        });
+    }
+    let mut conns = join_all(connecting, &shared).await?;
+
+    if plan.preload {
+        let started = Instant::now();
+        let mut preloading = JoinSet::new();
+        for (index, mut conn) in conns.into_iter().enumerate() {
+            let plan = Arc::clone(&plan);
+            let shared = Arc::clone(&shared);
+            preloading.spawn(async move {
+                let failures = preload(&mut conn, &plan, &shared, index).await?;
+                Ok((index, (conn, failures)))
+            });
+        }
+        let preloaded = join_all(preloading, &shared).await?;
+        let mut errors = 0;
+        let mut first_error = None;
+        conns = Vec::with_capacity(preloaded.len());
+        for (conn, (count, first)) in preloaded {
+            errors += count;
+            first_error = first_error.or(first);
+            conns.push(conn);
+        }
+        if let Some(text) = first_error {
+            bail!("preload: {errors} of {} SETs failed, the first with: {text}", plan.keys);
+        }
+        if plan.verbose {
+            eprintln!("preloaded {} keys in {:.2} s", plan.keys, started.elapsed().as_secs_f64());
+        }
+    }
+    if plan.preload_only {
+        return Ok(None);
+    }
+
+    let measure_start = Instant::now() + plan.warmup;
+    let deadline = plan.duration.map(|duration| measure_start + duration);
+    let progress = plan.progress.then(|| progress_bar(&plan)).transpose()?;
+    let mut tasks = JoinSet::new();
+    if let Some(bar) = &progress {
+        tasks.spawn(show_progress(bar.clone(), Arc::clone(&shared), Arc::clone(&plan), measure_start));
+    }
+    // The first Ctrl-C ends the run and reports what was measured; a second one exits at once.
+    let stopper = Arc::clone(&shared);
+    tasks.spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            stopper.stop.store(true, Ordering::Relaxed);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+
+    let mut driving = JoinSet::new();
+    for ((index, conn), seed) in conns.into_iter().enumerate().zip(plan.client_seeds()) {
+        let window = Window { measure_start, deadline };
+        let (plan, shared) = (Arc::clone(&plan), Arc::clone(&shared));
+        driving.spawn(async move { Ok((index, drive(conn, plan, shared, SplitMix64::new(seed), window).await?)) });
+    }
+    let results = join_all(driving, &shared).await;
+    tasks.abort_all();
+    if let Some(bar) = &progress {
+        bar.finish_and_clear();
+    }
+    if plan.verbose && shared.stop.load(Ordering::Relaxed) {
+        eprintln!("interrupted: reporting the requests measured until then");
+    }
+    let mut total = Stats::new()?;
+    for stats in results? {
+        total.merge(stats)?;
+    }
+    let elapsed = total.finished_at.map_or(Duration::ZERO, |end| end.saturating_duration_since(measure_start));
+    Ok(Some(Report::new(&plan, &total, elapsed)))
+}
+
+/// Waits for every task, returning their values in client order. Fails at the first failed task
+/// (the others are aborted when the set drops) or when no reply arrives for `STALL_TIMEOUT`.
+async fn join_all<T: 'static>(
+    mut tasks: JoinSet<anyhow::Result<(usize, T)>>,
+    shared: &Shared,
+) -> anyhow::Result<Vec<T>> {
+    let mut values = Vec::with_capacity(tasks.len());
+    let mut replies = shared.replies.load(Ordering::Relaxed);
+    let mut progressed_at = Instant::now();
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => match joined {
+                None => break,
+                Some(joined) => values.push(joined.context("a client task failed")??),
+            },
+            () = tokio::time::sleep(Duration::from_secs(1)) => {
+                let now_replies = shared.replies.load(Ordering::Relaxed);
+                if now_replies != replies {
+                    replies = now_replies;
+                    progressed_at = Instant::now();
+                } else if progressed_at.elapsed() >= STALL_TIMEOUT {
+                    bail!("the server has not answered for {} s", STALL_TIMEOUT.as_secs());
+                }
+            }
+        }
+    }
+    values.sort_by_key(|(index, _)| *index);
+    Ok(values.into_iter().map(|(_, value)| value).collect())
+}
+
+async fn auth(conn: &mut Conn, password: &str) -> anyhow::Result<()> {
+    encode_request(&["AUTH", password], &mut conn.wbuf);
+    let mut answer = None;
+    conn.exchange(1, |reply, _| answer = Some(reply)).await?;
+    match answer {
+        Some(Reply::Error(text)) => bail!("{text}"),
+        Some(_) => Ok(()),
+        None => bail!("no reply to AUTH"),
+    }
+}
+
+/// SETs the keys `index`, `index + clients`, ... of the key space. Returns how many SETs failed
+/// and the first error.
+async fn preload(conn: &mut Conn, plan: &Plan, shared: &Shared, index: usize) -> anyhow::Result<(u64, Option<String>)> {
+    let prefix = plan.workload.key_prefix();
+    let mut key = Vec::new();
+    let mut failures = 0;
+    let mut first_error = None;
+    let mut next = index as u64;
+    while next < plan.keys {
+        let mut count = 0;
+        while count < PRELOAD_BATCH && next < plan.keys {
+            write_key(prefix, next, &mut key);
+            encode_request(&[b"SET".as_slice(), &key, &plan.value], &mut conn.wbuf);
+            count += 1;
+            next += plan.clients as u64;
+        }
+        conn.exchange(count, |reply, _| {
+            if let Outcome::Error(text) = classify(Op::Set, reply) {
+                failures += 1;
+                first_error.get_or_insert(text);
+            }
+        })
+        .await?;
+        shared.replies.fetch_add(count as u64, Ordering::Relaxed);
+    }
+    Ok((failures, first_error))
+}
+
+/// When the measured phase starts and (with a duration) ends.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    measure_start: Instant,
+    deadline: Option<Instant>,
+}
+
+/// One client's load loop: batches until the deadline, the request budget or Ctrl-C.
+async fn drive(
+    mut conn: Conn,
+    plan: Arc<Plan>,
+    shared: Arc<Shared>,
+    mut rng: SplitMix64,
+    window: Window,
+) -> anyhow::Result<Stats> {
+    let mut stats = Stats::new()?;
+    let mut key = Vec::new();
+    let mut ops = Vec::with_capacity(plan.pipeline);
+    loop {
+        let now = Instant::now();
+        if shared.stop.load(Ordering::Relaxed) || window.deadline.is_some_and(|deadline| now >= deadline) {
+            break;
+        }
+        let measured = now >= window.measure_start;
+        let count = if measured { shared.claim(plan.pipeline) } else { plan.pipeline };
+        if count == 0 {
+            break;
+        }
+        ops.clear();
+        for _ in 0..count {
+            ops.push(plan.encode_next(&mut rng, &mut key, &mut conn.wbuf));
+        }
+        let mut ops_left = ops.iter();
+        let mut errors = 0;
+        let sent_at = Instant::now();
+        conn.exchange(count, |reply, read_at| {
+            let Some(&op) = ops_left.next() else {
+                return;
+            };
+            let outcome = classify(op, reply);
+            if !measured {
+                return;
+            }
+            if matches!(outcome, Outcome::Error(_)) {
+                errors += 1;
+            }
+            stats.record(outcome, read_at.saturating_duration_since(sent_at));
+        })
+        .await?;
+        shared.replies.fetch_add(count as u64, Ordering::Relaxed);
+        if measured {
+            shared.measured.fetch_add(count as u64, Ordering::Relaxed);
+            if errors > 0 {
+                shared.errors.fetch_add(errors, Ordering::Relaxed);
+            }
+            stats.finished_at = Some(Instant::now());
+        }
+    }
+    Ok(stats)
+}
+
+fn progress_bar(plan: &Plan) -> anyhow::Result<ProgressBar> {
+    let length = match (plan.requests, plan.duration) {
+        (Some(requests), _) => requests,
+        (None, Some(duration)) => u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+        (None, None) => 0,
+    };
+    let bar = ProgressBar::with_draw_target(Some(length), ProgressDrawTarget::stderr());
+    let style = ProgressStyle::with_template("{spinner} {elapsed_precise} [{bar:20}] {msg}")
+        .context("invalid progress bar template")?
+        .progress_chars("=> ");
+    bar.set_style(style);
+    Ok(bar)
+}
+
+async fn show_progress(bar: ProgressBar, shared: Arc<Shared>, plan: Arc<Plan>, measure_start: Instant) {
+    let mut ticks = tokio::time::interval(PROGRESS_INTERVAL);
+    loop {
+        ticks.tick().await;
+        let now = Instant::now();
+        if now < measure_start {
+            bar.set_message(format!("warming up, {:.1} s left", (measure_start - now).as_secs_f64()));
+            bar.tick();
+            continue;
+        }
+        let elapsed = now - measure_start;
+        let done = shared.measured.load(Ordering::Relaxed);
+        let errors = shared.errors.load(Ordering::Relaxed);
+        let position = match plan.requests {
+            Some(_) => done,
+            None => u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+        };
+        bar.set_position(position);
+        bar.set_message(format!("{:.0} ops/s, {done} req, {errors} err", per_second(done, elapsed)));
+    }
+}
+
+fn per_second(count: u64, elapsed: Duration) -> f64 {
+    let seconds = elapsed.as_secs_f64();
+    if seconds > 0.0 { count as f64 / seconds } else { 0.0 }
+}
+
+/// The result of a run; `--json` prints it as is.
+#[derive(Debug, Clone, Serialize)]
+struct Report {
+    workload: &'static str,
+    addr: String,
+    clients: usize,
+    pipeline: usize,
+    keys: u64,
+    value_size: usize,
+    /// Only for the `mixed` workload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    read_ratio: Option<f64>,
+    seed: u64,
+    requests: u64,
+    errors: u64,
+    get_misses: u64,
+    first_error: Option<String>,
+    duration_s: f64,
+    ops_per_sec: f64,
+    p50_us: u64,
+    p90_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    max_us: u64,
+    mean_us: f64,
+}
+
+impl Report {
+    fn new(plan: &Plan, stats: &Stats, elapsed: Duration) -> Report {
+        let latency = &stats.latency_us;
+        let quantile = |q: f64| if latency.is_empty() { 0 } else { latency.value_at_quantile(q) };
+        Report {
+            workload: plan.workload.name(),
+            addr: plan.addr.clone(),
+            clients: plan.clients,
+            pipeline: plan.pipeline,
+            keys: plan.keys,
+            value_size: plan.value.len(),
+            read_ratio: (plan.workload == Workload::Mixed).then_some(plan.read_ratio),
+            seed: plan.seed,
+            requests: stats.requests,
+            errors: stats.errors,
+            get_misses: stats.get_misses,
+            first_error: stats.first_error.clone(),
+            duration_s: elapsed.as_secs_f64(),
+            ops_per_sec: per_second(stats.requests, elapsed),
+            p50_us: quantile(0.5),
+            p90_us: quantile(0.9),
+            p99_us: quantile(0.99),
+            p999_us: quantile(0.999),
+            max_us: if latency.is_empty() { 0 } else { latency.max() },
+            mean_us: if latency.is_empty() { 0.0 } else { latency.mean() },
+        }
+    }
+
+    /// The human-readable report.
+    fn render_table(&self) -> String {
+        let mut lines = vec![
+            format!(
+                "workload     {}{} against {}, {} clients, pipeline {}, {} keys, {}-byte values, seed {}",
+                self.workload,
+                self.read_ratio.map(|ratio| format!(" (read ratio {ratio})")).unwrap_or_default(),
+                self.addr,
+                self.clients,
+                self.pipeline,
+                self.keys,
+                self.value_size,
+                self.seed
+            ),
+            format!("requests     {} in {:.2} s, {} errors", self.requests, self.duration_s, self.errors),
+        ];
+        if self.get_misses > 0 {
+            lines.push(format!("get misses   {} (use --preload to SET every key first)", self.get_misses));
+        }
+        if let Some(text) = &self.first_error {
+            lines.push(format!("first error  {text}"));
+        }
+        lines.push(format!("throughput   {:.0} ops/s", self.ops_per_sec));
+        lines.push(format!(
+            "latency µs   {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "p50", "p90", "p99", "p99.9", "max", "mean"
+        ));
+        lines.push(format!(
+            "             {:>8} {:>8} {:>8} {:>8} {:>8} {:>8.1}",
+            self.p50_us, self.p90_us, self.p99_us, self.p999_us, self.max_us, self.mean_us
+        ));
+        let mut text = lines.join("\n");
+        text.push('\n');
+        text
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(clap::Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn args(line: &[&str]) -> BenchArgs {
+        Cli::try_parse_from(std::iter::once("bench").chain(line.iter().copied())).unwrap().bench
+    }
+
+    fn plan(line: &[&str]) -> anyhow::Result<Plan> {
+        Plan::from_args(&args(line), 7)
+    }
+
+    #[test]
+    fn splitmix64_matches_the_reference_sequence() {
+        // Reference values of splitmix64 seeded with 0 (Vigna's splitmix64.c).
+        let mut rng = SplitMix64::new(0);
+        assert_eq!(rng.next_u64(), 0xE220_A839_7B1D_CDAF);
+        assert_eq!(rng.next_u64(), 0x6E78_9E6A_A1B9_65F4);
+        assert_eq!(rng.next_u64(), 0x06C4_5D18_8009_454F);
+    }
+
+    #[test]
+    fn same_seed_same_keys_and_other_seed_other_keys() {
+        let draw = |seed| {
+            let mut rng = SplitMix64::new(seed);
+            (0..100).map(|_| rng.below(100_000)).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(42), draw(42));
+        assert_ne!(draw(42), draw(43));
+    }
+
+    #[test]
+    fn below_stays_in_range_and_covers_it() {
+        let mut rng = SplitMix64::new(1);
+        let mut seen = [false; 10];
+        for _ in 0..1000 {
+            let value = rng.below(10);
+            assert!(value < 10);
+            seen[value as usize] = true;
+        }
+        assert!(seen.iter().all(|&hit| hit), "every value of a small range is drawn");
+        assert_eq!(SplitMix64::new(5).below(1), 0);
+        for _ in 0..1000 {
+            let unit = rng.next_f64();
+            assert!((0.0..1.0).contains(&unit));
+        }
+    }
+
+    #[test]
+    fn client_seeds_are_distinct_and_follow_the_seed() {
+        let plan = plan(&["--seed", "9", "--clients", "4"]).unwrap();
+        let seeds = plan.client_seeds();
+        assert_eq!(seeds.len(), 4);
+        assert_eq!(seeds, plan.client_seeds());
+        let mut sorted = seeds.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 4);
+        assert_eq!(seeds[0], SplitMix64::new(9).next_u64());
+    }
+
+    #[test]
+    fn keys_are_zero_padded_to_nine_digits() {
+        let mut key = Vec::new();
+        write_key(b"key:", 123, &mut key);
+        assert_eq!(key, b"key:000000123");
+        write_key(b"key:", 0, &mut key);
+        assert_eq!(key, b"key:000000000");
+        write_key(b"counter:", 999_999_999, &mut key);
+        assert_eq!(key, b"counter:999999999");
+        write_key(b"key:", 1_234_567_890, &mut key);
+        assert_eq!(key, b"key:1234567890", "wider indexes keep all their digits");
+        write_key(b"key:", u64::MAX, &mut key);
+        assert_eq!(key, b"key:18446744073709551615");
+    }
+
+    #[test]
+    fn requests_are_encoded_in_resp() {
+        let plan = plan(&["--workload", "set", "--keys", "1", "--value-size", "3"]).unwrap();
+        let mut out = BytesMut::new();
+        let op = plan.encode_next(&mut SplitMix64::new(0), &mut Vec::new(), &mut out);
+        assert_eq!(op, Op::Set);
+        assert_eq!(&out[..], b"*3\r\n$3\r\nSET\r\n$13\r\nkey:000000000\r\n$3\r\nxxx\r\n");
+
+        let plan = self::plan(&["--workload", "incr", "--keys", "1"]).unwrap();
+        out.clear();
+        assert_eq!(plan.encode_next(&mut SplitMix64::new(0), &mut Vec::new(), &mut out), Op::Incr);
+        assert_eq!(&out[..], b"*2\r\n$4\r\nINCR\r\n$17\r\ncounter:000000000\r\n");
+    }
+
+    #[test]
+    fn mixed_workload_follows_the_read_ratio() {
+        let count_gets = |ratio: &str| {
+            let plan = plan(&["--workload", "mixed", "--read-ratio", ratio]).unwrap();
+            let mut rng = SplitMix64::new(3);
+            let mut out = BytesMut::new();
+            (0..10_000).filter(|_| plan.encode_next(&mut rng, &mut Vec::new(), &mut out) == Op::Get).count()
+        };
+        assert_eq!(count_gets("0"), 0);
+        assert_eq!(count_gets("1"), 10_000);
+        let gets = count_gets("0.9");
+        assert!((8_800..9_200).contains(&gets), "about 90% GETs, got {gets}");
+    }
+
+    #[test]
+    fn defaults_resolve_to_ten_seconds_on_port_7001() {
+        let plan = plan(&[]).unwrap();
+        assert_eq!(plan.addr, "127.0.0.1:7001");
+        assert_eq!(plan.workload, Workload::Set);
+        assert_eq!(plan.clients, 50);
+        assert_eq!(plan.pipeline, 1);
+        assert_eq!(plan.keys, 100_000);
+        assert_eq!(plan.value.len(), 100);
+        assert_eq!(plan.duration, Some(Duration::from_secs(10)));
+        assert_eq!(plan.requests, None);
+        assert_eq!(plan.seed, 7, "the clock seed when --seed is absent");
+        assert!(plan.progress);
+    }
+
+    #[test]
+    fn requests_without_duration_have_no_time_limit() {
+        let plan = plan(&["--requests", "1000"]).unwrap();
+        assert_eq!(plan.duration, None);
+        assert_eq!(plan.requests, Some(1000));
+        let plan = self::plan(&["--requests", "1000", "--duration", "2.5"]).unwrap();
+        assert_eq!(plan.duration, Some(Duration::from_millis(2500)));
+    }
+
+    #[test]
+    fn addresses_resolve_from_host_port_or_addr() {
+        assert_eq!(plan(&["--port", "6390"]).unwrap().addr, "127.0.0.1:6390");
+        assert_eq!(plan(&["--host", "::1", "--port", "6390"]).unwrap().addr, "[::1]:6390");
+        assert_eq!(plan(&["--addr", "localhost:7390"]).unwrap().addr, "localhost:7390");
+        assert!(plan(&["--addr", "localhost"]).is_err());
+        assert!(plan(&["--addr", ":7390"]).is_err());
+        assert!(
+            Cli::try_parse_from(["bench", "--addr", "a:1", "--port", "2"]).is_err(),
+            "--addr conflicts with --port"
+        );
+    }
+
+    #[test]
+    fn invalid_arguments_are_refused_with_the_flag_named() {
+        for (line, flag) in [
+            (&["--clients", "0"][..], "--clients"),
+            (&["--pipeline", "0"], "--pipeline"),
+            (&["--keys", "0"], "--keys"),
+            (&["--read-ratio", "1.5"], "--read-ratio"),
+            (&["--read-ratio", "NaN"], "--read-ratio"),
+            (&["--duration", "0"], "--duration"),
+            (&["--duration", "inf"], "--duration"),
+            (&["--warmup=-1"], "--warmup"),
+            (&["--requests", "0"], "--requests"),
+            (&["--threads", "0"], "--threads"),
+        ] {
+            let error = plan(line).unwrap_err().to_string();
+            assert!(error.contains(flag), "{line:?} gives {error:?}, which should name {flag}");
+        }
+    }
+
+    #[test]
+    fn replies_are_classified_per_command() {
+        assert_eq!(classify(Op::Set, Reply::StatusOwned("OK".into())), Outcome::Ok);
+        assert_eq!(classify(Op::Get, Reply::bulk("xxx")), Outcome::Ok);
+        assert_eq!(classify(Op::Get, Reply::Null), Outcome::Miss);
+        assert_eq!(classify(Op::Incr, Reply::Integer(4)), Outcome::Ok);
+        assert_eq!(classify(Op::Set, Reply::Error("OOM no".into())), Outcome::Error("OOM no".into()));
+        assert!(matches!(classify(Op::Incr, Reply::Null), Outcome::Error(text) if text.contains("Incr")));
+    }
+
+    #[test]
+    fn budget_is_claimed_in_batches_until_spent() {
+        let shared = Shared { budget: Some(AtomicU64::new(10)), ..Shared::default() };
+        assert_eq!(shared.claim(4), 4);
+        assert_eq!(shared.claim(4), 4);
+        assert_eq!(shared.claim(4), 2);
+        assert_eq!(shared.claim(4), 0);
+        assert_eq!(Shared::default().claim(4), 4, "no budget, no limit");
+    }
+
+    #[test]
+    fn report_has_the_documented_json_fields() {
+        let plan = plan(&["--seed", "1", "--clients", "2", "--pipeline", "16"]).unwrap();
+        let mut stats = Stats::new().unwrap();
+        for micros in 1..=1000 {
+            stats.record(Outcome::Ok, Duration::from_micros(micros));
+        }
+        stats.record(Outcome::Error("ERR boom".into()), Duration::from_micros(5000));
+        let mut other = Stats::new().unwrap();
+        other.record(Outcome::Miss, Duration::from_micros(10));
+        stats.merge(other).unwrap();
+
+        let report = Report::new(&plan, &stats, Duration::from_secs(2));
+        let json = serde_json::to_value(&report).unwrap();
+        for field in [
+            "workload",
+            "clients",
+            "pipeline",
+            "requests",
+            "errors",
+            "duration_s",
+            "ops_per_sec",
+            "p50_us",
+            "p90_us",
+            "p99_us",
+            "p999_us",
+            "max_us",
+            "mean_us",
+            "seed",
+        ] {
+            assert!(json.get(field).is_some(), "missing field {field} in {json}");
+        }
+        assert_eq!(json["workload"], "set");
+        assert_eq!(json["clients"], 2);
+        assert_eq!(json["pipeline"], 16);
+        assert_eq!(json["requests"], 1002);
+        assert_eq!(json["errors"], 1);
+        assert_eq!(json["get_misses"], 1);
+        assert_eq!(json["first_error"], "ERR boom");
+        assert_eq!(json["ops_per_sec"], 501.0);
+        assert!(json.get("read_ratio").is_none(), "read_ratio only for mixed");
+        let p50 = json["p50_us"].as_u64().unwrap();
+        assert!((495..=505).contains(&p50), "p50 {p50}");
+        assert!(json["max_us"].as_u64().unwrap() >= 5000);
+
+        let table = report.render_table();
+        assert!(table.contains("501 ops/s"), "{table}");
+        assert!(table.contains("first error  ERR boom"), "{table}");
+    }
+
+    #[test]
+    fn empty_run_reports_zeros_not_nan() {
+        let plan = plan(&["--seed", "1"]).unwrap();
+        let report = Report::new(&plan, &Stats::new().unwrap(), Duration::ZERO);
+        assert_eq!(report.ops_per_sec, 0.0);
+        assert_eq!(report.p99_us, 0);
+        assert_eq!(report.mean_us, 0.0);
+        assert!(serde_json::to_string(&report).is_ok());
+    }
+}

@@ -1,0 +1,107 @@
+//! `chorus server`: one node.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use chorus_server::{FsyncPolicy, NodeConfig};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// TOML configuration file (docs/configuration.md); flags given here override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This node's id, unique in the cluster.
+    #[arg(long)]
+    id: Option<u64>,
+    /// Where the node keeps its log and state.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address for Redis clients.
+    #[arg(long)]
+    client_addr: Option<SocketAddr>,
+    /// Address for peer replication traffic.
+    #[arg(long)]
+    peer_addr: Option<SocketAddr>,
+    /// Address for the HTTP admin port (/metrics, /status).
+    #[arg(long)]
+    admin_addr: Option<SocketAddr>,
+    /// always | periodic:MS | never (default always: no acknowledged write is lost to a crash).
+    #[arg(long)]
+    fsync: Option<FsyncPolicy>,
+    /// Require clients to AUTH with this password.
+    #[arg(long, env = "CHORUS_REQUIREPASS", hide_env_values = true)]
+    requirepass: Option<String>,
+    /// Most client connections at once.
+    #[arg(long)]
+    max_clients: Option<usize>,
+}
+
+impl ServerArgs {
+    pub fn into_config(self) -> anyhow::Result<NodeConfig> {
+        let mut config = match &self.config {
+            Some(path) => NodeConfig::from_file(path)?,
+            None => NodeConfig::default(),
+        };
+        if let Some(id) = self.id {
+            config.id = id;
+        }
+        if let Some(data_dir) = self.data_dir {
+            config.data_dir = data_dir;
+        }
+        if let Some(addr) = self.client_addr {
+            config.client_addr = addr;
+        }
+        if let Some(addr) = self.peer_addr {
+            config.peer_addr = addr;
+        }
+        if self.admin_addr.is_some() {
+            config.admin_addr = self.admin_addr;
+        }
+        if let Some(fsync) = self.fsync {
+            config.fsync = fsync;
+        }
+        if self.requirepass.is_some() {
+            config.requirepass = self.requirepass;
+        }
+        if let Some(max_clients) = self.max_clients {
+            config.max_clients = max_clients;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Lets one process hold thousands of client sockets: raise the soft open-files limit to the hard one.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(error) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(%error, soft, hard, "could not raise the open files limit");
+    }
+}
+
+pub fn run(args: ServerArgs) -> anyhow::Result<()> {
+    crate::init_logging();
+    let config = args.into_config()?;
+    raise_open_files_limit();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(async move {
+        let shutdown = async {
+            use tokio::signal::unix::{SignalKind, signal};
+            match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+                (Ok(mut terminate), Ok(mut interrupt)) => {
+                    tokio::select! {
+                        _ = terminate.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
+                }
+                _ => std::future::pending::<()>().await,
+            }
+        };
+        chorus_server::run(config, shutdown, None).await
+    })?;
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! `chorus up`: a local cluster of `chorus server` processes, each with its own data directory
+//! under `--data-dir`. Today a cluster is one standalone node; replication adds more.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct UpArgs {
+    /// Where the nodes keep their data (one sub-directory per node).
+    #[arg(long, default_value = "./chorus-data")]
+    data_dir: PathBuf,
+    /// Number of nodes. Until replication lands, only 1 is supported.
+    #[arg(long, default_value_t = 1)]
+    nodes: u16,
+    /// First client port; node N listens on base+N-1 (peer ports +100, admin ports +200).
+    #[arg(long, default_value_t = 7001)]
+    base_port: u16,
+    /// Interface to bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// always | periodic:MS | never.
+    #[arg(long, default_value = "always")]
+    fsync: String,
+}
+
+struct NodeProcess {
+    id: u16,
+    child: Child,
+    client: SocketAddr,
+}
+
+pub fn run(args: UpArgs) -> anyhow::Result<()> {
+    if args.nodes != 1 {
+        bail!("--nodes {}: this version runs a single standalone node; replication arrives in a later release", args.nodes);
+    }
+    let executable = std::env::current_exe().context("locating the chorus executable")?;
+    let mut processes = Vec::new();
+    for id in 1..=args.nodes {
+        let client = SocketAddr::new(args.host, args.base_port + id - 1);
+        let peer = SocketAddr::new(args.host, args.base_port + 100 + id - 1);
+        let admin = SocketAddr::new(args.host, args.base_port + 200 + id - 1);
+        let data_dir = args.data_dir.join(format!("node{id}"));
+        let child = Command::new(&executable)
+            .args(["server", "--id", &id.to_string()])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--client-addr", &client.to_string(), "--peer-addr", &peer.to_string()])
+            .args(["--admin-addr", &admin.to_string(), "--fsync", &args.fsync])
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting node {id}"))?;
+        println!(
+            "node {id}: pid {} client {client} peer {peer} admin http://{admin} data {}",
+            child.id(),
+            data_dir.display()
+        );
+        processes.push(NodeProcess { id, child, client });
+    }
+    for process in &mut processes {
+        wait_until_ready(process)?;
+    }
+    println!("cluster ready: node 1 serves clients at {} (redis-cli -p {})", processes[0].client, processes[0].client.port());
+    println!("press Ctrl-C to stop");
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(supervise(&mut processes))?;
+    println!("stopping...");
+    for process in &mut processes {
+        if let Ok(pid) = i32::try_from(process.child.id()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+    }
+    for process in &mut processes {
+        let _ = process.child.wait();
+    }
+    println!("stopped");
+    Ok(())
+}
+
+/// Waits for Ctrl-C or SIGTERM, or for a node to exit on its own (then the cluster stops too).
+async fn supervise(processes: &mut [NodeProcess]) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("listening for Ctrl-C")?;
+    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut poll = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = interrupt.recv() => return Ok(()),
+            _ = terminate.recv() => return Ok(()),
+            _ = poll.tick() => {
+                for process in processes.iter_mut() {
+                    if let Some(status) = process.child.try_wait().context("checking a node")? {
+                        eprintln!("node {} exited unexpectedly ({status}); stopping the cluster", process.id);
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Polls the node with PING until it answers PONG, the process dies, or 30 s pass.
+fn wait_until_ready(process: &mut NodeProcess) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = process.child.try_wait()? {
+            bail!("node {} exited during start-up ({status})", process.id);
+        }
+        if ping(process.client).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("node {} did not answer PING at {} within 30 s", process.id, process.client);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn ping(addr: SocketAddr) -> anyhow::Result<()> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
+    stream.set_read_timeout(Some(Duration::from_millis(500)))?;
+    stream.write_all(b"PING\r\n")?;
+    let mut reply = [0u8; 7];
+    stream.read_exact(&mut reply)?;
+    if &reply == b"+PONG\r\n" { Ok(()) } else { bail!("unexpected reply to PING") }
+}

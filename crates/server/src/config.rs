@@ -1,0 +1,214 @@
+//! A node's configuration: TOML on disk, overridable by command-line flags. Every option is
+//! documented in `docs/configuration.md`; keep the two in step.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// When the replication log is flushed to stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FsyncPolicy {
+    /// `fdatasync` before a write is acknowledged; concurrent writes share one (group commit).
+    #[default]
+    Always,
+    /// Acknowledge once written to the OS; `fdatasync` at most this often. A power loss can lose the
+    /// last interval's writes (a process crash loses nothing).
+    Periodic(Duration),
+    /// Never `fdatasync`: for tests and throwaway clusters only.
+    Never,
+}
+
+impl FromStr for FsyncPolicy {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "always" => Ok(FsyncPolicy::Always),
+            "never" => Ok(FsyncPolicy::Never),
+            other => {
+                let millis = other
+                    .strip_prefix("periodic:")
+                    .and_then(|millis| millis.parse::<u64>().ok())
+                    .filter(|millis| *millis > 0)
+                    .ok_or_else(|| format!("invalid fsync policy '{other}': expected always, periodic:MS or never"))?;
+                Ok(FsyncPolicy::Periodic(Duration::from_millis(millis)))
+            }
+        }
+    }
+}
+
+impl fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FsyncPolicy::Always => f.write_str("always"),
+            FsyncPolicy::Periodic(interval) => write!(f, "periodic:{}", interval.as_millis()),
+            FsyncPolicy::Never => f.write_str("never"),
+        }
+    }
+}
+
+impl Serialize for FsyncPolicy {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for FsyncPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Bounds on what clients may send (see `chorus_resp::Limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub bulk_bytes_max: usize,
+    pub array_len_max: usize,
+    pub inline_bytes_max: usize,
+    /// Replies a connection may have outstanding before the node stops reading from it.
+    pub pending_replies_max: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let resp = chorus_resp::Limits::default();
+        LimitsConfig {
+            bulk_bytes_max: resp.bulk_bytes_max,
+            array_len_max: resp.array_len_max,
+            inline_bytes_max: resp.inline_bytes_max,
+            pending_replies_max: 16 * 1024,
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn resp(&self) -> chorus_resp::Limits {
+        chorus_resp::Limits {
+            bulk_bytes_max: self.bulk_bytes_max,
+            array_len_max: self.array_len_max,
+            inline_bytes_max: self.inline_bytes_max,
+        }
+    }
+}
+
+/// Storage tuning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Size at which the log starts a new segment file.
+    pub log_segment_bytes_max: u64,
+    /// After this many applied entries the state is made durable and the log prefix it covers is
+    /// deleted (a checkpoint).
+    pub checkpoint_entries: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { log_segment_bytes_max: 64 * 1024 * 1024, checkpoint_entries: 500_000 }
+    }
+}
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    pub id: u64,
+    pub data_dir: PathBuf,
+    /// Where Redis clients connect.
+    pub client_addr: SocketAddr,
+    /// Where peers connect (replication; unused while the node runs standalone).
+    pub peer_addr: SocketAddr,
+    /// HTTP: Prometheus `/metrics` and JSON `/status`.
+    pub admin_addr: Option<SocketAddr>,
+    pub fsync: FsyncPolicy,
+    /// When set, clients must `AUTH` (Redis's `requirepass`).
+    pub requirepass: Option<String>,
+    pub max_clients: usize,
+    pub limits: LimitsConfig,
+    pub storage: StorageConfig,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            id: 1,
+            data_dir: PathBuf::from("./chorus-data/node1"),
+            client_addr: SocketAddr::from(([127, 0, 0, 1], 7001)),
+            peer_addr: SocketAddr::from(([127, 0, 0, 1], 7101)),
+            admin_addr: None,
+            fsync: FsyncPolicy::Always,
+            requirepass: None,
+            max_clients: 10_000,
+            limits: LimitsConfig::default(),
+            storage: StorageConfig::default(),
+        }
+    }
+}
+
+/// A configuration file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid configuration in {path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl NodeConfig {
+    pub fn from_file(path: &std::path::Path) -> Result<NodeConfig, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let config: NodeConfig =
+            toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_clients == 0 {
+            return Err(ConfigError::Invalid("max_clients must be at least 1".into()));
+        }
+        if self.limits.bulk_bytes_max == 0 || self.limits.array_len_max == 0 || self.limits.inline_bytes_max == 0 {
+            return Err(ConfigError::Invalid("limits must be positive".into()));
+        }
+        if self.storage.checkpoint_entries == 0 {
+            return Err(ConfigError::Invalid("storage.checkpoint_entries must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fsync_policies_parse_and_print_back() {
+        for text in ["always", "never", "periodic:1000"] {
+            let policy: FsyncPolicy = text.parse().expect("valid policy");
+            assert_eq!(policy.to_string(), text);
+        }
+        assert!("periodic:0".parse::<FsyncPolicy>().is_err());
+        assert!("sometimes".parse::<FsyncPolicy>().is_err());
+    }
+
+    #[test]
+    fn a_config_file_overrides_defaults() {
+        let config: NodeConfig = toml::from_str(
+            "id = 7\nclient_addr = \"127.0.0.1:9001\"\nfsync = \"periodic:50\"\n[limits]\nbulk_bytes_max = 1024\n",
+        )
+        .expect("valid toml");
+        assert_eq!(config.id, 7);
+        assert_eq!(config.fsync, FsyncPolicy::Periodic(Duration::from_millis(50)));
+        assert_eq!(config.limits.bulk_bytes_max, 1024);
+        assert_eq!(config.limits.array_len_max, LimitsConfig::default().array_len_max);
+        assert!(toml::from_str::<NodeConfig>("unknown_option = 1").is_err(), "typos are errors");
+    }
+}

@@ -1,0 +1,195 @@
+//! One client connection: read requests, hand key-value commands to the replica in batches, answer
+//! the rest here, and write replies back in request order.
+//!
+//! Replies can become ready out of order (a read of an untouched key is ready at once, a write only
+//! after its fsync), so each request gets a sequence number and replies leave strictly in sequence,
+//! as Redis clients expect of a pipeline.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::{Bytes, BytesMut};
+use chorus_core::RequestId;
+use chorus_core::command::KvCommand;
+use chorus_resp::{Protocol, Reply, encode_reply, parse_request};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::context::{NodeContext, now_millis};
+use crate::metrics_names as names;
+use crate::node_commands::{self, Dispatch};
+
+/// Per-connection state that commands can change.
+#[derive(Debug, Clone)]
+pub struct ConnectionState {
+    pub id: u64,
+    pub protocol: Protocol,
+    pub authenticated: bool,
+    pub name: Option<Bytes>,
+    pub library_name: Option<Bytes>,
+    pub library_version: Option<Bytes>,
+    pub peer: String,
+}
+
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+
+/// A reply slot: the protocol in force when the request was answered, and the reply once known.
+type Slot = (Protocol, Option<Reply>);
+
+pub async fn serve(context: Arc<NodeContext>, mut socket: TcpStream, id: u64) {
+    let peer = socket.peer_addr().map(|addr| addr.to_string()).unwrap_or_default();
+    let _ = socket.set_nodelay(true);
+    let mut connection = ConnectionState {
+        id,
+        protocol: Protocol::Resp2,
+        authenticated: context.config.requirepass.is_none(),
+        name: None,
+        library_name: None,
+        library_version: None,
+        peer,
+    };
+    let (reply_tx, mut reply_rx) = mpsc::unbounded_channel();
+    context.core.register(id, reply_tx);
+    let limits = context.config.limits.resp();
+    let pending_max = context.config.limits.pending_replies_max;
+
+    let mut read_buffer = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut write_buffer = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut slots: VecDeque<Slot> = VecDeque::new();
+    let mut first_sequence: u64 = 0;
+    let mut closing = false;
+    let mut peer_closed = false;
+
+    loop {
+        if !closing {
+            closing = process_requests(&context, &mut connection, &mut read_buffer, &mut slots, first_sequence, &limits);
+        }
+        // Write out every reply that is next in sequence.
+        while let Some((protocol, Some(_))) = slots.front() {
+            let protocol = *protocol;
+            if let Some((_, Some(reply))) = slots.pop_front() {
+                encode_reply(&reply, protocol, &mut write_buffer);
+            }
+            first_sequence += 1;
+        }
+        if !write_buffer.is_empty() {
+            if socket.write_all(&write_buffer).await.is_err() {
+                break;
+            }
+            write_buffer.clear();
+        }
+        if (closing || peer_closed) && slots.is_empty() {
+            break;
+        }
+        // After the peer half-closes, its outstanding replies are still delivered (it may be waiting
+        // for them, as `nc -q` does), then the connection ends.
+        let can_read = !closing && !peer_closed && slots.len() < pending_max;
+        tokio::select! {
+            read = socket.read_buf(&mut read_buffer), if can_read => {
+                match read {
+                    Ok(0) | Err(_) => peer_closed = true,
+                    Ok(_) => {
+                        if read_buffer.capacity() - read_buffer.len() < 1024 {
+                            read_buffer.reserve(READ_CHUNK_BYTES);
+                        }
+                    }
+                }
+            }
+            Some((sequence, reply)) = reply_rx.recv() => {
+                fill(&mut slots, first_sequence, sequence, reply);
+                while let Ok((sequence, reply)) = reply_rx.try_recv() {
+                    fill(&mut slots, first_sequence, sequence, reply);
+                }
+            }
+        }
+    }
+    context.core.unregister(id);
+    context.stats.connected_clients.fetch_sub(1, Ordering::Relaxed);
+    metrics::gauge!(names::CONNECTED_CLIENTS).decrement(1.0);
+}
+
+fn fill(slots: &mut VecDeque<Slot>, first_sequence: u64, sequence: u64, reply: Reply) {
+    let position = sequence.checked_sub(first_sequence).and_then(|offset| usize::try_from(offset).ok());
+    if let Some(slot) = position.and_then(|position| slots.get_mut(position)) {
+        slot.1 = Some(reply);
+    }
+}
+
+/// Parses and dispatches every whole request in `read_buffer`. Returns true when the connection must
+/// close once its replies are written (QUIT, or a request that can never parse).
+fn process_requests(
+    context: &Arc<NodeContext>,
+    connection: &mut ConnectionState,
+    read_buffer: &mut BytesMut,
+    slots: &mut VecDeque<Slot>,
+    first_sequence: u64,
+    limits: &chorus_resp::Limits,
+) -> bool {
+    let mut batch: Vec<(u64, KvCommand)> = Vec::new();
+    let mut closing = false;
+    let pending_max = context.config.limits.pending_replies_max;
+    while slots.len() < pending_max {
+        let args = match parse_request(read_buffer, limits) {
+            Ok(Some(args)) => args,
+            Ok(None) => break,
+            Err(error) => {
+                context.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(names::PROTOCOL_ERRORS_TOTAL).increment(1);
+                tracing::debug!(connection = connection.id, %error, "closing connection after a protocol error");
+                slots.push_back((connection.protocol, Some(Reply::err(error.to_string()))));
+                read_buffer.clear();
+                closing = true;
+                break;
+            }
+        };
+        if args.is_empty() {
+            continue;
+        }
+        let sequence = first_sequence + slots.len() as u64;
+        context.stats.total_commands.fetch_add(1, Ordering::Relaxed);
+        match node_commands::dispatch(context, connection, args) {
+            Dispatch::Reply(reply) => slots.push_back((connection.protocol, Some(reply))),
+            Dispatch::Kv(command) => {
+                slots.push_back((connection.protocol, None));
+                batch.push((sequence, command));
+            }
+            Dispatch::Close(reply) => {
+                slots.push_back((connection.protocol, Some(reply)));
+                closing = true;
+                break;
+            }
+        }
+    }
+    if !batch.is_empty() {
+        metrics::counter!(names::COMMANDS_TOTAL).increment(batch.len() as u64);
+        submit_batch(context, connection.id, batch, slots, first_sequence);
+    }
+    closing
+}
+
+fn submit_batch(
+    context: &Arc<NodeContext>,
+    connection: u64,
+    batch: Vec<(u64, KvCommand)>,
+    slots: &mut VecDeque<Slot>,
+    first_sequence: u64,
+) {
+    let now = now_millis();
+    let state = &*context.state;
+    let mut ready = Vec::new();
+    let refused = context.core.with(Some(connection), &mut ready, |inner| {
+        if let Some(failure) = &inner.write_failure {
+            let reply = Reply::Error(format!("MISCONF the node cannot write to its disk and refuses commands: {}", failure.0));
+            return batch.into_iter().map(|(sequence, _)| (sequence, reply.clone())).collect();
+        }
+        for (sequence, command) in batch {
+            inner.replica.submit(now, RequestId { connection, sequence }, command, state);
+        }
+        Vec::new()
+    });
+    for (sequence, reply) in ready.into_iter().chain(refused) {
+        fill(slots, first_sequence, sequence, reply);
+    }
+}

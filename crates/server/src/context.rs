@@ -1,0 +1,45 @@
+//! What every connection of a node shares: configuration, the replica, the state, counters.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use chorus_core::UnixMillis;
+use chorus_storage::StateStore;
+
+use crate::config::NodeConfig;
+use crate::core_handle::CoreHandle;
+
+/// Counters INFO reports.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    pub connected_clients: AtomicU64,
+    pub total_connections: AtomicU64,
+    pub rejected_connections: AtomicU64,
+    pub total_commands: AtomicU64,
+    pub protocol_errors: AtomicU64,
+}
+
+impl ServerStats {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+pub struct NodeContext {
+    pub config: NodeConfig,
+    pub core: CoreHandle,
+    pub state: Arc<StateStore>,
+    pub stats: ServerStats,
+    pub started: Instant,
+    /// Redis's `run_id`: 40 hex characters, new at every start.
+    pub run_id: String,
+    /// The port clients actually reached (differs from the configured one when that was port 0).
+    pub client_port: u16,
+}
+
+/// The wall clock, read at the edge and handed to the core as an input.
+pub fn now_millis() -> UnixMillis {
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    UnixMillis(u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX))
+}

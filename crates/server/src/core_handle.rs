@@ -1,0 +1,115 @@
+//! The replica behind a mutex, and the routing of its effects.
+//!
+//! Every input to the replica goes through [`CoreHandle::with`], which runs it under the lock and
+//! then performs the effects it produced *before releasing the lock*, so entries reach the log writer
+//! and the applier in index order even when many connections propose at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chorus_core::{Effect, LogEntry, LogIndex, Replica, RequestId};
+use chorus_resp::Reply;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// A reply on its way to a connection: the request's sequence number on that connection, and the reply.
+pub type ReplySender = UnboundedSender<(u64, Reply)>;
+
+/// Work for the log writer thread.
+#[derive(Debug)]
+pub enum LogCommand {
+    Append(Vec<LogEntry>),
+    /// The state is durable up to here: log segments wholly before it may be deleted.
+    Compact(LogIndex),
+}
+
+/// Why the node stopped accepting writes, if it has.
+#[derive(Debug, Clone)]
+pub struct WriteFailure(pub String);
+
+pub struct CoreInner {
+    pub replica: Replica,
+    connections: HashMap<u64, ReplySender>,
+    /// Set once a log or state write fails: the node then refuses writes (reads go on), because it can
+    /// no longer promise durability (the fsync-gate lesson: never retry a failed fsync).
+    pub write_failure: Option<WriteFailure>,
+}
+
+#[derive(Clone)]
+pub struct CoreHandle {
+    inner: Arc<Mutex<CoreInner>>,
+    log_tx: std::sync::mpsc::Sender<LogCommand>,
+    apply_tx: std::sync::mpsc::Sender<Vec<LogEntry>>,
+}
+
+impl CoreHandle {
+    pub fn new(
+        replica: Replica,
+        log_tx: std::sync::mpsc::Sender<LogCommand>,
+        apply_tx: std::sync::mpsc::Sender<Vec<LogEntry>>,
+    ) -> CoreHandle {
+        let inner = CoreInner { replica, connections: HashMap::new(), write_failure: None };
+        CoreHandle { inner: Arc::new(Mutex::new(inner)), log_tx, apply_tx }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, CoreInner> {
+        // A panic while holding the lock is a bug in the core; the state it guards is still the
+        // replica's own, so carrying on with it beats taking the whole node down with a poison error.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `input` against the replica, then performs its effects. Replies for `local_connection`
+    /// are handed back instead of being sent through its channel (the caller is that connection).
+    pub fn with<T>(
+        &self,
+        local_connection: Option<u64>,
+        local_replies: &mut Vec<(u64, Reply)>,
+        input: impl FnOnce(&mut CoreInner) -> T,
+    ) -> T {
+        let mut inner = self.lock();
+        let result = input(&mut inner);
+        let CoreInner { replica, connections, .. } = &mut *inner;
+        for effect in replica.drain_effects() {
+            match effect {
+                Effect::Persist(entries) => {
+                    // The writer thread lives as long as the node; if it is gone the node is stopping.
+                    let _ = self.log_tx.send(LogCommand::Append(entries));
+                }
+                Effect::Apply(entries) => {
+                    let _ = self.apply_tx.send(entries);
+                }
+                Effect::Reply { request: RequestId { connection, sequence }, reply } => {
+                    if Some(connection) == local_connection {
+                        local_replies.push((sequence, reply));
+                    } else if let Some(sender) = connections.get(&connection) {
+                        // A closed connection has stopped listening; its reply has nowhere to go.
+                        let _ = sender.send((sequence, reply));
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    /// Runs an input whose replies all go through connection channels.
+    pub fn with_remote<T>(&self, input: impl FnOnce(&mut CoreInner) -> T) -> T {
+        let mut ignored = Vec::new();
+        self.with(None, &mut ignored, input)
+    }
+
+    pub fn register(&self, connection: u64, sender: ReplySender) {
+        self.lock().connections.insert(connection, sender);
+    }
+
+    pub fn unregister(&self, connection: u64) {
+        self.lock().connections.remove(&connection);
+    }
+
+    /// Reads a value from the replica without giving it an input (INFO, status).
+    pub fn inspect<T>(&self, read: impl FnOnce(&CoreInner) -> T) -> T {
+        read(&self.lock())
+    }
+
+    pub fn compact_log(&self, up_to: LogIndex) {
+        let _ = self.log_tx.send(LogCommand::Compact(up_to));
+    }
+}

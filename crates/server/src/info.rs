@@ -1,0 +1,119 @@
+//! The INFO command, in Redis's `# Section` / `field:value` format, so tools that parse Redis's INFO
+//! (redis-cli, client libraries, exporters) read it unchanged. Chorus-specific fields carry a
+//! `chorus_` prefix.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use chorus_core::StateView;
+use chorus_resp::{Protocol, Reply};
+
+use crate::connection::ConnectionState;
+use crate::context::{NodeContext, ServerStats};
+use crate::node_commands::{REDIS_COMPAT_VERSION, server_time_micros};
+
+const DEFAULT_SECTIONS: &[&str] = &["server", "clients", "memory", "persistence", "stats", "replication", "keyspace"];
+
+pub fn info_reply(context: &NodeContext, connection: &ConnectionState, args: &[Bytes]) -> Reply {
+    let wanted: Vec<String> = args.iter().map(|arg| String::from_utf8_lossy(arg).to_ascii_lowercase()).collect();
+    let everything = wanted.is_empty() || wanted.iter().any(|w| w == "all" || w == "everything" || w == "default");
+    let mut text = String::new();
+    for section in DEFAULT_SECTIONS {
+        if everything || wanted.iter().any(|w| w == section) {
+            if !text.is_empty() {
+                text.push_str("\r\n");
+            }
+            render_section(context, section, &mut text);
+        }
+    }
+    let body = Bytes::from(text);
+    match connection.protocol {
+        Protocol::Resp2 => Reply::Bulk(body),
+        Protocol::Resp3 => Reply::Verbatim(body),
+    }
+}
+
+fn resident_memory_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+fn render_section(context: &NodeContext, section: &str, out: &mut String) {
+    let stats = &context.stats;
+    let status = context.core.inspect(|inner| inner.replica.status());
+    let write_failure = context.core.inspect(|inner| inner.write_failure.clone());
+    let uptime = context.started.elapsed().as_secs();
+    // Writing into a String cannot fail.
+    let _ = match section {
+        "server" => write!(
+            out,
+            "# Server\r\nredis_version:{REDIS_COMPAT_VERSION}\r\nchorus_version:{}\r\nredis_mode:standalone\r\n\
+             os:{} {}\r\narch_bits:64\r\nprocess_id:{}\r\nrun_id:{}\r\ntcp_port:{}\r\nserver_time_usec:{}\r\n\
+             uptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\nchorus_node_id:{}\r\n",
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::OS,
+            std::env::consts::ARCH,
+            std::process::id(),
+            context.run_id,
+            context.client_port,
+            server_time_micros(),
+            uptime / 86_400,
+            context.config.id,
+        ),
+        "clients" => write!(
+            out,
+            "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\nblocked_clients:0\r\nchorus_held_replies:{}\r\n",
+            ServerStats::get(&stats.connected_clients),
+            context.config.max_clients,
+            status.held_replies,
+        ),
+        "memory" => {
+            let rss = resident_memory_bytes();
+            write!(out, "# Memory\r\nused_memory:{rss}\r\nused_memory_rss:{rss}\r\nmaxmemory:0\r\n")
+        }
+        "persistence" => write!(
+            out,
+            "# Persistence\r\nloading:0\r\naof_enabled:1\r\nchorus_fsync:{}\r\nchorus_log_last_index:{}\r\n\
+             chorus_commit_index:{}\r\nchorus_applied_index:{}\r\nchorus_pending_keys:{}\r\nchorus_write_failure:{}\r\n",
+            context.config.fsync,
+            status.last_index,
+            status.commit_index,
+            status.applied_index,
+            status.pending_keys,
+            write_failure.map(|failure| failure.0).unwrap_or_default(),
+        ),
+        "stats" => write!(
+            out,
+            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\n\
+             expired_keys:{}\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\nchorus_protocol_errors:{}\r\n",
+            ServerStats::get(&stats.total_connections),
+            ServerStats::get(&stats.total_commands),
+            stats.rejected_connections.load(Ordering::Relaxed),
+            status.kv.expired_keys,
+            status.kv.keyspace_hits,
+            status.kv.keyspace_misses,
+            ServerStats::get(&stats.protocol_errors),
+        ),
+        "replication" => write!(
+            out,
+            "# Replication\r\nrole:master\r\nconnected_slaves:0\r\nmaster_repl_offset:{}\r\nchorus_mode:standalone\r\n\
+             chorus_term:{}\r\nchorus_commit_index:{}\r\n",
+            status.commit_index, status.term, status.commit_index,
+        ),
+        "keyspace" => {
+            let keys = context.state.key_count().unwrap_or(0);
+            if keys > 0 {
+                write!(out, "# Keyspace\r\ndb0:keys={keys}\r\n")
+            } else {
+                write!(out, "# Keyspace\r\n")
+            }
+        }
+        _ => Ok(()),
+    };
+}

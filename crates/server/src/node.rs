@@ -1,0 +1,210 @@
+//! Starting and stopping a node: recover storage, start the storage threads, listen for clients.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use chorus_core::{NodeId, Recovered, Replica, ReplicaConfig, StateView};
+use chorus_storage::{LogOptions, SegmentedLog, StateStore};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::config::NodeConfig;
+use crate::context::{NodeContext, ServerStats, now_millis};
+use crate::core_handle::CoreHandle;
+use crate::metrics_names as names;
+use crate::{admin, connection, pipeline};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    #[error("storage: {0}")]
+    Storage(#[from] chorus_storage::StorageError),
+    #[error("data directory {0} is in use by another chorus process")]
+    DataDirLocked(String),
+}
+
+fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
+    let context = context.into();
+    move |source| NodeError::Io { context, source }
+}
+
+/// Where a started node listens (the configured ports may have been 0).
+#[derive(Debug, Clone, Copy)]
+pub struct BoundAddrs {
+    pub client: SocketAddr,
+    pub admin: Option<SocketAddr>,
+}
+
+/// Runs a node until `shutdown` completes. `bound` learns the listening addresses once the node
+/// accepts clients.
+pub async fn run(
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()>,
+    bound: Option<oneshot::Sender<BoundAddrs>>,
+) -> Result<(), NodeError> {
+    config.validate()?;
+    let started = Instant::now();
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(io_error(format!("cannot create data directory {}", config.data_dir.display())))?;
+    let lock_path = config.data_dir.join("LOCK");
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_error(format!("cannot open {}", lock_path.display())))?;
+    if lock_file.try_lock().is_err() {
+        return Err(NodeError::DataDirLocked(config.data_dir.display().to_string()));
+    }
+
+    let state = Arc::new(StateStore::open(&config.data_dir.join("state"))?);
+    let mut log = SegmentedLog::open(
+        &config.data_dir.join("log"),
+        LogOptions { segment_bytes_max: config.storage.log_segment_bytes_max },
+    )?;
+    if state.applied_index() > log.last_index() {
+        // The state was checkpointed past what the log kept (the log's unsynced tail was lost with
+        // `fsync = never`): the state is the more complete record, so the log restarts after it.
+        tracing::warn!(applied = %state.applied_index(), log_last = %log.last_index(), "log is behind the state; resetting it");
+        let term = log.last_term();
+        log.reset(state.applied_index(), term)?;
+    }
+    let replayed_from = state.applied_index();
+    let applied = pipeline::replay_log(&log, &state)?;
+    tracing::info!(
+        node = config.id,
+        log_first = %log.first_index(),
+        log_last = %log.last_index(),
+        replayed = applied.0 - replayed_from.0,
+        keys = state.key_count().unwrap_or(0),
+        "recovered storage"
+    );
+    let recovered = Recovered { last_index: log.last_index(), last_term: log.last_term(), applied_index: applied };
+    let replica = Replica::new(ReplicaConfig::new(NodeId(config.id)), recovered);
+
+    let (log_tx, log_rx) = std::sync::mpsc::channel();
+    let (apply_tx, apply_rx) = std::sync::mpsc::channel();
+    let core = CoreHandle::new(replica, log_tx, apply_tx);
+
+    let listener = TcpListener::bind(config.client_addr)
+        .await
+        .map_err(io_error(format!("cannot listen for clients on {}", config.client_addr)))?;
+    let client_addr = listener.local_addr().map_err(io_error("client listener address"))?;
+    let admin_listener = match config.admin_addr {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(io_error(format!("cannot listen on admin {addr}")))?),
+        None => None,
+    };
+    let admin_addr = admin_listener.as_ref().and_then(|listener| listener.local_addr().ok());
+
+    let fsync = config.fsync;
+    let checkpoint_entries = config.storage.checkpoint_entries;
+    let writer_core = core.clone();
+    let writer = std::thread::Builder::new()
+        .name("chorus-log-writer".into())
+        .spawn(move || pipeline::run_log_writer(log, log_rx, fsync, writer_core))
+        .map_err(io_error("cannot start the log writer thread"))?;
+    let applier_core = core.clone();
+    let applier_state = Arc::clone(&state);
+    let applier = std::thread::Builder::new()
+        .name("chorus-applier".into())
+        .spawn(move || pipeline::run_applier(applier_state, apply_rx, checkpoint_entries, applier_core))
+        .map_err(io_error("cannot start the applier thread"))?;
+
+    let run_id = format!("{:016x}{:024x}", config.id, now_millis().0 as u128 * 0x9E37_79B9_7F4A_7C15);
+    let context = Arc::new(NodeContext {
+        config,
+        core: core.clone(),
+        state: Arc::clone(&state),
+        stats: ServerStats::default(),
+        started,
+        run_id: run_id.chars().take(40).collect(),
+        client_port: client_addr.port(),
+    });
+
+    if let Some(admin_listener) = admin_listener {
+        let router = admin::router(Arc::clone(&context));
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(admin_listener, router).await {
+                tracing::warn!(%error, "admin port stopped");
+            }
+        });
+    }
+    let ticker_context = Arc::clone(&context);
+    let ticker = tokio::spawn(async move {
+        let mut interval = tokio::time::interval(pipeline::TICK_INTERVAL);
+        loop {
+            interval.tick().await;
+            let state = &*ticker_context.state;
+            ticker_context.core.with_remote(|inner| {
+                if inner.write_failure.is_none() {
+                    inner.replica.tick(now_millis(), state);
+                }
+            });
+        }
+    });
+
+    tracing::info!(node = context.config.id, %client_addr, admin = ?admin_addr, fsync = %context.config.fsync, "chorus node ready");
+    if let Some(bound) = bound {
+        let _ = bound.send(BoundAddrs { client: client_addr, admin: admin_addr });
+    }
+
+    let accept_context = Arc::clone(&context);
+    tokio::select! {
+        () = accept_loop(accept_context, listener) => {}
+        () = shutdown => tracing::info!("shutting down"),
+    }
+    ticker.abort();
+    // Every acknowledged write is already durable in the log; a checkpoint now only makes the next
+    // start faster.
+    if let Err(error) = state.persist() {
+        tracing::warn!(%error, "final checkpoint failed; the next start replays the log");
+    }
+    drop(context);
+    drop(core);
+    // The storage threads end when the last handle to their channels is gone; connections still
+    // running hold handles, so the threads are detached rather than joined.
+    drop(writer);
+    drop(applier);
+    drop(lock_file);
+    Ok(())
+}
+
+async fn accept_loop(context: Arc<NodeContext>, listener: TcpListener) {
+    let mut next_connection_id: u64 = 1;
+    loop {
+        let (socket, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Running out of file descriptors must not end the node: wait a little and go on.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let connected = context.stats.connected_clients.load(Ordering::Relaxed);
+        if connected as usize >= context.config.max_clients {
+            context.stats.rejected_connections.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(names::REJECTED_CONNECTIONS_TOTAL).increment(1);
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut socket = socket;
+                let _ = socket.write_all(b"-ERR max number of clients reached\r\n").await;
+            });
+            continue;
+        }
+        context.stats.connected_clients.fetch_add(1, Ordering::Relaxed);
+        context.stats.total_connections.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(names::CONNECTIONS_TOTAL).increment(1);
+        metrics::gauge!(names::CONNECTED_CLIENTS).increment(1.0);
+        let id = next_connection_id;
+        next_connection_id += 1;
+        tokio::spawn(connection::serve(Arc::clone(&context), socket, id));
+    }
+}

@@ -1,0 +1,350 @@
+//! Commands the node answers itself: connection state (HELLO, AUTH, CLIENT, SELECT, ...) and
+//! information about the node (INFO, COMMAND, CONFIG GET, CLUSTER KEYSLOT, TIME). Key-value commands
+//! are parsed here and handed to the core.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chorus_core::Slot;
+use chorus_core::command::{self, CommandKind, CommandSpec, KvCommand};
+use chorus_core::kv::glob::glob_match;
+use chorus_resp::{Protocol, Reply};
+
+use crate::connection::ConnectionState;
+use crate::context::{NodeContext, now_millis};
+use crate::info;
+
+/// What to do with one request.
+pub enum Dispatch {
+    Reply(Reply),
+    Kv(KvCommand),
+    /// Reply, then close the connection (QUIT).
+    Close(Reply),
+}
+
+/// The Redis version Chorus reports: the command set and replies follow Redis 7.2.
+pub const REDIS_COMPAT_VERSION: &str = "7.2.0";
+
+pub fn dispatch(context: &Arc<NodeContext>, connection: &mut ConnectionState, args: Vec<Bytes>) -> Dispatch {
+    let Some(spec) = command::lookup(&args[0]) else {
+        return Dispatch::Reply(command::unknown_command_reply(&args));
+    };
+    if !spec.arity_ok(args.len()) {
+        return Dispatch::Reply(command::arity_reply(spec.name));
+    }
+    if !connection.authenticated && !spec.flags.contains(&"noauth") {
+        return Dispatch::Reply(Reply::Error("NOAUTH Authentication required.".into()));
+    }
+    match spec.kind {
+        CommandKind::Kv => match KvCommand::parse(spec, &args) {
+            Ok(command) => Dispatch::Kv(command),
+            Err(reply) => Dispatch::Reply(reply),
+        },
+        CommandKind::Node => node_command(context, connection, spec, &args),
+    }
+}
+
+fn node_command(
+    context: &Arc<NodeContext>,
+    connection: &mut ConnectionState,
+    spec: &CommandSpec,
+    args: &[Bytes],
+) -> Dispatch {
+    let reply = match spec.name {
+        "ping" => match args.get(1) {
+            Some(message) => Reply::Bulk(message.clone()),
+            None => Reply::Status("PONG"),
+        },
+        "echo" => Reply::Bulk(args[1].clone()),
+        "quit" => return Dispatch::Close(Reply::OK),
+        "reset" => {
+            connection.protocol = Protocol::Resp2;
+            connection.name = None;
+            connection.authenticated = context.config.requirepass.is_none();
+            Reply::Status("RESET")
+        }
+        "auth" => auth(context, connection, &args[1..]),
+        "hello" => hello(context, connection, &args[1..]),
+        "select" => match command_int(&args[1]) {
+            Some(0) => Reply::OK,
+            Some(_) => Reply::err("DB index is out of range"),
+            None => Reply::err("value is not an integer or out of range"),
+        },
+        "client" => client(connection, args),
+        "command" => command_command(args),
+        "config" => config(context, args),
+        "info" => info::info_reply(context, connection, &args[1..]),
+        "cluster" => cluster(args),
+        "time" => {
+            let micros = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|since| since.as_micros())
+                .unwrap_or_default();
+            Reply::Array(vec![
+                Reply::Bulk(Bytes::from((micros / 1_000_000).to_string())),
+                Reply::Bulk(Bytes::from((micros % 1_000_000).to_string())),
+            ])
+        }
+        other => Reply::err(format!("internal error: no handler for '{other}'")),
+    };
+    Dispatch::Reply(reply)
+}
+
+fn command_int(arg: &[u8]) -> Option<i64> {
+    chorus_core::kv::number::parse_i64(arg)
+}
+
+fn check_password(context: &NodeContext, username: Option<&Bytes>, password: &Bytes) -> Result<(), Reply> {
+    let Some(expected) = &context.config.requirepass else {
+        return Err(Reply::err(
+            "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+        ));
+    };
+    let user_ok = username.is_none_or(|user| user.as_ref() == b"default");
+    if user_ok && password.as_ref() == expected.as_bytes() {
+        Ok(())
+    } else {
+        Err(Reply::Error("WRONGPASS invalid username-password pair or user is disabled.".into()))
+    }
+}
+
+fn auth(context: &NodeContext, connection: &mut ConnectionState, args: &[Bytes]) -> Reply {
+    let result = match args {
+        [password] => check_password(context, None, password),
+        [username, password] => check_password(context, Some(username), password),
+        _ => return Reply::err("syntax error"),
+    };
+    match result {
+        Ok(()) => {
+            connection.authenticated = true;
+            Reply::OK
+        }
+        Err(reply) => reply,
+    }
+}
+
+fn hello(context: &NodeContext, connection: &mut ConnectionState, args: &[Bytes]) -> Reply {
+    let mut protocol = connection.protocol;
+    if let Some(version) = args.first() {
+        protocol = match command_int(version) {
+            Some(2) => Protocol::Resp2,
+            Some(3) => Protocol::Resp3,
+            Some(_) => return Reply::Error("NOPROTO unsupported protocol version".into()),
+            None => return Reply::err("Protocol version is not an integer or out of range"),
+        };
+    }
+    let mut i = 1;
+    let mut new_name = None;
+    while i < args.len() {
+        let option = args[i].to_ascii_uppercase();
+        match option.as_slice() {
+            b"AUTH" if i + 2 < args.len() => {
+                if let Err(reply) = check_password(context, Some(&args[i + 1]), &args[i + 2]) {
+                    return reply;
+                }
+                connection.authenticated = true;
+                i += 3;
+            }
+            b"SETNAME" if i + 1 < args.len() => {
+                if !valid_client_name(&args[i + 1]) {
+                    return Reply::err("Client names cannot contain spaces, newlines or special characters.");
+                }
+                new_name = Some(args[i + 1].clone());
+                i += 2;
+            }
+            _ => {
+                return Reply::err(format!("Syntax error in HELLO option '{}'", String::from_utf8_lossy(&args[i])));
+            }
+        }
+    }
+    if !connection.authenticated {
+        return Reply::Error(
+            "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time".into(),
+        );
+    }
+    if new_name.is_some() {
+        connection.name = new_name;
+    }
+    connection.protocol = protocol;
+    let proto = match protocol {
+        Protocol::Resp2 => 2,
+        Protocol::Resp3 => 3,
+    };
+    Reply::Map(vec![
+        (Reply::bulk("server"), Reply::bulk("redis")),
+        (Reply::bulk("version"), Reply::bulk(REDIS_COMPAT_VERSION)),
+        (Reply::bulk("proto"), Reply::Integer(proto)),
+        (Reply::bulk("id"), Reply::Integer(i64::try_from(connection.id).unwrap_or(i64::MAX))),
+        (Reply::bulk("mode"), Reply::bulk("standalone")),
+        (Reply::bulk("role"), Reply::bulk("master")),
+        (Reply::bulk("modules"), Reply::Array(Vec::new())),
+    ])
+}
+
+fn valid_client_name(name: &[u8]) -> bool {
+    name.iter().all(|&byte| (b'!'..=b'~').contains(&byte))
+}
+
+fn subcommand_error(args: &[Bytes], container: &str) -> Reply {
+    Reply::err(format!(
+        "unknown subcommand '{}'. Try {} HELP.",
+        String::from_utf8_lossy(&args[1]),
+        container.to_ascii_uppercase()
+    ))
+}
+
+fn sub_arity_error(container: &str, sub: &str) -> Reply {
+    Reply::err(format!("wrong number of arguments for '{container}|{sub}' command"))
+}
+
+fn client(connection: &mut ConnectionState, args: &[Bytes]) -> Reply {
+    let sub = args[1].to_ascii_lowercase();
+    match (sub.as_slice(), args.len()) {
+        (b"id", 2) => Reply::Integer(i64::try_from(connection.id).unwrap_or(i64::MAX)),
+        (b"getname", 2) => connection.name.clone().map_or(Reply::Null, Reply::Bulk),
+        (b"setname", 3) => {
+            if !valid_client_name(&args[2]) {
+                return Reply::err("Client names cannot contain spaces, newlines or special characters.");
+            }
+            connection.name = if args[2].is_empty() { None } else { Some(args[2].clone()) };
+            Reply::OK
+        }
+        (b"setinfo", 4) => {
+            let attribute = args[2].to_ascii_lowercase();
+            match attribute.as_slice() {
+                b"lib-name" => connection.library_name = Some(args[3].clone()),
+                b"lib-ver" => connection.library_version = Some(args[3].clone()),
+                _ => {
+                    return Reply::err(format!("Unrecognized option '{}'", String::from_utf8_lossy(&args[2])));
+                }
+            }
+            Reply::OK
+        }
+        (b"info", 2) => Reply::Verbatim(Bytes::from(client_line(connection))),
+        (b"id" | b"getname" | b"setname" | b"setinfo" | b"info", _) => {
+            sub_arity_error("client", &String::from_utf8_lossy(&sub))
+        }
+        _ => subcommand_error(args, "client"),
+    }
+}
+
+fn client_line(connection: &ConnectionState) -> String {
+    let text = |value: &Option<Bytes>| value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+    format!(
+        "id={} addr={} name={} db=0 resp={} lib-name={} lib-ver={}\n",
+        connection.id,
+        connection.peer,
+        text(&connection.name),
+        if connection.protocol == Protocol::Resp3 { 3 } else { 2 },
+        text(&connection.library_name),
+        text(&connection.library_version),
+    )
+}
+
+fn command_info(spec: &CommandSpec) -> Reply {
+    Reply::Array(vec![
+        Reply::bulk(spec.name),
+        Reply::Integer(i64::from(spec.arity)),
+        Reply::Set(spec.flags.iter().map(|flag| Reply::Status(flag)).collect()),
+        Reply::Integer(i64::from(spec.first_key)),
+        Reply::Integer(i64::from(spec.last_key)),
+        Reply::Integer(i64::from(spec.key_step)),
+        Reply::Set(vec![Reply::StatusOwned(format!("@{}", spec.group))]),
+        Reply::Array(Vec::new()),
+        Reply::Array(Vec::new()),
+        Reply::Array(Vec::new()),
+    ])
+}
+
+fn command_doc(spec: &CommandSpec) -> Reply {
+    Reply::Map(vec![
+        (Reply::bulk("summary"), Reply::bulk(spec.summary)),
+        (Reply::bulk("since"), Reply::bulk("1.0.0")),
+        (Reply::bulk("group"), Reply::bulk(spec.group)),
+    ])
+}
+
+fn command_command(args: &[Bytes]) -> Reply {
+    let Some(sub) = args.get(1).map(|sub| sub.to_ascii_lowercase()) else {
+        return Reply::Array(command::COMMANDS.iter().map(command_info).collect());
+    };
+    let named = |names: &[Bytes]| -> Vec<&'static CommandSpec> {
+        if names.is_empty() {
+            command::COMMANDS.iter().collect()
+        } else {
+            names.iter().filter_map(|name| command::lookup(name)).collect()
+        }
+    };
+    match sub.as_slice() {
+        b"count" => Reply::Integer(command::COMMANDS.len() as i64),
+        b"list" => Reply::Array(command::COMMANDS.iter().map(|spec| Reply::bulk(spec.name)).collect()),
+        b"info" => {
+            let names = &args[2..];
+            if names.is_empty() {
+                Reply::Array(command::COMMANDS.iter().map(command_info).collect())
+            } else {
+                Reply::Array(names.iter().map(|name| command::lookup(name).map_or(Reply::NullArray, command_info)).collect())
+            }
+        }
+        b"docs" => Reply::Map(named(&args[2..]).into_iter().map(|spec| (Reply::bulk(spec.name), command_doc(spec))).collect()),
+        _ => subcommand_error(args, "command"),
+    }
+}
+
+fn config(context: &NodeContext, args: &[Bytes]) -> Reply {
+    let sub = args[1].to_ascii_lowercase();
+    match sub.as_slice() {
+        b"get" if args.len() >= 3 => {
+            let parameters = config_parameters(context);
+            let mut pairs = Vec::new();
+            for (name, value) in &parameters {
+                if args[2..].iter().any(|pattern| glob_match(&pattern.to_ascii_lowercase(), name.as_bytes())) {
+                    pairs.push((Reply::bulk(*name), Reply::Bulk(Bytes::from(value.clone()))));
+                }
+            }
+            Reply::Map(pairs)
+        }
+        b"get" => sub_arity_error("config", "get"),
+        b"resetstat" => Reply::OK,
+        b"set" => Reply::err("CONFIG SET is not supported: edit the node's TOML configuration and restart it"),
+        _ => subcommand_error(args, "config"),
+    }
+}
+
+/// The Redis parameters clients ask about (redis-benchmark reads `save` and `appendonly`), with the
+/// values that describe what Chorus does.
+fn config_parameters(context: &NodeContext) -> Vec<(&'static str, String)> {
+    let config = &context.config;
+    let appendfsync = match config.fsync {
+        crate::config::FsyncPolicy::Always => "always",
+        crate::config::FsyncPolicy::Periodic(_) => "everysec",
+        crate::config::FsyncPolicy::Never => "no",
+    };
+    vec![
+        ("save", String::new()),
+        ("appendonly", "yes".into()),
+        ("appendfsync", appendfsync.into()),
+        ("databases", "1".into()),
+        ("maxclients", config.max_clients.to_string()),
+        ("maxmemory", "0".into()),
+        ("port", context.client_port.to_string()),
+        ("bind", config.client_addr.ip().to_string()),
+        ("dir", config.data_dir.display().to_string()),
+        ("proto-max-bulk-len", config.limits.bulk_bytes_max.to_string()),
+        ("cluster-enabled", "no".into()),
+    ]
+}
+
+fn cluster(args: &[Bytes]) -> Reply {
+    let sub = args[1].to_ascii_lowercase();
+    match (sub.as_slice(), args.len()) {
+        (b"keyslot", 3) => Reply::Integer(i64::from(Slot::of_key(&args[2]).0)),
+        (b"keyslot", _) => sub_arity_error("cluster", "keyslot"),
+        _ => Reply::err("This instance has cluster support disabled"),
+    }
+}
+
+/// Milliseconds since the epoch, for INFO.
+pub fn server_time_micros() -> u64 {
+    now_millis().0 * 1000
+}

@@ -1,0 +1,139 @@
+//! The two storage threads behind the replica.
+//!
+//! - The **log writer** owns the replication log. It takes every entry proposed since its last
+//!   round, writes them with one `write` and (per the fsync policy) one `fdatasync`, then tells the
+//!   replica how far the log is durable. Entries proposed while an fsync is in flight wait for the
+//!   next round, so a busy node does one fsync per round, not per write: group commit.
+//! - The **applier** applies committed entries to the key-value state in order, and every
+//!   `checkpoint_entries` makes the state durable and lets the writer drop the log prefix it covers.
+//!
+//! Both are plain threads: they do blocking disk IO, which does not belong on the async runtime.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use chorus_core::{LogEntry, LogIndex};
+use chorus_storage::{SegmentedLog, StateStore};
+
+use crate::config::FsyncPolicy;
+use crate::core_handle::{CoreHandle, LogCommand, WriteFailure};
+use crate::metrics_names as names;
+
+pub fn run_log_writer(mut log: SegmentedLog, commands: Receiver<LogCommand>, fsync: FsyncPolicy, core: CoreHandle) {
+    let mut last_sync = Instant::now();
+    let mut unsynced = false;
+    loop {
+        let first = match fsync {
+            FsyncPolicy::Periodic(interval) if unsynced => {
+                let wait = interval.saturating_sub(last_sync.elapsed());
+                match commands.recv_timeout(wait) {
+                    Ok(command) => Some(command),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            _ => match commands.recv() {
+                Ok(command) => Some(command),
+                Err(_) => return,
+            },
+        };
+        let mut batch: Vec<LogEntry> = Vec::new();
+        let mut compact_to = None;
+        let mut take = |command: LogCommand| match command {
+            LogCommand::Append(entries) => batch.extend(entries),
+            LogCommand::Compact(index) => compact_to = Some(index),
+        };
+        if let Some(command) = first {
+            take(command);
+        }
+        while let Ok(command) = commands.try_recv() {
+            take(command);
+        }
+        let result = (|| -> Result<(), chorus_storage::StorageError> {
+            if !batch.is_empty() {
+                log.append(&batch)?;
+                unsynced = true;
+            }
+            let sync_due = match fsync {
+                FsyncPolicy::Always => !batch.is_empty(),
+                FsyncPolicy::Periodic(interval) => unsynced && last_sync.elapsed() >= interval,
+                FsyncPolicy::Never => false,
+            };
+            if sync_due {
+                let started = Instant::now();
+                log.sync()?;
+                metrics::histogram!(names::FSYNC_SECONDS).record(started.elapsed().as_secs_f64());
+                metrics::counter!(names::FSYNCS_TOTAL).increment(1);
+                last_sync = Instant::now();
+                unsynced = false;
+            }
+            if let Some(index) = compact_to {
+                log.compact_prefix(index)?;
+            }
+            Ok(())
+        })();
+        if let Err(error) = result {
+            tracing::error!(%error, "the replication log cannot be written; refusing writes from now on");
+            core.with_remote(|inner| {
+                inner.write_failure = Some(WriteFailure(error.to_string()));
+                inner.replica.fail_unpersisted(&format!("the write may not be durable: {error}"));
+            });
+            return;
+        }
+        if let Some(last) = batch.last() {
+            metrics::histogram!(names::GROUP_COMMIT_ENTRIES).record(batch.len() as f64);
+            let durable = last.index;
+            core.with_remote(|inner| inner.replica.handle_persisted(durable));
+        }
+    }
+}
+
+pub fn run_applier(state: Arc<StateStore>, entries: Receiver<Vec<LogEntry>>, checkpoint_entries: u64, core: CoreHandle) {
+    let mut checkpointed = state_applied(&state);
+    while let Ok(first) = entries.recv() {
+        let mut batch = first;
+        while let Ok(more) = entries.try_recv() {
+            batch.extend(more);
+        }
+        let Some(last) = batch.last().map(|entry| entry.index) else { continue };
+        if let Err(error) = state.apply(&batch) {
+            tracing::error!(%error, "the key-value state cannot be written; refusing writes from now on");
+            core.with_remote(|inner| inner.write_failure = Some(WriteFailure(error.to_string())));
+            return;
+        }
+        core.with_remote(|inner| inner.replica.handle_applied(last, &*state));
+        if last.0 - checkpointed.0 >= checkpoint_entries {
+            match state.persist() {
+                Ok(()) => {
+                    checkpointed = last;
+                    core.compact_log(last);
+                }
+                Err(error) => tracing::warn!(%error, "checkpoint failed; the log keeps its prefix"),
+            }
+        }
+    }
+}
+
+fn state_applied(state: &StateStore) -> LogIndex {
+    use chorus_core::StateView;
+    state.applied_index()
+}
+
+/// Replays the log entries the state has not applied yet (after a crash or restart).
+pub fn replay_log(log: &SegmentedLog, state: &StateStore) -> Result<LogIndex, chorus_storage::StorageError> {
+    use chorus_core::StateView;
+    const CHUNK: u64 = 4096;
+    let mut next = state.applied_index().next().max(log.first_index());
+    let last = log.last_index();
+    while next <= last {
+        let to = LogIndex((next.0 + CHUNK - 1).min(last.0));
+        let entries = log.read(next, to)?;
+        state.apply(&entries)?;
+        next = to.next();
+    }
+    Ok(state.applied_index())
+}
+
+/// How long the tick loop sleeps between active-expiry rounds.
+pub const TICK_INTERVAL: Duration = Duration::from_millis(100);
