@@ -34,8 +34,8 @@ const PIPELINE_MAX: usize = 10_000;
 const VALUE_BYTES_MAX: usize = 512 * 1024 * 1024;
 /// Seconds of run time at most (`--duration`, `--warmup`): one day.
 const SECONDS_MAX: f64 = 86_400.0;
-/// Digits the key index is zero-padded to: `key:000000123`.
-const KEY_DIGITS: usize = 9;
+/// Digits a key index is zero-padded to at most (u64::MAX has 20).
+const KEY_DIGITS_MAX: usize = 20;
 /// SETs sent per batch while preloading.
 const PRELOAD_BATCH: usize = 256;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -82,6 +82,11 @@ pub struct BenchArgs {
     /// Size of the key space: keys are `key:000000000` to `key:<N-1>`, chosen uniformly at random.
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     pub keys: u64,
+
+    /// Digits the key index is zero-padded to (12 gives redis-benchmark's `-r` keys,
+    /// `key:000000000123`, so both tools can share a preloaded key space).
+    #[arg(long, default_value_t = 9, value_name = "N")]
+    pub key_digits: usize,
 
     /// Size of each SET value in bytes.
     #[arg(long, default_value_t = 100, value_name = "BYTES")]
@@ -188,6 +193,7 @@ struct Plan {
     workload: Workload,
     read_ratio: f64,
     keys: u64,
+    key_digits: usize,
     value: Bytes,
     clients: usize,
     pipeline: usize,
@@ -208,6 +214,7 @@ impl Plan {
         ensure!((1..=CLIENTS_MAX).contains(&args.clients), "--clients must be between 1 and {CLIENTS_MAX}");
         ensure!((1..=PIPELINE_MAX).contains(&args.pipeline), "--pipeline must be between 1 and {PIPELINE_MAX}");
         ensure!(args.keys >= 1, "--keys must be at least 1");
+        ensure!((1..=KEY_DIGITS_MAX).contains(&args.key_digits), "--key-digits must be between 1 and {KEY_DIGITS_MAX}");
         ensure!(args.value_size <= VALUE_BYTES_MAX, "--value-size must be at most {VALUE_BYTES_MAX} bytes");
         ensure!((0.0..=1.0).contains(&args.read_ratio), "--read-ratio must be between 0 and 1");
         ensure!((1..=64).contains(&args.threads), "--threads must be between 1 and 64");
@@ -241,6 +248,7 @@ impl Plan {
             workload: args.workload,
             read_ratio: args.read_ratio,
             keys: args.keys,
+            key_digits: args.key_digits,
             value,
             clients: args.clients,
             pipeline: args.pipeline,
@@ -266,7 +274,7 @@ impl Plan {
             Workload::Mixed if rng.next_f64() < self.read_ratio => Op::Get,
             Workload::Mixed => Op::Set,
         };
-        write_key(self.workload.key_prefix(), rng.below(self.keys), key);
+        write_key(self.workload.key_prefix(), rng.below(self.keys), self.key_digits, key);
         match op {
             Op::Set => encode_request(&[b"SET".as_slice(), key, &self.value], out),
             Op::Get => encode_request(&[b"GET".as_slice(), key], out),
@@ -328,10 +336,10 @@ impl SplitMix64 {
     }
 }
 
-/// Writes `<prefix><index>` to `out`, the index zero-padded to `KEY_DIGITS` digits (wider if it
-/// needs more), like redis-benchmark's `key:000000000123`-style keys.
-fn write_key(prefix: &[u8], index: u64, out: &mut Vec<u8>) {
-    let mut digits = [b'0'; 20]; // u64::MAX has 20 digits.
+/// Writes `<prefix><index>` to `out`, the index zero-padded to `width` digits (wider if it needs
+/// more), like redis-benchmark's `key:000000000123` keys.
+fn write_key(prefix: &[u8], index: u64, width: usize, out: &mut Vec<u8>) {
+    let mut digits = [b'0'; KEY_DIGITS_MAX];
     let mut rest = index;
     let mut start = digits.len();
     loop {
@@ -344,7 +352,7 @@ fn write_key(prefix: &[u8], index: u64, out: &mut Vec<u8>) {
     }
     out.clear();
     out.extend_from_slice(prefix);
-    out.extend_from_slice(&digits[start.min(digits.len() - KEY_DIGITS)..]);
+    out.extend_from_slice(&digits[start.min(digits.len() - width.min(KEY_DIGITS_MAX))..]);
 }
 
 /// The command of a request, to know which reply is a success.
@@ -667,7 +675,7 @@ async fn preload(conn: &mut Conn, plan: &Plan, shared: &Shared, index: usize) ->
     while next < plan.keys {
         let mut count = 0;
         while count < PRELOAD_BATCH && next < plan.keys {
-            write_key(prefix, next, &mut key);
+            write_key(prefix, next, plan.key_digits, &mut key);
             encode_request(&[b"SET".as_slice(), &key, &plan.value], &mut conn.wbuf);
             count += 1;
             next += plan.clients as u64;
@@ -951,16 +959,18 @@ mod tests {
     #[test]
     fn keys_are_zero_padded_to_nine_digits() {
         let mut key = Vec::new();
-        write_key(b"key:", 123, &mut key);
+        write_key(b"key:", 123, 9, &mut key);
         assert_eq!(key, b"key:000000123");
-        write_key(b"key:", 0, &mut key);
+        write_key(b"key:", 0, 9, &mut key);
         assert_eq!(key, b"key:000000000");
-        write_key(b"counter:", 999_999_999, &mut key);
+        write_key(b"counter:", 999_999_999, 9, &mut key);
         assert_eq!(key, b"counter:999999999");
-        write_key(b"key:", 1_234_567_890, &mut key);
+        write_key(b"key:", 1_234_567_890, 9, &mut key);
         assert_eq!(key, b"key:1234567890", "wider indexes keep all their digits");
-        write_key(b"key:", u64::MAX, &mut key);
+        write_key(b"key:", u64::MAX, 9, &mut key);
         assert_eq!(key, b"key:18446744073709551615");
+        write_key(b"key:", 123, 12, &mut key);
+        assert_eq!(key, b"key:000000000123", "redis-benchmark's -r format");
     }
 
     #[test]
@@ -1041,6 +1051,8 @@ mod tests {
             (&["--warmup=-1"], "--warmup"),
             (&["--requests", "0"], "--requests"),
             (&["--threads", "0"], "--threads"),
+            (&["--key-digits", "0"], "--key-digits"),
+            (&["--key-digits", "21"], "--key-digits"),
         ] {
             let error = plan(line).unwrap_err().to_string();
             assert!(error.contains(flag), "{line:?} gives {error:?}, which should name {flag}");

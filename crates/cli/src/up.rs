@@ -38,7 +38,10 @@ struct NodeProcess {
 
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
     if args.nodes != 1 {
-        bail!("--nodes {}: this version runs a single standalone node; replication arrives in a later release", args.nodes);
+        bail!(
+            "--nodes {}: this version runs a single standalone node; replication arrives in a later release",
+            args.nodes
+        );
     }
     let executable = std::env::current_exe().context("locating the chorus executable")?;
     let mut processes = Vec::new();
@@ -66,7 +69,11 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     for process in &mut processes {
         wait_until_ready(process)?;
     }
-    println!("cluster ready: node 1 serves clients at {} (redis-cli -p {})", processes[0].client, processes[0].client.port());
+    println!(
+        "cluster ready: node 1 serves clients at {} (redis-cli -p {})",
+        processes[0].client,
+        processes[0].client.port()
+    );
     println!("press Ctrl-C to stop");
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;

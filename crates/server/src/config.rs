@@ -71,6 +71,9 @@ pub struct LimitsConfig {
     pub bulk_bytes_max: usize,
     pub array_len_max: usize,
     pub inline_bytes_max: usize,
+    /// Most bytes of one not-yet-complete request a connection may buffer (Redis's
+    /// `client-query-buffer-limit`): bounds what a client claiming many large arguments can pin.
+    pub query_buffer_bytes_max: usize,
     /// Replies a connection may have outstanding before the node stops reading from it.
     pub pending_replies_max: usize,
 }
@@ -82,6 +85,7 @@ impl Default for LimitsConfig {
             bulk_bytes_max: resp.bulk_bytes_max,
             array_len_max: resp.array_len_max,
             inline_bytes_max: resp.inline_bytes_max,
+            query_buffer_bytes_max: 1024 * 1024 * 1024,
             pending_replies_max: 16 * 1024,
         }
     }
@@ -175,7 +179,13 @@ impl NodeConfig {
         if self.max_clients == 0 {
             return Err(ConfigError::Invalid("max_clients must be at least 1".into()));
         }
-        if self.limits.bulk_bytes_max == 0 || self.limits.array_len_max == 0 || self.limits.inline_bytes_max == 0 {
+        let limits = &self.limits;
+        if limits.bulk_bytes_max == 0
+            || limits.array_len_max == 0
+            || limits.inline_bytes_max == 0
+            || limits.query_buffer_bytes_max == 0
+            || limits.pending_replies_max == 0
+        {
             return Err(ConfigError::Invalid("limits must be positive".into()));
         }
         if self.storage.checkpoint_entries == 0 {

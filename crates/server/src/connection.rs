@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use bytes::{Bytes, BytesMut};
 use chorus_core::RequestId;
 use chorus_core::command::KvCommand;
-use chorus_resp::{Protocol, Reply, encode_reply, parse_request};
+use chorus_resp::{Protocol, Reply, RequestParser, encode_reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -55,6 +55,7 @@ pub async fn serve(context: Arc<NodeContext>, mut socket: TcpStream, id: u64) {
     let limits = context.config.limits.resp();
     let pending_max = context.config.limits.pending_replies_max;
 
+    let mut parser = RequestParser::new();
     let mut read_buffer = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut write_buffer = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut slots: VecDeque<Slot> = VecDeque::new();
@@ -64,7 +65,15 @@ pub async fn serve(context: Arc<NodeContext>, mut socket: TcpStream, id: u64) {
 
     loop {
         if !closing {
-            closing = process_requests(&context, &mut connection, &mut read_buffer, &mut slots, first_sequence, &limits);
+            closing = process_requests(
+                &context,
+                &mut connection,
+                &mut parser,
+                &mut read_buffer,
+                &mut slots,
+                first_sequence,
+                &limits,
+            );
         }
         // Write out every reply that is next in sequence.
         while let Some((protocol, Some(_))) = slots.front() {
@@ -122,6 +131,7 @@ fn fill(slots: &mut VecDeque<Slot>, first_sequence: u64, sequence: u64, reply: R
 fn process_requests(
     context: &Arc<NodeContext>,
     connection: &mut ConnectionState,
+    parser: &mut RequestParser,
     read_buffer: &mut BytesMut,
     slots: &mut VecDeque<Slot>,
     first_sequence: u64,
@@ -131,14 +141,21 @@ fn process_requests(
     let mut closing = false;
     let pending_max = context.config.limits.pending_replies_max;
     while slots.len() < pending_max {
-        let args = match parse_request(read_buffer, limits) {
+        let parsed = match parser.parse(read_buffer, limits) {
+            Ok(None) if read_buffer.len() > context.config.limits.query_buffer_bytes_max => {
+                Err("Protocol error: query buffer exceeds query_buffer_bytes_max".to_string())
+            }
+            Ok(parsed) => Ok(parsed),
+            Err(error) => Err(error.to_string()),
+        };
+        let args = match parsed {
             Ok(Some(args)) => args,
             Ok(None) => break,
             Err(error) => {
                 context.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(names::PROTOCOL_ERRORS_TOTAL).increment(1);
                 tracing::debug!(connection = connection.id, %error, "closing connection after a protocol error");
-                slots.push_back((connection.protocol, Some(Reply::err(error.to_string()))));
+                slots.push_back((connection.protocol, Some(Reply::err(error))));
                 read_buffer.clear();
                 closing = true;
                 break;
@@ -181,7 +198,8 @@ fn submit_batch(
     let mut ready = Vec::new();
     let refused = context.core.with(Some(connection), &mut ready, |inner| {
         if let Some(failure) = &inner.write_failure {
-            let reply = Reply::Error(format!("MISCONF the node cannot write to its disk and refuses commands: {}", failure.0));
+            let reply =
+                Reply::Error(format!("MISCONF the node cannot write to its disk and refuses commands: {}", failure.0));
             return batch.into_iter().map(|(sequence, _)| (sequence, reply.clone())).collect();
         }
         for (sequence, command) in batch {

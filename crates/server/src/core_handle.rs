@@ -20,6 +20,16 @@ pub enum LogCommand {
     Append(Vec<LogEntry>),
     /// The state is durable up to here: log segments wholly before it may be deleted.
     Compact(LogIndex),
+    /// Finish the current round and end the thread (node shutdown).
+    Stop,
+}
+
+/// Work for the applier thread.
+#[derive(Debug)]
+pub enum ApplyCommand {
+    Apply(Vec<LogEntry>),
+    /// End the thread (node shutdown).
+    Stop,
 }
 
 /// Why the node stopped accepting writes, if it has.
@@ -38,14 +48,14 @@ pub struct CoreInner {
 pub struct CoreHandle {
     inner: Arc<Mutex<CoreInner>>,
     log_tx: std::sync::mpsc::Sender<LogCommand>,
-    apply_tx: std::sync::mpsc::Sender<Vec<LogEntry>>,
+    apply_tx: std::sync::mpsc::Sender<ApplyCommand>,
 }
 
 impl CoreHandle {
     pub fn new(
         replica: Replica,
         log_tx: std::sync::mpsc::Sender<LogCommand>,
-        apply_tx: std::sync::mpsc::Sender<Vec<LogEntry>>,
+        apply_tx: std::sync::mpsc::Sender<ApplyCommand>,
     ) -> CoreHandle {
         let inner = CoreInner { replica, connections: HashMap::new(), write_failure: None };
         CoreHandle { inner: Arc::new(Mutex::new(inner)), log_tx, apply_tx }
@@ -75,7 +85,7 @@ impl CoreHandle {
                     let _ = self.log_tx.send(LogCommand::Append(entries));
                 }
                 Effect::Apply(entries) => {
-                    let _ = self.apply_tx.send(entries);
+                    let _ = self.apply_tx.send(ApplyCommand::Apply(entries));
                 }
                 Effect::Reply { request: RequestId { connection, sequence }, reply } => {
                     if Some(connection) == local_connection {
@@ -107,6 +117,16 @@ impl CoreHandle {
     /// Reads a value from the replica without giving it an input (INFO, status).
     pub fn inspect<T>(&self, read: impl FnOnce(&CoreInner) -> T) -> T {
         read(&self.lock())
+    }
+
+    /// Asks the log writer to end after its current round.
+    pub fn stop_log_writer(&self) {
+        let _ = self.log_tx.send(LogCommand::Stop);
+    }
+
+    /// Asks the applier to end once it has applied what it was already sent.
+    pub fn stop_applier(&self) {
+        let _ = self.apply_tx.send(ApplyCommand::Stop);
     }
 
     pub fn compact_log(&self, up_to: LogIndex) {

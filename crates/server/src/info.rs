@@ -108,11 +108,7 @@ fn render_section(context: &NodeContext, section: &str, out: &mut String) {
         ),
         "keyspace" => {
             let keys = context.state.key_count().unwrap_or(0);
-            if keys > 0 {
-                write!(out, "# Keyspace\r\ndb0:keys={keys}\r\n")
-            } else {
-                write!(out, "# Keyspace\r\n")
-            }
+            if keys > 0 { write!(out, "# Keyspace\r\ndb0:keys={keys}\r\n") } else { write!(out, "# Keyspace\r\n") }
         }
         _ => Ok(()),
     };

@@ -128,14 +128,14 @@ pub async fn run(
         client_port: client_addr.port(),
     });
 
-    if let Some(admin_listener) = admin_listener {
+    let admin_task = admin_listener.map(|admin_listener| {
         let router = admin::router(Arc::clone(&context));
         tokio::spawn(async move {
             if let Err(error) = axum::serve(admin_listener, router).await {
                 tracing::warn!(%error, "admin port stopped");
             }
-        });
-    }
+        })
+    });
     let ticker_context = Arc::clone(&context);
     let ticker = tokio::spawn(async move {
         let mut interval = tokio::time::interval(pipeline::TICK_INTERVAL);
@@ -155,28 +155,37 @@ pub async fn run(
         let _ = bound.send(BoundAddrs { client: client_addr, admin: admin_addr });
     }
 
-    let accept_context = Arc::clone(&context);
+    let mut connections = tokio::task::JoinSet::new();
     tokio::select! {
-        () = accept_loop(accept_context, listener) => {}
+        () = accept_loop(Arc::clone(&context), listener, &mut connections) => {}
         () = shutdown => tracing::info!("shutting down"),
     }
-    ticker.abort();
-    // Every acknowledged write is already durable in the log; a checkpoint now only makes the next
+    // Stop everything that can propose, then let the storage threads finish their rounds. Every
+    // acknowledged write is already durable in the log; the final checkpoint only makes the next
     // start faster.
+    connections.shutdown().await;
+    ticker.abort();
+    let _ = ticker.await;
+    if let Some(admin) = admin_task {
+        admin.abort();
+        let _ = admin.await;
+    }
+    core.stop_log_writer();
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    core.stop_applier();
+    let _ = tokio::task::spawn_blocking(move || applier.join()).await;
     if let Err(error) = state.persist() {
         tracing::warn!(%error, "final checkpoint failed; the next start replays the log");
     }
     drop(context);
     drop(core);
-    // The storage threads end when the last handle to their channels is gone; connections still
-    // running hold handles, so the threads are detached rather than joined.
-    drop(writer);
-    drop(applier);
+    drop(state);
     drop(lock_file);
+    tracing::info!("stopped");
     Ok(())
 }
 
-async fn accept_loop(context: Arc<NodeContext>, listener: TcpListener) {
+async fn accept_loop(context: Arc<NodeContext>, listener: TcpListener, connections: &mut tokio::task::JoinSet<()>) {
     let mut next_connection_id: u64 = 1;
     loop {
         let (socket, _) = match listener.accept().await {
@@ -205,6 +214,9 @@ async fn accept_loop(context: Arc<NodeContext>, listener: TcpListener) {
         metrics::gauge!(names::CONNECTED_CLIENTS).increment(1.0);
         let id = next_connection_id;
         next_connection_id += 1;
-        tokio::spawn(connection::serve(Arc::clone(&context), socket, id));
+        // Finished connections are reaped as new ones arrive, so the set stays as large as the
+        // number of live connections.
+        while connections.try_join_next().is_some() {}
+        connections.spawn(connection::serve(Arc::clone(&context), socket, id));
     }
 }

@@ -17,7 +17,7 @@ use chorus_core::{LogEntry, LogIndex};
 use chorus_storage::{SegmentedLog, StateStore};
 
 use crate::config::FsyncPolicy;
-use crate::core_handle::{CoreHandle, LogCommand, WriteFailure};
+use crate::core_handle::{ApplyCommand, CoreHandle, LogCommand, WriteFailure};
 use crate::metrics_names as names;
 
 pub fn run_log_writer(mut log: SegmentedLog, commands: Receiver<LogCommand>, fsync: FsyncPolicy, core: CoreHandle) {
@@ -40,9 +40,11 @@ pub fn run_log_writer(mut log: SegmentedLog, commands: Receiver<LogCommand>, fsy
         };
         let mut batch: Vec<LogEntry> = Vec::new();
         let mut compact_to = None;
+        let mut stop = false;
         let mut take = |command: LogCommand| match command {
             LogCommand::Append(entries) => batch.extend(entries),
             LogCommand::Compact(index) => compact_to = Some(index),
+            LogCommand::Stop => stop = true,
         };
         if let Some(command) = first {
             take(command);
@@ -57,6 +59,7 @@ pub fn run_log_writer(mut log: SegmentedLog, commands: Receiver<LogCommand>, fsy
             }
             let sync_due = match fsync {
                 FsyncPolicy::Always => !batch.is_empty(),
+                _ if stop => unsynced,
                 FsyncPolicy::Periodic(interval) => unsynced && last_sync.elapsed() >= interval,
                 FsyncPolicy::Never => false,
             };
@@ -86,15 +89,32 @@ pub fn run_log_writer(mut log: SegmentedLog, commands: Receiver<LogCommand>, fsy
             let durable = last.index;
             core.with_remote(|inner| inner.replica.handle_persisted(durable));
         }
+        if stop {
+            return;
+        }
     }
 }
 
-pub fn run_applier(state: Arc<StateStore>, entries: Receiver<Vec<LogEntry>>, checkpoint_entries: u64, core: CoreHandle) {
+pub fn run_applier(
+    state: Arc<StateStore>,
+    commands: Receiver<ApplyCommand>,
+    checkpoint_entries: u64,
+    core: CoreHandle,
+) {
     let mut checkpointed = state_applied(&state);
-    while let Ok(first) = entries.recv() {
-        let mut batch = first;
-        while let Ok(more) = entries.try_recv() {
-            batch.extend(more);
+    let mut stop = false;
+    while !stop {
+        let mut batch = Vec::new();
+        let mut take = |command: ApplyCommand| match command {
+            ApplyCommand::Apply(entries) => batch.extend(entries),
+            ApplyCommand::Stop => stop = true,
+        };
+        match commands.recv() {
+            Ok(command) => take(command),
+            Err(_) => return,
+        }
+        while let Ok(command) = commands.try_recv() {
+            take(command);
         }
         let Some(last) = batch.last().map(|entry| entry.index) else { continue };
         if let Err(error) = state.apply(&batch) {

@@ -144,10 +144,8 @@ fn log_with_last_record_bounds(dir: &Path, count: u64) -> (PathBuf, u64, u64) {
     drop(log);
     let last_path = segment_paths(dir).pop().unwrap();
     assert!(segment_paths(dir).len() > 1, "the test wants several segments");
-    let before_last = sizes_before
-        .iter()
-        .find(|(path, _)| *path == last_path)
-        .map_or(SEGMENT_HEADER_BYTES, |(_, len)| *len);
+    let before_last =
+        sizes_before.iter().find(|(path, _)| *path == last_path).map_or(SEGMENT_HEADER_BYTES, |(_, len)| *len);
     let after_last = std::fs::metadata(&last_path).unwrap().len();
     (last_path, before_last, after_last)
 }
@@ -291,7 +289,7 @@ fn a_torn_header_of_a_new_last_segment_is_rewritten() {
     drop(log);
     for header_bytes in [0usize, 1, 9, 17, 18, 40] {
         let path = dir.path().join(format!("{:020}.log", next.0));
-        std::fs::write(&path, &vec![0u8; header_bytes]).unwrap();
+        std::fs::write(&path, vec![0u8; header_bytes]).unwrap();
         let mut log = open(dir.path(), small_segments());
         assert_eq!(log.last_index(), LogIndex(60), "{header_bytes}-byte header");
         log.append(&entries(61, 61, 1)).unwrap();
@@ -487,7 +485,7 @@ proptest! {
     #![proptest_config(ProptestConfig {
         cases: 64,
         // Fixed so a failure replays; proptest prints the shrunk failing steps.
-        rng_seed: RngSeed::Fixed(0x10c5_eed),
+        rng_seed: RngSeed::Fixed(0x010c_5eed),
         failure_persistence: None,
         ..ProptestConfig::default()
     })]

@@ -10,8 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use chorus_core::state::MemoryState;
 use chorus_core::{
-    EntryPayload, LogEntry, LogIndex, SLOT_COUNT, ScanFrom, Slot, StateView, StoredValue, Term,
-    UnixMillis, WriteOp,
+    EntryPayload, LogEntry, LogIndex, SLOT_COUNT, ScanFrom, Slot, StateView, StoredValue, Term, UnixMillis, WriteOp,
 };
 use chorus_storage::{KEY_BYTES_MAX, StateStore, StorageError};
 use proptest::prelude::*;
@@ -20,8 +19,21 @@ use proptest::test_runner::{Config as ProptestConfig, RngSeed};
 /// Keys chosen to collide: shared hash tags (same slot, different keys), NUL bytes, the empty
 /// key, prefixes of one another.
 const KEY_POOL: &[&[u8]] = &[
-    b"a", b"b", b"ab", b"{tag}x", b"{tag}y", b"{tag}", b"tag", b"k\0ey", b"k", b"\0", b"", b"{}z",
-    b"foo", b"bar", b"\xff\xff",
+    b"a",
+    b"b",
+    b"ab",
+    b"{tag}x",
+    b"{tag}y",
+    b"{tag}",
+    b"tag",
+    b"k\0ey",
+    b"k",
+    b"\0",
+    b"",
+    b"{}z",
+    b"foo",
+    b"bar",
+    b"\xff\xff",
 ];
 
 fn key() -> impl Strategy<Value = Bytes> {
@@ -212,11 +224,17 @@ fn persisted_state_survives_reopen() {
         store.get(b"b").unwrap(),
         Some(StoredValue { value: Bytes::from_static(b"2"), expire_at: Some(UnixMillis(50)) })
     );
-    assert_eq!(store.expired_keys(UnixMillis(100), 10).unwrap(), vec![Bytes::from_static(b"c"), Bytes::from_static(b"b")]);
+    assert_eq!(
+        store.expired_keys(UnixMillis(100), 10).unwrap(),
+        vec![Bytes::from_static(b"c"), Bytes::from_static(b"b")]
+    );
     // Entries already applied are skipped; the next one applies.
-    store.apply(&[write(3, vec![WriteOp::Clear]), write(4, vec![put("d", "4", None)])]).unwrap();
+    assert_eq!(store.applied_term(), Term(1));
+    let entry_4 = LogEntry { term: Term(2), ..write(4, vec![put("d", "4", None)]) };
+    store.apply(&[write(3, vec![WriteOp::Clear]), entry_4]).unwrap();
     assert_eq!(store.key_count().unwrap(), 3, "entry 3 was not applied twice");
     assert_eq!(store.applied_index(), LogIndex(4));
+    assert_eq!(store.applied_term(), Term(2));
 }
 
 #[test]
@@ -232,17 +250,18 @@ fn an_entry_that_cannot_be_stored_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::open(dir.path()).unwrap();
     store.apply(&[write(1, vec![put("a", "1", None)])]).unwrap();
-    let too_long = WriteOp::Put {
-        key: Bytes::from(vec![b'k'; KEY_BYTES_MAX + 1]),
-        value: Bytes::new(),
-        expire_at: None,
-    };
+    let too_long =
+        WriteOp::Put { key: Bytes::from(vec![b'k'; KEY_BYTES_MAX + 1]), value: Bytes::new(), expire_at: None };
     let result = store.apply(&[write(2, vec![put("b", "2", None)]), write(3, vec![too_long])]);
     assert!(matches!(result, Err(StorageError::Encode(_))), "{result:?}");
     assert_eq!(store.applied_index(), LogIndex(1));
     assert_eq!(store.get(b"b").unwrap(), None, "the whole call is one batch");
 
-    let longest = WriteOp::Put { key: Bytes::from(vec![b'k'; KEY_BYTES_MAX]), value: Bytes::new(), expire_at: Some(UnixMillis(1)) };
+    let longest = WriteOp::Put {
+        key: Bytes::from(vec![b'k'; KEY_BYTES_MAX]),
+        value: Bytes::new(),
+        expire_at: Some(UnixMillis(1)),
+    };
     store.apply(&[write(2, vec![longest])]).unwrap();
     assert_eq!(store.expired_keys(UnixMillis(1), 1).unwrap()[0].len(), KEY_BYTES_MAX);
 }
@@ -283,5 +302,9 @@ fn readers_see_each_apply_call_whole() {
         done.store(true, Ordering::Release);
     });
     assert_eq!(store.key_count().unwrap(), keys.len() as u64);
-    assert_eq!(store.expired_keys(UnixMillis(u64::MAX), usize::MAX).unwrap().len(), keys.len(), "old expiry rows removed");
+    assert_eq!(
+        store.expired_keys(UnixMillis(u64::MAX), usize::MAX).unwrap().len(),
+        keys.len(),
+        "old expiry rows removed"
+    );
 }

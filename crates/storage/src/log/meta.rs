@@ -82,9 +82,7 @@ impl LogMeta {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(error) => return Err(StorageError::io(format!("read {}", path.display()), error)),
         };
-        LogMeta::decode(&bytes)
-            .map(Some)
-            .map_err(|detail| StorageError::Corrupt { path, offset: 0, detail })
+        LogMeta::decode(&bytes).map(Some).map_err(|detail| StorageError::Corrupt { path, offset: 0, detail })
     }
 
     /// Replaces the sidecar durably: after this returns, a crash leaves exactly `self` on disk,

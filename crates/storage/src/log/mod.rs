@@ -25,8 +25,8 @@ use chorus_core::{LogEntry, LogIndex, Term};
 use crate::error::StorageError;
 use meta::LogMeta;
 use segment::{
-    RecordRead, SEGMENT_HEADER_BYTES, create_segment_file, decode_header, open_segment_file,
-    parse_segment_file_name, read_record, scan_records, sync_dir, valid_record_after,
+    RecordRead, SEGMENT_HEADER_BYTES, create_segment_file, decode_header, open_segment_file, parse_segment_file_name,
+    read_record, scan_records, sync_dir, valid_record_after,
 };
 
 /// Tuning of a [`SegmentedLog`].
@@ -125,8 +125,7 @@ impl SegmentedLog {
     /// record, or a gap between segments, is [`StorageError::Corrupt`].
     pub fn open(dir: &Path, options: LogOptions) -> Result<SegmentedLog, StorageError> {
         assert!(options.segment_bytes_max > 0, "segment_bytes_max must be positive");
-        std::fs::create_dir_all(dir)
-            .map_err(|error| StorageError::io(format!("create {}", dir.display()), error))?;
+        std::fs::create_dir_all(dir).map_err(|error| StorageError::io(format!("create {}", dir.display()), error))?;
         let mut bases = list_segment_bases(dir)?;
 
         let meta_on_disk = LogMeta::read(dir)?;
@@ -142,10 +141,7 @@ impl SegmentedLog {
         // A compaction records its new prev point before deleting segments; finish any deletion a
         // crash interrupted. Segment `i` holds `bases[i]..bases[i + 1]`, so it is wholly compacted
         // when the next one starts at or before `prev + 1`.
-        let first_kept = bases
-            .windows(2)
-            .take_while(|pair| pair[1] <= meta.prev_index.next())
-            .count();
+        let first_kept = bases.windows(2).take_while(|pair| pair[1] <= meta.prev_index.next()).count();
         if first_kept > 0 {
             tracing::info!(
                 dir = %dir.display(),
@@ -180,26 +176,19 @@ impl SegmentedLog {
         // The previous process may have died between a write and its sync; what recovery just
         // accepted is about to be reported (last index, votes), so it must be durable first.
         let active = log.active_segment();
-        active
-            .file
-            .sync_data()
-            .map_err(|error| StorageError::io(format!("fsync {}", active.path.display()), error))?;
+        active.file.sync_data().map_err(|error| StorageError::io(format!("fsync {}", active.path.display()), error))?;
         Ok(log)
     }
 
     fn recover_segment(&mut self, base: LogIndex, is_last: bool) -> Result<Segment, StorageError> {
         let path = self.dir.join(segment::segment_file_name(base));
-        let corrupt = |offset: u64, detail: String| StorageError::Corrupt {
-            path: path.clone(),
-            offset,
-            detail,
-        };
+        let corrupt = |offset: u64, detail: String| StorageError::Corrupt { path: path.clone(), offset, detail };
         let index_expected = self.last_index().next();
         if base != index_expected {
             return Err(corrupt(0, format!("segment starts at {base}, expected {index_expected}")));
         }
-        let mut bytes = std::fs::read(&path)
-            .map_err(|error| StorageError::io(format!("read {}", path.display()), error))?;
+        let mut bytes =
+            std::fs::read(&path).map_err(|error| StorageError::io(format!("read {}", path.display()), error))?;
         let file = open_segment_file(&path)?;
 
         if let Err(detail) = decode_header(&bytes) {
@@ -401,11 +390,7 @@ impl SegmentedLog {
     /// If `from` is before the first entry: compacted entries are committed and never truncated.
     pub fn truncate_suffix(&mut self, from: LogIndex) -> Result<Vec<LogEntry>, StorageError> {
         self.check_not_poisoned()?;
-        assert!(
-            from >= self.first_index(),
-            "truncating from {from}, before the first entry {}",
-            self.first_index()
-        );
+        assert!(from >= self.first_index(), "truncating from {from}, before the first entry {}", self.first_index());
         if from > self.last_index() {
             return Ok(Vec::new());
         }
@@ -423,9 +408,8 @@ impl SegmentedLog {
         while self.segments.len() > keep + 1 {
             let Some(segment) = self.segments.pop() else { break };
             drop(segment.file);
-            std::fs::remove_file(&segment.path).map_err(|error| {
-                StorageError::io(format!("remove {}", segment.path.display()), error)
-            })?;
+            std::fs::remove_file(&segment.path)
+                .map_err(|error| StorageError::io(format!("remove {}", segment.path.display()), error))?;
             sync_dir(&self.dir)?;
         }
         let segment = self.active_segment_mut();
@@ -468,9 +452,8 @@ impl SegmentedLog {
         self.meta = new_meta;
         for segment in self.segments.drain(..removable) {
             drop(segment.file);
-            std::fs::remove_file(&segment.path).map_err(|error| {
-                StorageError::io(format!("remove {}", segment.path.display()), error)
-            })?;
+            std::fs::remove_file(&segment.path)
+                .map_err(|error| StorageError::io(format!("remove {}", segment.path.display()), error))?;
         }
         sync_dir(&self.dir)
     }
@@ -510,10 +493,7 @@ impl SegmentedLog {
     /// Seals the active segment (durably: later syncs only cover the new one) and starts a new one.
     fn rotate(&mut self) -> Result<(), StorageError> {
         let active = self.active_segment();
-        active
-            .file
-            .sync_data()
-            .map_err(|error| StorageError::io(format!("fsync {}", active.path.display()), error))?;
+        active.file.sync_data().map_err(|error| StorageError::io(format!("fsync {}", active.path.display()), error))?;
         let base = self.last_index().next();
         let (path, file) = create_segment_file(&self.dir, base)?;
         self.segments.push(Segment {
@@ -600,8 +580,7 @@ fn read_segment_range(
 }
 
 fn list_segment_bases(dir: &Path) -> Result<Vec<LogIndex>, StorageError> {
-    let listing = std::fs::read_dir(dir)
-        .map_err(|error| StorageError::io(format!("list {}", dir.display()), error))?;
+    let listing = std::fs::read_dir(dir).map_err(|error| StorageError::io(format!("list {}", dir.display()), error))?;
     let mut bases = Vec::new();
     for item in listing {
         let item = item.map_err(|error| StorageError::io(format!("list {}", dir.display()), error))?;
@@ -645,8 +624,7 @@ mod tests {
         log.sync().unwrap();
 
         let failed_fsync = std::io::Error::other("injected fsync failure");
-        let result: Result<(), _> =
-            log.poison_on_error(Err(StorageError::io("fsync", failed_fsync)));
+        let result: Result<(), _> = log.poison_on_error(Err(StorageError::io("fsync", failed_fsync)));
         assert!(matches!(result, Err(StorageError::Io { .. })), "the first error says what failed");
 
         assert!(matches!(log.append(&entries(4, 4, 1)), Err(StorageError::Poisoned)));

@@ -76,9 +76,8 @@ pub(crate) fn encode_record(entry: &LogEntry, buf: Vec<u8>) -> Result<Vec<u8>, S
     let mut buf = postcard::to_extend(entry, buf)
         .map_err(|error| StorageError::Encode(format!("log entry {}: {error}", entry.index)))?;
     let payload_start = record_start + RECORD_HEADER_BYTES;
-    let payload_len = u32::try_from(buf.len() - payload_start).map_err(|_| {
-        StorageError::Encode(format!("log entry {} is larger than 4 GiB", entry.index))
-    })?;
+    let payload_len = u32::try_from(buf.len() - payload_start)
+        .map_err(|_| StorageError::Encode(format!("log entry {} is larger than 4 GiB", entry.index)))?;
     let crc = crc32fast::hash(&buf[payload_start..]);
     buf[record_start..record_start + 4].copy_from_slice(&payload_len.to_le_bytes());
     buf[record_start + 4..payload_start].copy_from_slice(&crc.to_le_bytes());
@@ -95,7 +94,11 @@ pub(crate) struct EntryHead {
 
 #[derive(Debug)]
 pub(crate) enum RecordRead<'a> {
-    Valid { head: EntryHead, payload: &'a [u8], end: usize },
+    Valid {
+        head: EntryHead,
+        payload: &'a [u8],
+        end: usize,
+    },
     /// The record's header or payload runs past the end of the buffer.
     Incomplete,
     /// The record is all there but is not one we wrote.
@@ -143,9 +146,8 @@ pub(crate) fn valid_record_after(buf: &[u8], offset: usize, index_min: LogIndex)
         }
         let payload = &buf[payload_start..payload_start + payload_len];
         let records_max_after = (buf.len() - candidate) as u64 / record_bytes_min as u64;
-        let plausible = postcard::take_from_bytes::<EntryHead>(payload).is_ok_and(|(head, _)| {
-            head.index >= index_min && head.index.0 - index_min.0 <= records_max_after
-        });
+        let plausible = postcard::take_from_bytes::<EntryHead>(payload)
+            .is_ok_and(|(head, _)| head.index >= index_min && head.index.0 - index_min.0 <= records_max_after);
         plausible && crc32fast::hash(payload) == u32::from_le_bytes(array_at(header, 4))
     })
 }
@@ -172,11 +174,7 @@ pub(crate) struct Damage {
 /// Scans the records of a segment whose header has been checked, expecting the first to hold
 /// `base`. A record with a valid checksum but an unexpected index is corruption at once: it cannot
 /// come from a torn write.
-pub(crate) fn scan_records(
-    path: &Path,
-    buf: &[u8],
-    base: LogIndex,
-) -> Result<SegmentScan, StorageError> {
+pub(crate) fn scan_records(path: &Path, buf: &[u8], base: LogIndex) -> Result<SegmentScan, StorageError> {
     let mut scan = SegmentScan {
         heads: Vec::new(),
         record_offsets: Vec::new(),
@@ -192,10 +190,7 @@ pub(crate) fn scan_records(
                     return Err(StorageError::Corrupt {
                         path: path.to_owned(),
                         offset: offset as u64,
-                        detail: format!(
-                            "record holds index {}, expected {index_expected}",
-                            head.index
-                        ),
+                        detail: format!("record holds index {}, expected {index_expected}", head.index),
                     });
                 }
                 scan.heads.push(head);
@@ -240,8 +235,7 @@ pub(crate) fn create_segment_file(dir: &Path, base: LogIndex) -> Result<(PathBuf
         .map_err(|error| StorageError::io(format!("create {}", path.display()), error))?;
     file.write_all_at(&encode_header(base), 0)
         .map_err(|error| StorageError::io(format!("write header of {}", path.display()), error))?;
-    file.sync_all()
-        .map_err(|error| StorageError::io(format!("fsync {}", path.display()), error))?;
+    file.sync_all().map_err(|error| StorageError::io(format!("fsync {}", path.display()), error))?;
     sync_dir(dir)?;
     Ok((path, file))
 }

@@ -4,6 +4,7 @@
 //! data:    slot:u16be key                  -> flags:u8 [expire_at:u64le if flags & 1] value
 //! expiry:  expire_at:u64be slot:u16be key  -> (empty)
 //! meta:    "applied_index"                 -> u64le
+//!          "applied_term"                  -> u64le
 //!          "key_count"                     -> u64le
 //! ```
 //!
@@ -30,6 +31,7 @@ pub const KEY_BYTES_MAX: usize = u16::MAX as usize - EXPIRY_PREFIX_BYTES;
 pub const VALUE_BYTES_MAX: usize = u32::MAX as usize - VALUE_HEADER_BYTES_MAX;
 
 pub(crate) const APPLIED_INDEX_KEY: &[u8] = b"applied_index";
+pub(crate) const APPLIED_TERM_KEY: &[u8] = b"applied_term";
 pub(crate) const KEY_COUNT_KEY: &[u8] = b"key_count";
 
 pub(crate) fn data_key(key: &[u8]) -> Vec<u8> {
@@ -45,9 +47,7 @@ pub(crate) fn data_key_in_slot(slot: Slot, key: &[u8]) -> Vec<u8> {
 
 /// The user key inside a data key.
 pub(crate) fn key_of_data_key(data_key: &[u8]) -> Result<&[u8], String> {
-    data_key
-        .get(SLOT_PREFIX_BYTES..)
-        .ok_or_else(|| format!("data key of {} bytes has no slot prefix", data_key.len()))
+    data_key.get(SLOT_PREFIX_BYTES..).ok_or_else(|| format!("data key of {} bytes has no slot prefix", data_key.len()))
 }
 
 pub(crate) fn expiry_key(expire_at: UnixMillis, data_key: &[u8]) -> Vec<u8> {
@@ -111,8 +111,7 @@ pub(crate) fn decode_value(encoded: &[u8]) -> Result<StoredValue, String> {
 }
 
 pub(crate) fn decode_u64(bytes: &[u8]) -> Result<u64, String> {
-    let array: [u8; 8] =
-        bytes.try_into().map_err(|_| format!("expected 8 bytes, found {}", bytes.len()))?;
+    let array: [u8; 8] = bytes.try_into().map_err(|_| format!("expected 8 bytes, found {}", bytes.len()))?;
     Ok(u64::from_le_bytes(array))
 }
 

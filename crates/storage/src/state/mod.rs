@@ -18,8 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use chorus_core::{
-    EntryPayload, LogEntry, LogIndex, ScanFrom, StateError, StateView, StoredValue, UnixMillis,
-    WriteOp,
+    EntryPayload, LogEntry, LogIndex, ScanFrom, StateError, StateView, StoredValue, Term, UnixMillis, WriteOp,
 };
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode, Readable};
 
@@ -44,6 +43,7 @@ pub struct StateStore {
     /// Mirrors of the meta keyspace, published after each batch commits, so a reader that sees
     /// applied index N is sure to see the data of entry N.
     applied_index: AtomicU64,
+    applied_term: AtomicU64,
     key_count: AtomicU64,
 }
 
@@ -52,6 +52,7 @@ impl std::fmt::Debug for StateStore {
         f.debug_struct("StateStore")
             .field("dir", &self.dir)
             .field("applied_index", &self.applied_index.load(Ordering::Acquire))
+            .field("applied_term", &self.applied_term.load(Ordering::Acquire))
             .field("key_count", &self.key_count.load(Ordering::Acquire))
             .finish_non_exhaustive()
     }
@@ -75,6 +76,7 @@ impl StateStore {
             }
         };
         let applied_index = read_counter(codec::APPLIED_INDEX_KEY)?;
+        let applied_term = read_counter(codec::APPLIED_TERM_KEY)?;
         let key_count = read_counter(codec::KEY_COUNT_KEY)?;
         Ok(StateStore {
             dir: dir.to_owned(),
@@ -84,6 +86,7 @@ impl StateStore {
             meta,
             apply_lock: Mutex::new(()),
             applied_index: AtomicU64::new(applied_index),
+            applied_term: AtomicU64::new(applied_term),
             key_count: AtomicU64::new(key_count),
         })
     }
@@ -113,7 +116,7 @@ impl StateStore {
         for entry in fresh {
             if let EntryPayload::Write(ops) = &entry.payload {
                 for op in ops {
-                    pending.apply_op(op, |data_key| self.stored_expiry(&snapshot, data_key))?;
+                    pending.apply_op(op, |data_key| self.stored_presence(&snapshot, data_key))?;
                 }
             }
         }
@@ -122,12 +125,20 @@ impl StateStore {
         let key_count = pending.key_count;
         pending.write_into(&mut batch, self, &snapshot)?;
         batch.insert(&self.meta, codec::APPLIED_INDEX_KEY, last.index.0.to_le_bytes().to_vec());
+        batch.insert(&self.meta, codec::APPLIED_TERM_KEY, last.term.0.to_le_bytes().to_vec());
         batch.insert(&self.meta, codec::KEY_COUNT_KEY, key_count.to_le_bytes().to_vec());
         batch.commit()?;
 
         self.key_count.store(key_count, Ordering::Release);
+        self.applied_term.store(last.term.0, Ordering::Release);
         self.applied_index.store(last.index.0, Ordering::Release);
         Ok(())
+    }
+
+    /// The term of the entry at the applied index (0 if nothing was applied): with the applied
+    /// index, the point a snapshot of this state stands for, and where a reset log restarts.
+    pub fn applied_term(&self) -> Term {
+        Term(self.applied_term.load(Ordering::Acquire))
     }
 
     /// Makes everything applied so far durable (fsync of fjall's journal): after this returns, a
@@ -147,21 +158,29 @@ impl StateStore {
         &self.dir
     }
 
-    /// `Some(expire_at)` if `data_key` is stored, as of `snapshot`.
-    fn stored_expiry(
-        &self,
-        snapshot: &fjall::Snapshot,
-        data_key: &[u8],
-    ) -> Result<Option<Option<UnixMillis>>, StorageError> {
+    fn stored_presence(&self, snapshot: &fjall::Snapshot, data_key: &[u8]) -> Result<Presence, StorageError> {
         let Some(encoded) = snapshot.get(&self.data, data_key)? else {
-            return Ok(None);
+            return Ok(Presence::Absent);
         };
-        codec::decode_expiry(&encoded).map(Some).map_err(|detail| self.corrupt(detail))
+        let expire_at = codec::decode_expiry(&encoded).map_err(|detail| self.corrupt(detail))?;
+        Ok(Presence::Present { expire_at })
     }
 
     fn corrupt(&self, detail: String) -> StorageError {
         StorageError::Corrupt { path: self.dir.clone(), offset: 0, detail }
     }
+}
+
+/// Whether a key is stored, and its expiry if it is.
+#[derive(Debug, Clone, Copy)]
+enum Presence {
+    Absent,
+    Present { expire_at: Option<UnixMillis> },
+}
+
+enum PendingValue {
+    Deleted,
+    Stored { encoded: Vec<u8>, expire_at: Option<UnixMillis> },
 }
 
 /// The net effect of one apply call, built before anything is written. Several ops of one call may
@@ -170,8 +189,8 @@ impl StateStore {
 struct PendingChanges {
     /// Every stored key counts as deleted unless `data` says otherwise.
     cleared: bool,
-    /// Data key to its new encoded value with its expiry, or `None` for a deletion.
-    data: BTreeMap<Vec<u8>, Option<(Vec<u8>, Option<UnixMillis>)>>,
+    /// Data key to what it holds after the batch.
+    data: BTreeMap<Vec<u8>, PendingValue>,
     /// Expiry key to whether it is present after the batch.
     expiry: BTreeMap<Vec<u8>, bool>,
     key_count: u64,
@@ -182,32 +201,30 @@ impl PendingChanges {
         PendingChanges { cleared: false, data: BTreeMap::new(), expiry: BTreeMap::new(), key_count }
     }
 
-    /// `Some(expire_at)` if `data_key` exists with the changes so far, reading the stored state
-    /// through `stored_expiry` when this batch has not touched the key.
-    fn current_expiry(
+    /// Whether `data_key` is present with the changes so far, asking `stored_presence` (the state
+    /// before this batch) when the batch has not touched the key.
+    fn presence(
         &self,
         data_key: &[u8],
-        stored_expiry: impl FnOnce(&[u8]) -> Result<Option<Option<UnixMillis>>, StorageError>,
-    ) -> Result<Option<Option<UnixMillis>>, StorageError> {
+        stored_presence: impl FnOnce(&[u8]) -> Result<Presence, StorageError>,
+    ) -> Result<Presence, StorageError> {
         match self.data.get(data_key) {
-            Some(change) => Ok(change.as_ref().map(|(_, expire_at)| *expire_at)),
-            None if self.cleared => Ok(None),
-            None => stored_expiry(data_key),
+            Some(PendingValue::Stored { expire_at, .. }) => Ok(Presence::Present { expire_at: *expire_at }),
+            Some(PendingValue::Deleted) => Ok(Presence::Absent),
+            None if self.cleared => Ok(Presence::Absent),
+            None => stored_presence(data_key),
         }
     }
 
     fn apply_op(
         &mut self,
         op: &WriteOp,
-        stored_expiry: impl FnOnce(&[u8]) -> Result<Option<Option<UnixMillis>>, StorageError>,
+        stored_presence: impl FnOnce(&[u8]) -> Result<Presence, StorageError>,
     ) -> Result<(), StorageError> {
         match op {
             WriteOp::Put { key, value, expire_at } => {
                 if key.len() > KEY_BYTES_MAX {
-                    return Err(StorageError::Encode(format!(
-                        "key of {} bytes exceeds {KEY_BYTES_MAX}",
-                        key.len()
-                    )));
+                    return Err(StorageError::Encode(format!("key of {} bytes exceeds {KEY_BYTES_MAX}", key.len())));
                 }
                 if value.len() > VALUE_BYTES_MAX {
                     return Err(StorageError::Encode(format!(
@@ -216,30 +233,30 @@ impl PendingChanges {
                     )));
                 }
                 let data_key = codec::data_key(key);
-                match self.current_expiry(&data_key, stored_expiry)? {
-                    None => self.key_count += 1,
-                    Some(Some(old_expire_at)) => {
+                match self.presence(&data_key, stored_presence)? {
+                    Presence::Absent => self.key_count += 1,
+                    Presence::Present { expire_at: Some(old_expire_at) } => {
                         self.expiry.insert(codec::expiry_key(old_expire_at, &data_key), false);
                     }
-                    Some(None) => {}
+                    Presence::Present { expire_at: None } => {}
                 }
                 if let Some(at) = expire_at {
                     self.expiry.insert(codec::expiry_key(*at, &data_key), true);
                 }
                 let encoded = codec::encode_value(value, *expire_at);
-                self.data.insert(data_key, Some((encoded, *expire_at)));
+                self.data.insert(data_key, PendingValue::Stored { encoded, expire_at: *expire_at });
             }
             WriteOp::Delete { key } => {
                 let data_key = codec::data_key(key);
-                match self.current_expiry(&data_key, stored_expiry)? {
-                    None => return Ok(()),
-                    Some(Some(old_expire_at)) => {
+                match self.presence(&data_key, stored_presence)? {
+                    Presence::Absent => return Ok(()),
+                    Presence::Present { expire_at: Some(old_expire_at) } => {
                         self.expiry.insert(codec::expiry_key(old_expire_at, &data_key), false);
                     }
-                    Some(None) => {}
+                    Presence::Present { expire_at: None } => {}
                 }
                 self.key_count -= 1;
-                self.data.insert(data_key, None);
+                self.data.insert(data_key, PendingValue::Deleted);
             }
             WriteOp::Clear => {
                 self.cleared = true;
@@ -258,25 +275,24 @@ impl PendingChanges {
         snapshot: &fjall::Snapshot,
     ) -> Result<(), StorageError> {
         if self.cleared {
-            for (keyspace, changed) in [(&store.data, self.data.keys().collect::<Vec<_>>()), (
-                &store.expiry,
-                self.expiry.keys().collect::<Vec<_>>(),
-            )] {
+            for (keyspace, changed) in [
+                (&store.data, self.data.keys().collect::<Vec<_>>()),
+                (&store.expiry, self.expiry.keys().collect::<Vec<_>>()),
+            ] {
                 for stored in snapshot.iter(keyspace) {
                     let stored_key = stored.key()?;
-                    let changed_in_batch = changed
-                        .binary_search_by(|changed_key| changed_key.as_slice().cmp(stored_key.as_ref()))
-                        .is_ok();
+                    let changed_in_batch =
+                        changed.binary_search_by(|changed_key| changed_key.as_slice().cmp(stored_key.as_ref())).is_ok();
                     if !changed_in_batch {
                         batch.remove(keyspace, stored_key);
                     }
                 }
             }
         }
-        for (data_key, change) in self.data {
-            match change {
-                Some((encoded, _)) => batch.insert(&store.data, data_key, encoded),
-                None => batch.remove(&store.data, data_key),
+        for (data_key, value) in self.data {
+            match value {
+                PendingValue::Stored { encoded, .. } => batch.insert(&store.data, data_key, encoded),
+                PendingValue::Deleted => batch.remove(&store.data, data_key),
             }
         }
         for (expiry_key, present) in self.expiry {
@@ -293,9 +309,7 @@ impl PendingChanges {
 impl StateView for StateStore {
     fn get(&self, key: &[u8]) -> Result<Option<StoredValue>, StateError> {
         let snapshot = self.db.snapshot();
-        let Some(encoded) =
-            snapshot.get(&self.data, codec::data_key(key)).map_err(StorageError::from)?
-        else {
+        let Some(encoded) = snapshot.get(&self.data, codec::data_key(key)).map_err(StorageError::from)? else {
             return Ok(None);
         };
         let stored = codec::decode_value(&encoded).map_err(|detail| self.corrupt(detail))?;
