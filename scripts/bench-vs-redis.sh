@@ -88,9 +88,14 @@ fi
 # --- servers -----------------------------------------------------------------------------------
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/bench-vs-redis.XXXXXX")
-PIDS=()
+PIDS=()     # servers
+TOOL_PID="" # the benchmark tool running now
 cleanup() {
     local pid
+    if [[ -n $TOOL_PID ]]; then
+        kill -TERM "$TOOL_PID" 2>/dev/null || true
+        wait "$TOOL_PID" 2>/dev/null || true
+    fi
     for pid in "${PIDS[@]}"; do
         kill -KILL "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
@@ -98,8 +103,22 @@ cleanup() {
     rm -rf "$TMP"
 }
 trap cleanup EXIT
-trap 'exit 130' INT
+trap 'log "interrupted"; exit 130' INT
 trap 'exit 143' TERM
+
+# Runs a benchmark tool in the background with stdout in $TMP/out and stderr in $TMP/err, and
+# waits for it. In the background, because bash runs an INT trap at once while in `wait`, but
+# after a foreground command only if that command died of SIGINT (chorus bench catches it to
+# report, redis-benchmark exits with an error when the server goes first). `timeout` bounds a
+# tool that hangs on a dead server (redis-benchmark retries forever).
+run_tool() {
+    timeout -k 5 $((BENCH_SECS * 3 + 120)) "$@" >"$TMP/out" 2>"$TMP/err" &
+    TOOL_PID=$!
+    local status=0
+    wait "$TOOL_PID" || status=$?
+    TOOL_PID=""
+    return "$status"
+}
 
 port_in_use() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
@@ -213,8 +232,8 @@ measure_memory() {
     sleep 0.5
     rss_before=$(rss_kb "$pid")
     if [[ $server == redis ]]; then used_before=$(used_memory "$port"); fi
-    if ! "$CHORUS_BIN" bench --host "$HOST" --port "$port" --workload set --keys "$KEYS" --key-digits "$KEY_DIGITS" \
-        --value-size "$VALUE_SIZE" --clients "$CLIENTS" --preload-only --json >/dev/null 2>"$TMP/err"; then
+    if ! run_tool "$CHORUS_BIN" bench --host "$HOST" --port "$port" --workload set --keys "$KEYS" \
+        --key-digits "$KEY_DIGITS" --value-size "$VALUE_SIZE" --clients "$CLIENTS" --preload-only --json; then
         fail "$server ($durability): preloading $KEYS keys failed: $(tail -n 3 "$TMP/err")"
         return
     fi
@@ -238,16 +257,17 @@ measured_ops() {
 }
 
 run_chorus_bench() {
-    local durability=$1 server=$2 workload=$3 pipeline=$4 port out preload=()
+    local durability=$1 server=$2 workload=$3 pipeline=$4 port preload=()
     port=$(server_port "$server")
     if [[ $workload == get ]]; then preload=(--preload); fi
-    if ! out=$("$CHORUS_BIN" bench --host "$HOST" --port "$port" --workload "$workload" --pipeline "$pipeline" \
+    if ! run_tool "$CHORUS_BIN" bench --host "$HOST" --port "$port" --workload "$workload" --pipeline "$pipeline" \
         --clients "$CLIENTS" --keys "$KEYS" --key-digits "$KEY_DIGITS" --value-size "$VALUE_SIZE" --duration "$BENCH_SECS" --seed "$SEED" \
-        "${preload[@]}" --json 2>"$TMP/err"); then
+        "${preload[@]}" --json; then
         fail "$server ($durability): chorus bench $workload -P $pipeline failed: $(tail -n 3 "$TMP/err")"
         return
     fi
-    local ops p50 p99 errors
+    local out ops p50 p99 errors
+    out=$(<"$TMP/out")
     ops=$(json_field ops_per_sec "$out")
     p50=$(json_field p50_us "$out")
     p99=$(json_field p99_us "$out")
@@ -270,11 +290,12 @@ run_redis_benchmark() {
     ops_hint=$(measured_ops "$durability" "$server" "$workload" "$pipeline")
     requests=$(awk -v o="${ops_hint:-50000}" -v s="$BENCH_SECS" -v c="$CLIENTS" -v p="$pipeline" \
         'BEGIN { n = int(o * s); m = c * p * 20; print (n > m ? n : m) }')
-    if ! out=$(redis-benchmark -h "$HOST" -p "$port" -c "$CLIENTS" -P "$pipeline" -d "$VALUE_SIZE" -r "$KEYS" \
-        -t "$workload" -n "$requests" --csv 2>"$TMP/err"); then
+    if ! run_tool redis-benchmark -h "$HOST" -p "$port" -c "$CLIENTS" -P "$pipeline" -d "$VALUE_SIZE" -r "$KEYS" \
+        -t "$workload" -n "$requests" --csv; then
         fail "$server ($durability): redis-benchmark $workload -P $pipeline failed: $(tail -n 3 "$TMP/err")"
         return
     fi
+    out=$(<"$TMP/out")
     line=$(tr -d '"\r' <<<"$out" | grep -i "^$workload," | tail -n 1 || true)
     if [[ -z $line ]]; then
         fail "$server ($durability): no $workload line in redis-benchmark's output: $(tail -n 3 <<<"$out")"
@@ -307,6 +328,10 @@ for durability in $DURABILITIES; do
         measure_memory "$server" "$pid" "$durability"
         for pipeline in $PIPELINES; do
             for workload in $WORKLOADS; do
+                if ! kill -0 "$pid" 2>/dev/null; then
+                    fail "$server ($durability) died; skipping its remaining runs (log: $(tail -n 3 "$SERVER_LOG"))"
+                    break 2
+                fi
                 if [[ " $TOOLS " == *" chorus-bench "* ]]; then
                     run_chorus_bench "$durability" "$server" "$workload" "$pipeline"
                 fi

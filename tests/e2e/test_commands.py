@@ -79,9 +79,9 @@ def test_hello_without_version_reports_current_protocol(node):
 
 
 def test_hello_noproto(r):
-    with pytest.raises(redis.ResponseError, match=r"^unsupported protocol version$"):
+    with pytest.raises(redis.ResponseError, match=r"^NOPROTO unsupported protocol version$"):
         r.execute_command("HELLO", "4")
-    with pytest.raises(redis.ResponseError, match=r"^unsupported protocol version$"):
+    with pytest.raises(redis.ResponseError, match=r"^NOPROTO unsupported protocol version$"):
         r.execute_command("HELLO", "1")
     # The connection keeps its protocol after a refused HELLO.
     assert r.set("k", "v") is True
@@ -124,7 +124,9 @@ def test_quit_with_redis_py(r):
     assert r.ping() is True
 
 
-def test_reset(r):
+def test_reset(node):
+    # RESET also goes back to RESP2, so this uses a RESP2 client.
+    r = node.client(decode_responses=True)
     r.client_setname("before-reset")
     assert r.execute_command("RESET") == "RESET"
     assert r.client_getname() is None
@@ -147,23 +149,46 @@ def test_client_ids_are_distinct(node):
     assert len(ids) == 5
 
 
+def client_info_text(r) -> str:
+    """CLIENT INFO's raw line (without redis-py's parsing of it)."""
+    r.set_response_callback("CLIENT INFO", lambda response, **options: response)
+    text = r.execute_command("CLIENT INFO")
+    return text.decode() if isinstance(text, bytes) else str(text)
+
+
+def client_info_fields(r) -> dict:
+    return dict(field.split("=", 1) for field in client_info_text(r).split())
+
+
 def test_client_setinfo(r):
-    # redis-py sends CLIENT SETINFO LIB-NAME / LIB-VER when it connects; both must be accepted.
     assert r.client_setinfo("lib-name", "e2e-lib") is True
     assert r.client_setinfo("LIB-VER", "1.2.3") is True
     with pytest.raises(redis.ResponseError, match=r"(?i)unrecognized option"):
         r.client_setinfo("bogus", "x")
+    fields = client_info_fields(r)
+    assert fields["id"] == str(r.client_id())
+    assert fields["lib-name"] == "e2e-lib"
+    assert fields["lib-ver"] == "1.2.3"
+
+
+def test_client_setinfo_sent_by_redis_py_on_connect(r, protocol):
+    # redis-py sends CLIENT SETINFO LIB-NAME / LIB-VER when it connects (ignoring errors).
+    fields = client_info_fields(r)
+    assert fields["lib-name"] == "redis-py"
+    assert fields["lib-ver"] == redis.__version__
+    assert fields["resp"] == str(protocol)
+    assert fields["db"] == "0"
+
+
+def test_client_info_parses_with_redis_py(r):
+    # redis-py's client_info() converts the integer fields Redis always sends (age, idle, sub, psub,
+    # multi, qbuf, qbuf-free, obl, argv-mem, oll, omem, tot-mem, ...) and fails if one is missing.
+    r.client_setname("parsed")
     info = r.client_info()
     assert info["id"] == r.client_id()
-    assert info["lib-name"] == "e2e-lib"
-    assert info["lib-ver"] == "1.2.3"
-
-
-def test_client_setinfo_sent_by_redis_py_on_connect(r):
-    info = r.client_info()
+    assert info["name"] == "parsed"
+    assert info["db"] == 0
     assert info["lib-name"] == "redis-py"
-    assert info["lib-ver"] == redis.__version__
-    assert str(info["resp"]) in ("2", "3")
 
 
 def test_client_unknown_subcommand(r):
@@ -596,6 +621,7 @@ def test_info_sections(r):
 
 
 def test_info_raw_has_section_headers(r):
+    r.set_response_callback("INFO", lambda response, **options: response)
     text = r.execute_command("INFO")
     if isinstance(text, bytes):
         text = text.decode()
@@ -761,6 +787,32 @@ def test_pipeline_reads_see_earlier_writes_of_same_key(r):
         pipe.get("same")
     results = pipe.execute()
     assert results[1::2] == [str(i) for i in range(200)]
+
+
+def test_pipeline_keyspace_reads_see_exactly_the_earlier_writes(r):
+    """DBSIZE / KEYS / SCAN in a pipeline answer for the keyspace as of their place in the pipeline:
+    they see every write before them and none after them."""
+
+    def run(*commands):
+        pipe = r.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return pipe.execute()
+
+    assert run(("SET", "a", "1"), ("SET", "c", "1"), ("DBSIZE",), ("DEL", "c")) == [True, True, 2, 1]
+    r.flushall()
+    assert run(("SET", "a", "1"), ("KEYS", "*"), ("DEL", "a")) == [True, ["a"], 1]
+    r.flushall()
+    assert run(("SET", "a", "1"), ("SCAN", "0"), ("FLUSHALL",)) == [True, (0, ["a"]), True]
+    r.flushall()
+    assert run(("SET", "a", "1"), ("DBSIZE",), ("SET", "b", "2"), ("DBSIZE",), ("FLUSHALL",), ("DBSIZE",)) == [
+        True,
+        1,
+        True,
+        2,
+        True,
+        0,
+    ]
 
 
 def test_concurrent_clients_see_each_others_writes(node, protocol):

@@ -612,7 +612,8 @@ async fn bench(plan: Arc<Plan>) -> anyhow::Result<Option<Report>> {
     if let Some(bar) = &progress {
         bar.finish_and_clear();
     }
-    if plan.verbose && shared.stop.load(Ordering::Relaxed) {
+    let interrupted = shared.stop.load(Ordering::Relaxed);
+    if plan.verbose && interrupted {
         eprintln!("interrupted: reporting the requests measured until then");
     }
     let mut total = Stats::new()?;
@@ -620,7 +621,7 @@ async fn bench(plan: Arc<Plan>) -> anyhow::Result<Option<Report>> {
         total.merge(stats)?;
     }
     let elapsed = total.finished_at.map_or(Duration::ZERO, |end| end.saturating_duration_since(measure_start));
-    Ok(Some(Report::new(&plan, &total, elapsed)))
+    Ok(Some(Report::new(&plan, &total, elapsed, interrupted)))
 }
 
 /// Waits for every task, returning their values in client order. Fails at the first failed task
@@ -819,10 +820,12 @@ struct Report {
     p999_us: u64,
     max_us: u64,
     mean_us: f64,
+    /// Ended early by Ctrl-C (the exit status stays 0, so scripts should check this).
+    interrupted: bool,
 }
 
 impl Report {
-    fn new(plan: &Plan, stats: &Stats, elapsed: Duration) -> Report {
+    fn new(plan: &Plan, stats: &Stats, elapsed: Duration, interrupted: bool) -> Report {
         let latency = &stats.latency_us;
         let quantile = |q: f64| if latency.is_empty() { 0 } else { latency.value_at_quantile(q) };
         Report {
@@ -846,6 +849,7 @@ impl Report {
             p999_us: quantile(0.999),
             max_us: if latency.is_empty() { 0 } else { latency.max() },
             mean_us: if latency.is_empty() { 0.0 } else { latency.mean() },
+            interrupted,
         }
     }
 
@@ -863,7 +867,13 @@ impl Report {
                 self.value_size,
                 self.seed
             ),
-            format!("requests     {} in {:.2} s, {} errors", self.requests, self.duration_s, self.errors),
+            format!(
+                "requests     {} in {:.2} s, {} errors{}",
+                self.requests,
+                self.duration_s,
+                self.errors,
+                if self.interrupted { " (interrupted)" } else { "" }
+            ),
         ];
         if self.get_misses > 0 {
             lines.push(format!("get misses   {} (use --preload to SET every key first)", self.get_misses));
@@ -1091,7 +1101,7 @@ mod tests {
         other.record(Outcome::Miss, Duration::from_micros(10));
         stats.merge(other).unwrap();
 
-        let report = Report::new(&plan, &stats, Duration::from_secs(2));
+        let report = Report::new(&plan, &stats, Duration::from_secs(2), false);
         let json = serde_json::to_value(&report).unwrap();
         for field in [
             "workload",
@@ -1119,6 +1129,7 @@ mod tests {
         assert_eq!(json["get_misses"], 1);
         assert_eq!(json["first_error"], "ERR boom");
         assert_eq!(json["ops_per_sec"], 501.0);
+        assert_eq!(json["interrupted"], false);
         assert!(json.get("read_ratio").is_none(), "read_ratio only for mixed");
         let p50 = json["p50_us"].as_u64().unwrap();
         assert!((495..=505).contains(&p50), "p50 {p50}");
@@ -1132,7 +1143,7 @@ mod tests {
     #[test]
     fn empty_run_reports_zeros_not_nan() {
         let plan = plan(&["--seed", "1"]).unwrap();
-        let report = Report::new(&plan, &Stats::new().unwrap(), Duration::ZERO);
+        let report = Report::new(&plan, &Stats::new().unwrap(), Duration::ZERO, true);
         assert_eq!(report.ops_per_sec, 0.0);
         assert_eq!(report.p99_us, 0);
         assert_eq!(report.mean_us, 0.0);

@@ -123,14 +123,15 @@ impl StateView for MemoryState {
     }
 
     fn expired_keys(&self, now: UnixMillis, limit: usize) -> Result<Vec<Bytes>, StateError> {
-        let mut expired: Vec<(UnixMillis, Bytes)> = self
+        // Earliest first, ties in storage order (slot, key), as the on-disk expiry index orders them.
+        let mut expired: Vec<(UnixMillis, Slot, Bytes)> = self
             .entries
             .iter()
             .filter(|(_, stored)| stored.is_expired(now))
-            .filter_map(|((_, key), stored)| stored.expire_at.map(|at| (at, key.clone())))
+            .filter_map(|((slot, key), stored)| stored.expire_at.map(|at| (at, *slot, key.clone())))
             .collect();
         expired.sort();
-        Ok(expired.into_iter().take(limit).map(|(_, key)| key).collect())
+        Ok(expired.into_iter().take(limit).map(|(_, _, key)| key).collect())
     }
 
     fn key_count(&self) -> Result<u64, StateError> {

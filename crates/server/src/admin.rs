@@ -8,7 +8,7 @@ use axum::routing::get;
 use chorus_core::StateView;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::context::NodeContext;
+use crate::context::{NodeContext, ServerStats};
 use crate::metrics_names as names;
 
 #[derive(Clone)]
@@ -34,6 +34,14 @@ async fn metrics_page(State(state): State<AdminState>) -> String {
     metrics::gauge!(names::COMMIT_INDEX).set(status.commit_index.0 as f64);
     metrics::gauge!(names::APPLIED_INDEX).set(status.applied_index.0 as f64);
     metrics::gauge!(names::KEYS).set(state.context.state.key_count().unwrap_or(0) as f64);
+    // Hot-path counters live in plain atomics (a metrics macro call per command costs a registry
+    // lookup); they are copied into the registry when scraped.
+    let stats = &state.context.stats;
+    metrics::counter!(names::COMMANDS_TOTAL).absolute(ServerStats::get(&stats.total_commands));
+    metrics::counter!(names::CONNECTIONS_TOTAL).absolute(ServerStats::get(&stats.total_connections));
+    metrics::counter!(names::REJECTED_CONNECTIONS_TOTAL).absolute(ServerStats::get(&stats.rejected_connections));
+    metrics::counter!(names::PROTOCOL_ERRORS_TOTAL).absolute(ServerStats::get(&stats.protocol_errors));
+    metrics::gauge!(names::CONNECTED_CLIENTS).set(ServerStats::get(&stats.connected_clients) as f64);
     state.prometheus.as_ref().map(PrometheusHandle::render).unwrap_or_default()
 }
 

@@ -18,7 +18,6 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::context::{NodeContext, now_millis};
-use crate::metrics_names as names;
 use crate::node_commands::{self, Dispatch};
 
 /// Per-connection state that commands can change.
@@ -116,7 +115,6 @@ pub async fn serve(context: Arc<NodeContext>, mut socket: TcpStream, id: u64) {
     }
     context.core.unregister(id);
     context.stats.connected_clients.fetch_sub(1, Ordering::Relaxed);
-    metrics::gauge!(names::CONNECTED_CLIENTS).decrement(1.0);
 }
 
 fn fill(slots: &mut VecDeque<Slot>, first_sequence: u64, sequence: u64, reply: Reply) {
@@ -153,7 +151,6 @@ fn process_requests(
             Ok(None) => break,
             Err(error) => {
                 context.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(names::PROTOCOL_ERRORS_TOTAL).increment(1);
                 tracing::debug!(connection = connection.id, %error, "closing connection after a protocol error");
                 slots.push_back((connection.protocol, Some(Reply::err(error))));
                 read_buffer.clear();
@@ -180,7 +177,6 @@ fn process_requests(
         }
     }
     if !batch.is_empty() {
-        metrics::counter!(names::COMMANDS_TOTAL).increment(batch.len() as u64);
         submit_batch(context, connection.id, batch, slots, first_sequence);
     }
     closing

@@ -14,7 +14,6 @@ use tokio::sync::oneshot;
 use crate::config::NodeConfig;
 use crate::context::{NodeContext, ServerStats, now_millis};
 use crate::core_handle::CoreHandle;
-use crate::metrics_names as names;
 use crate::{admin, connection, pipeline};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +25,8 @@ pub enum NodeError {
     Io { context: String, source: std::io::Error },
     #[error("storage: {0}")]
     Storage(#[from] chorus_storage::StorageError),
+    #[error("storage is inconsistent: {0}")]
+    Inconsistent(String),
     #[error("data directory {0} is in use by another chorus process")]
     DataDirLocked(String),
 }
@@ -73,8 +74,14 @@ pub async fn run(
         // The state was checkpointed past what the log kept (the log's unsynced tail was lost with
         // `fsync = never`): the state is the more complete record, so the log restarts after it.
         tracing::warn!(applied = %state.applied_index(), log_last = %log.last_index(), "log is behind the state; resetting it");
-        let term = log.last_term();
-        log.reset(state.applied_index(), term)?;
+        log.reset(state.applied_index(), state.applied_term())?;
+    }
+    if state.applied_index().next() < log.first_index() {
+        return Err(NodeError::Inconsistent(format!(
+            "the state has applied up to {} but the log starts at {}: entries in between are gone",
+            state.applied_index(),
+            log.first_index()
+        )));
     }
     let replayed_from = state.applied_index();
     let applied = pipeline::replay_log(&log, &state)?;
@@ -200,7 +207,6 @@ async fn accept_loop(context: Arc<NodeContext>, listener: TcpListener, connectio
         let connected = context.stats.connected_clients.load(Ordering::Relaxed);
         if connected as usize >= context.config.max_clients {
             context.stats.rejected_connections.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!(names::REJECTED_CONNECTIONS_TOTAL).increment(1);
             tokio::spawn(async move {
                 use tokio::io::AsyncWriteExt;
                 let mut socket = socket;
@@ -210,8 +216,6 @@ async fn accept_loop(context: Arc<NodeContext>, listener: TcpListener, connectio
         }
         context.stats.connected_clients.fetch_add(1, Ordering::Relaxed);
         context.stats.total_connections.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(names::CONNECTIONS_TOTAL).increment(1);
-        metrics::gauge!(names::CONNECTED_CLIENTS).increment(1.0);
         let id = next_connection_id;
         next_connection_id += 1;
         // Finished connections are reaped as new ones arrive, so the set stays as large as the

@@ -23,6 +23,9 @@ use crate::metrics_names as names;
 pub fn run_log_writer(mut log: SegmentedLog, commands: Receiver<LogCommand>, fsync: FsyncPolicy, core: CoreHandle) {
     let mut last_sync = Instant::now();
     let mut unsynced = false;
+    let fsync_seconds = metrics::histogram!(names::FSYNC_SECONDS);
+    let fsyncs_total = metrics::counter!(names::FSYNCS_TOTAL);
+    let group_commit_entries = metrics::histogram!(names::GROUP_COMMIT_ENTRIES);
     loop {
         let first = match fsync {
             FsyncPolicy::Periodic(interval) if unsynced => {
@@ -66,8 +69,8 @@ pub fn run_log_writer(mut log: SegmentedLog, commands: Receiver<LogCommand>, fsy
             if sync_due {
                 let started = Instant::now();
                 log.sync()?;
-                metrics::histogram!(names::FSYNC_SECONDS).record(started.elapsed().as_secs_f64());
-                metrics::counter!(names::FSYNCS_TOTAL).increment(1);
+                fsync_seconds.record(started.elapsed().as_secs_f64());
+                fsyncs_total.increment(1);
                 last_sync = Instant::now();
                 unsynced = false;
             }
@@ -85,7 +88,7 @@ pub fn run_log_writer(mut log: SegmentedLog, commands: Receiver<LogCommand>, fsy
             return;
         }
         if let Some(last) = batch.last() {
-            metrics::histogram!(names::GROUP_COMMIT_ENTRIES).record(batch.len() as f64);
+            group_commit_entries.record(batch.len() as f64);
             let durable = last.index;
             core.with_remote(|inner| inner.replica.handle_persisted(durable));
         }

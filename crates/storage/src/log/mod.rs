@@ -125,7 +125,14 @@ impl SegmentedLog {
     /// record, or a gap between segments, is [`StorageError::Corrupt`].
     pub fn open(dir: &Path, options: LogOptions) -> Result<SegmentedLog, StorageError> {
         assert!(options.segment_bytes_max > 0, "segment_bytes_max must be positive");
-        std::fs::create_dir_all(dir).map_err(|error| StorageError::io(format!("create {}", dir.display()), error))?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)
+                .map_err(|error| StorageError::io(format!("create {}", dir.display()), error))?;
+            // The new directory's own entry must be durable before anything synced inside it is.
+            if let Some(parent) = dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+                sync_dir(parent)?;
+            }
+        }
         let mut bases = list_segment_bases(dir)?;
 
         let meta_on_disk = LogMeta::read(dir)?;
@@ -323,9 +330,9 @@ impl SegmentedLog {
         let active = self.active_segment_mut();
         let write_at = active.len_bytes;
         if let Err(error) = active.file.write_all_at(&buf, write_at) {
-            // A partial write may have left part of a record behind; if it stayed there, the next
-            // append would land after the old length and recovery could later find valid-looking
-            // records past a gap.
+            // A partial write may have left whole records past the length we track. The next
+            // append overwrites from that length and may be shorter, so recovery could later find
+            // those stale records after the new ones and take them for entries.
             let rollback = active.file.set_len(write_at);
             let context = format!("append to {}", active.path.display());
             if let Err(rollback_error) = rollback {
