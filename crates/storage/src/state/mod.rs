@@ -58,13 +58,26 @@ impl std::fmt::Debug for StateStore {
     }
 }
 
+const DATA_MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
+const EXPIRY_MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
+const META_MEMTABLE_BYTES: u64 = 1024 * 1024;
+const BLOCK_CACHE_BYTES: u64 = 8 * 1024 * 1024;
+
 impl StateStore {
     /// Opens (or creates) the state in `dir`. Holds a lock on the directory until dropped.
     pub fn open(dir: &Path) -> Result<StateStore, StorageError> {
-        let db = Database::builder(dir).open()?;
-        let data = db.keyspace(DATA_KEYSPACE, KeyspaceCreateOptions::default)?;
-        let expiry = db.keyspace(EXPIRY_KEYSPACE, KeyspaceCreateOptions::default)?;
-        let meta = db.keyspace(META_KEYSPACE, KeyspaceCreateOptions::default)?;
+        // fjall's journal reaches the OS on every apply batch (one write per group commit, not per
+        // write): a killed process then recovers a consistent prefix of whole batches, data and
+        // `applied_index` together. Batches are fsynced only by `persist` (the replication log is the
+        // durable record).
+        let db = Database::builder(dir).cache_size(BLOCK_CACHE_BYTES).open()?;
+        // Memtables keep every version until they are flushed, so their size is memory spent per
+        // overwritten key. The data memtable is bounded to keep resident memory proportional to the
+        // live keys; the meta keyspace is rewritten on every apply batch (its three counters), so a
+        // small memtable flushes those dead versions away quickly.
+        let data = db.keyspace(DATA_KEYSPACE, || KeyspaceCreateOptions::default().max_memtable_size(DATA_MEMTABLE_BYTES))?;
+        let expiry = db.keyspace(EXPIRY_KEYSPACE, || KeyspaceCreateOptions::default().max_memtable_size(EXPIRY_MEMTABLE_BYTES))?;
+        let meta = db.keyspace(META_KEYSPACE, || KeyspaceCreateOptions::default().max_memtable_size(META_MEMTABLE_BYTES))?;
         let read_counter = |key: &[u8]| -> Result<u64, StorageError> {
             match meta.get(key)? {
                 None => Ok(0),
