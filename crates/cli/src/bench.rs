@@ -38,6 +38,10 @@ const SECONDS_MAX: f64 = 86_400.0;
 const KEY_DIGITS_MAX: usize = 20;
 /// SETs sent per batch while preloading.
 const PRELOAD_BATCH: usize = 256;
+/// Initial size of each connection's read and write buffers, and the read buffer's growth step.
+const BUFFER_BYTES: usize = 64 * 1024;
+/// Free space the read buffer gets before each read.
+const READ_BYTES_MIN: usize = 16 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A run fails when no reply at all arrives for this long: a hung server must not hang the bench.
 const STALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -399,7 +403,7 @@ impl Conn {
             Err(_) => bail!("cannot connect to {addr}: no answer within {CONNECT_TIMEOUT:?}"),
         };
         stream.set_nodelay(true).with_context(|| format!("cannot set TCP_NODELAY on the connection to {addr}"))?;
-        Ok(Conn { stream, rbuf: BytesMut::with_capacity(64 * 1024), wbuf: BytesMut::with_capacity(64 * 1024) })
+        Ok(Conn { stream, rbuf: BytesMut::with_capacity(BUFFER_BYTES), wbuf: BytesMut::with_capacity(BUFFER_BYTES) })
     }
 
     /// Sends `wbuf` and reads `count` replies, handing each (in order) to `on_reply` with the time
@@ -424,6 +428,10 @@ impl Conn {
                 }
                 if received == count {
                     return Ok(());
+                }
+                // `read_buf` alone would grow a full buffer 64 bytes at a time.
+                if rbuf.capacity() - rbuf.len() < READ_BYTES_MIN {
+                    rbuf.reserve(BUFFER_BYTES);
                 }
                 let bytes = reader.read_buf(rbuf).await.context("cannot read from the server")?;
                 ensure!(bytes > 0, "the server closed the connection");
@@ -479,7 +487,7 @@ struct Stats {
     errors: u64,
     get_misses: u64,
     first_error: Option<String>,
-    /// When the client sent its last measured request's reply was read.
+    /// When the replies to the client's last measured batch were read.
     finished_at: Option<Instant>,
 }
 
@@ -679,7 +687,7 @@ async fn preload(conn: &mut Conn, plan: &Plan, shared: &Shared, index: usize) ->
             write_key(prefix, next, plan.key_digits, &mut key);
             encode_request(&[b"SET".as_slice(), &key, &plan.value], &mut conn.wbuf);
             count += 1;
-            next += plan.clients as u64;
+            next = next.saturating_add(plan.clients as u64);
         }
         conn.exchange(count, |reply, _| {
             if let Outcome::Error(text) = classify(Op::Set, reply) {
@@ -742,6 +750,7 @@ async fn drive(
             stats.record(outcome, read_at.saturating_duration_since(sent_at));
         })
         .await?;
+        assert!(ops_left.next().is_none(), "exchange hands over exactly one reply per request");
         shared.replies.fetch_add(count as u64, Ordering::Relaxed);
         if measured {
             shared.measured.fetch_add(count as u64, Ordering::Relaxed);

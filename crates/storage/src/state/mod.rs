@@ -75,9 +75,12 @@ impl StateStore {
         // overwritten key. The data memtable is bounded to keep resident memory proportional to the
         // live keys; the meta keyspace is rewritten on every apply batch (its three counters), so a
         // small memtable flushes those dead versions away quickly.
-        let data = db.keyspace(DATA_KEYSPACE, || KeyspaceCreateOptions::default().max_memtable_size(DATA_MEMTABLE_BYTES))?;
-        let expiry = db.keyspace(EXPIRY_KEYSPACE, || KeyspaceCreateOptions::default().max_memtable_size(EXPIRY_MEMTABLE_BYTES))?;
-        let meta = db.keyspace(META_KEYSPACE, || KeyspaceCreateOptions::default().max_memtable_size(META_MEMTABLE_BYTES))?;
+        let data =
+            db.keyspace(DATA_KEYSPACE, || KeyspaceCreateOptions::default().max_memtable_size(DATA_MEMTABLE_BYTES))?;
+        let expiry =
+            db.keyspace(EXPIRY_KEYSPACE, || KeyspaceCreateOptions::default().max_memtable_size(EXPIRY_MEMTABLE_BYTES))?;
+        let meta =
+            db.keyspace(META_KEYSPACE, || KeyspaceCreateOptions::default().max_memtable_size(META_MEMTABLE_BYTES))?;
         let read_counter = |key: &[u8]| -> Result<u64, StorageError> {
             match meta.get(key)? {
                 None => Ok(0),
