@@ -54,18 +54,48 @@ pub trait StateView {
     fn applied_index(&self) -> LogIndex;
 }
 
-/// The applied state held in memory: the simulator's store, and the reference model that the
-/// on-disk store is checked against (`chorus-storage`'s conformance tests).
-#[derive(Debug, Clone, Default)]
+/// The applied key-value state, held in memory.
+///
+/// Keys are kept per hash slot, each slot an ordered map, so that iteration (SCAN, snapshots, and
+/// later moving a slot to another group) goes in (slot, key) order, and a lookup searches only the
+/// few keys of one slot without building a composite key. An expiry index keeps keys with a TTL in
+/// time order for active expiry. The node persists this state as snapshot files next to the
+/// replication log (`chorus-storage`), exactly as Raft's state machines do; the simulator uses it
+/// as is.
+#[derive(Debug, Clone)]
 pub struct MemoryState {
-    /// Keyed by (slot, key): the same order as the on-disk store.
-    entries: std::collections::BTreeMap<(Slot, Bytes), StoredValue>,
+    slots: Vec<std::collections::BTreeMap<Bytes, StoredValue>>,
+    expiry: std::collections::BTreeSet<(UnixMillis, Slot, Bytes)>,
+    key_count: u64,
     applied_index: LogIndex,
+    applied_term: crate::types::Term,
+}
+
+impl Default for MemoryState {
+    fn default() -> Self {
+        MemoryState {
+            slots: vec![std::collections::BTreeMap::new(); usize::from(crate::slot::SLOT_COUNT)],
+            expiry: std::collections::BTreeSet::new(),
+            key_count: 0,
+            applied_index: LogIndex::ZERO,
+            applied_term: crate::types::Term(0),
+        }
+    }
 }
 
 impl MemoryState {
     pub fn new() -> MemoryState {
         MemoryState::default()
+    }
+
+    /// A state restored from a snapshot taken at `applied_index`.
+    pub fn restored(applied_index: LogIndex, applied_term: crate::types::Term) -> MemoryState {
+        MemoryState { applied_index, applied_term, ..MemoryState::default() }
+    }
+
+    /// The term of the last applied entry: with the applied index, the point a snapshot stands for.
+    pub fn applied_term(&self) -> crate::types::Term {
+        self.applied_term
     }
 
     /// Applies entries in log order; entries at or below the applied index are skipped, so replay
@@ -85,57 +115,91 @@ impl MemoryState {
                 }
             }
             self.applied_index = entry.index;
+            self.applied_term = entry.term;
         }
     }
 
     fn apply_op(&mut self, op: &crate::WriteOp) {
         match op {
             crate::WriteOp::Put { key, value, expire_at } => {
-                let stored = StoredValue { value: value.clone(), expire_at: *expire_at };
-                self.entries.insert((Slot::of_key(key), key.clone()), stored);
+                self.insert(key.clone(), StoredValue { value: value.clone(), expire_at: *expire_at });
             }
             crate::WriteOp::Delete { key } => {
-                self.entries.remove(&(Slot::of_key(key), key.clone()));
+                let slot = Slot::of_key(key);
+                if let Some(old) = self.slots[usize::from(slot.0)].remove(key.as_ref()) {
+                    self.key_count -= 1;
+                    if let Some(at) = old.expire_at {
+                        self.expiry.remove(&(at, slot, key.clone()));
+                    }
+                }
             }
-            crate::WriteOp::Clear => self.entries.clear(),
+            crate::WriteOp::Clear => {
+                for slot in &mut self.slots {
+                    slot.clear();
+                }
+                self.expiry.clear();
+                self.key_count = 0;
+            }
         }
+    }
+
+    /// Inserts or replaces one key (applying a put, or loading a snapshot).
+    pub fn insert(&mut self, key: Bytes, stored: StoredValue) {
+        let slot = Slot::of_key(&key);
+        if let Some(at) = stored.expire_at {
+            self.expiry.insert((at, slot, key.clone()));
+        }
+        match self.slots[usize::from(slot.0)].insert(key.clone(), stored) {
+            Some(old) => {
+                if let Some(at) = old.expire_at {
+                    // The new value may carry the same expiry: only drop the index row if it changed.
+                    let new_at = self.slots[usize::from(slot.0)].get(key.as_ref()).and_then(|v| v.expire_at);
+                    if new_at != Some(at) {
+                        self.expiry.remove(&(at, slot, key));
+                    }
+                }
+            }
+            None => self.key_count += 1,
+        }
+    }
+
+    /// Every key in (slot, key) order, for snapshots.
+    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &StoredValue)> {
+        self.slots.iter().flat_map(|slot| slot.iter())
     }
 }
 
 impl StateView for MemoryState {
     fn get(&self, key: &[u8]) -> Result<Option<StoredValue>, StateError> {
-        let lookup = (Slot::of_key(key), Bytes::copy_from_slice(key));
-        Ok(self.entries.get(&lookup).cloned())
+        Ok(self.slots[usize::from(Slot::of_key(key).0)].get(key).cloned())
     }
 
     fn scan(&self, from: &ScanFrom, limit: usize) -> Result<Vec<(Bytes, StoredValue)>, StateError> {
         use std::ops::Bound;
-        let start = match &from.after_key {
-            Some(key) => Bound::Excluded((from.slot, key.clone())),
-            None => Bound::Included((from.slot, Bytes::new())),
-        };
-        Ok(self
-            .entries
-            .range((start, Bound::Unbounded))
-            .take(limit)
-            .map(|((_, key), stored)| (key.clone(), stored.clone()))
-            .collect())
+        let mut found = Vec::new();
+        let first = usize::from(from.slot.0);
+        for (position, slot) in self.slots.iter().enumerate().skip(first) {
+            if found.len() >= limit {
+                break;
+            }
+            let start = match (&from.after_key, position == first) {
+                (Some(after), true) => Bound::Excluded(after.clone()),
+                _ => Bound::Unbounded,
+            };
+            let room = limit - found.len();
+            found.extend(
+                slot.range((start, Bound::Unbounded)).take(room).map(|(key, stored)| (key.clone(), stored.clone())),
+            );
+        }
+        Ok(found)
     }
 
     fn expired_keys(&self, now: UnixMillis, limit: usize) -> Result<Vec<Bytes>, StateError> {
-        // Earliest first, ties in storage order (slot, key), as the on-disk expiry index orders them.
-        let mut expired: Vec<(UnixMillis, Slot, Bytes)> = self
-            .entries
-            .iter()
-            .filter(|(_, stored)| stored.is_expired(now))
-            .filter_map(|((slot, key), stored)| stored.expire_at.map(|at| (at, *slot, key.clone())))
-            .collect();
-        expired.sort();
-        Ok(expired.into_iter().take(limit).map(|(_, _, key)| key).collect())
+        Ok(self.expiry.iter().take_while(|(at, _, _)| *at <= now).take(limit).map(|(_, _, key)| key.clone()).collect())
     }
 
     fn key_count(&self) -> Result<u64, StateError> {
-        Ok(self.entries.len() as u64)
+        Ok(self.key_count)
     }
 
     fn applied_index(&self) -> LogIndex {

@@ -192,18 +192,12 @@ fn submit_batch(
     let now = now_millis();
     let state = &*context.state;
     let mut ready = Vec::new();
-    let refused = context.core.with(Some(connection), &mut ready, |inner| {
-        if let Some(failure) = &inner.write_failure {
-            let reply =
-                Reply::Error(format!("MISCONF the node cannot write to its disk and refuses commands: {}", failure.0));
-            return batch.into_iter().map(|(sequence, _)| (sequence, reply.clone())).collect();
-        }
+    context.core.with(Some(connection), &mut ready, |inner| {
         for (sequence, command) in batch {
             inner.replica.submit(now, RequestId { connection, sequence }, command, state);
         }
-        Vec::new()
     });
-    for (sequence, reply) in ready.into_iter().chain(refused) {
+    for (sequence, reply) in ready {
         fill(slots, first_sequence, sequence, reply);
     }
 }

@@ -5,10 +5,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use chorus_core::UnixMillis;
-use chorus_storage::StateStore;
 
 use crate::config::NodeConfig;
 use crate::core_handle::CoreHandle;
+use crate::shared_state::SharedState;
 
 /// Counters INFO reports.
 #[derive(Debug, Default)]
@@ -29,7 +29,7 @@ impl ServerStats {
 pub struct NodeContext {
     pub config: NodeConfig,
     pub core: CoreHandle,
-    pub state: Arc<StateStore>,
+    pub state: Arc<SharedState>,
     pub stats: ServerStats,
     pub started: Instant,
     /// Redis's `run_id`: 40 hex characters, new at every start.

@@ -32,16 +32,9 @@ pub enum ApplyCommand {
     Stop,
 }
 
-/// Why the node stopped accepting writes, if it has.
-#[derive(Debug, Clone)]
-pub struct WriteFailure(pub String);
-
 pub struct CoreInner {
     pub replica: Replica,
     connections: HashMap<u64, ReplySender>,
-    /// Set once a log or state write fails: the node then refuses writes (reads go on), because it can
-    /// no longer promise durability (the fsync-gate lesson: never retry a failed fsync).
-    pub write_failure: Option<WriteFailure>,
 }
 
 #[derive(Clone)]
@@ -57,7 +50,7 @@ impl CoreHandle {
         log_tx: std::sync::mpsc::Sender<LogCommand>,
         apply_tx: std::sync::mpsc::Sender<ApplyCommand>,
     ) -> CoreHandle {
-        let inner = CoreInner { replica, connections: HashMap::new(), write_failure: None };
+        let inner = CoreInner { replica, connections: HashMap::new() };
         CoreHandle { inner: Arc::new(Mutex::new(inner)), log_tx, apply_tx }
     }
 

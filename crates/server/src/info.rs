@@ -47,7 +47,7 @@ fn resident_memory_bytes() -> u64 {
 fn render_section(context: &NodeContext, section: &str, out: &mut String) {
     let stats = &context.stats;
     let status = context.core.inspect(|inner| inner.replica.status());
-    let write_failure = context.core.inspect(|inner| inner.write_failure.clone());
+    let write_failure = context.core.inspect(|inner| inner.replica.failure().map(str::to_string));
     let uptime = context.started.elapsed().as_secs();
     // Writing into a String cannot fail.
     let _ = match section {
@@ -86,7 +86,7 @@ fn render_section(context: &NodeContext, section: &str, out: &mut String) {
             status.commit_index,
             status.applied_index,
             status.pending_keys,
-            write_failure.map(|failure| failure.0).unwrap_or_default(),
+            write_failure.unwrap_or_default(),
         ),
         "stats" => write!(
             out,

@@ -19,6 +19,7 @@ pub mod metrics_names;
 pub mod node;
 pub mod node_commands;
 pub mod pipeline;
+pub mod shared_state;
 
 pub use config::{FsyncPolicy, NodeConfig};
 pub use node::{BoundAddrs, NodeError, run};

@@ -7,13 +7,14 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use chorus_core::{NodeId, Recovered, Replica, ReplicaConfig, StateView};
-use chorus_storage::{LogOptions, SegmentedLog, StateStore};
+use chorus_storage::{LogOptions, SegmentedLog};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::config::NodeConfig;
 use crate::context::{NodeContext, ServerStats, now_millis};
 use crate::core_handle::CoreHandle;
+use crate::shared_state::SharedState;
 use crate::{admin, connection, pipeline};
 
 #[derive(Debug, thiserror::Error)]
@@ -65,34 +66,37 @@ pub async fn run(
         return Err(NodeError::DataDirLocked(config.data_dir.display().to_string()));
     }
 
-    let state = Arc::new(StateStore::open(&config.data_dir.join("state"))?);
+    let snapshot_dir = config.data_dir.join("snapshots");
+    let mut state = chorus_storage::load_latest_snapshot(&snapshot_dir)?.unwrap_or_default();
     let mut log = SegmentedLog::open(
         &config.data_dir.join("log"),
         LogOptions { segment_bytes_max: config.storage.log_segment_bytes_max },
     )?;
     if state.applied_index() > log.last_index() {
-        // The state was checkpointed past what the log kept (the log's unsynced tail was lost with
-        // `fsync = never`): the state is the more complete record, so the log restarts after it.
-        tracing::warn!(applied = %state.applied_index(), log_last = %log.last_index(), "log is behind the state; resetting it");
+        // The snapshot is past what the log kept (the log's unsynced tail was lost with
+        // `fsync = never` after a power loss): the snapshot is the more complete record.
+        tracing::warn!(applied = %state.applied_index(), log_last = %log.last_index(), "log is behind the snapshot; resetting it");
         log.reset(state.applied_index(), state.applied_term())?;
     }
     if state.applied_index().next() < log.first_index() {
         return Err(NodeError::Inconsistent(format!(
-            "the state has applied up to {} but the log starts at {}: entries in between are gone",
+            "the snapshot covers up to {} but the log starts at {}: entries in between are gone",
             state.applied_index(),
             log.first_index()
         )));
     }
     let replayed_from = state.applied_index();
-    let applied = pipeline::replay_log(&log, &state)?;
+    let applied = pipeline::replay_log(&log, &mut state)?;
     tracing::info!(
         node = config.id,
+        snapshot = %replayed_from,
         log_first = %log.first_index(),
         log_last = %log.last_index(),
         replayed = applied.0 - replayed_from.0,
         keys = state.key_count().unwrap_or(0),
         "recovered storage"
     );
+    let state = Arc::new(SharedState::new(state));
     let recovered = Recovered { last_index: log.last_index(), last_term: log.last_term(), applied_index: applied };
     let replica = Replica::new(ReplicaConfig::new(NodeId(config.id)), recovered);
 
@@ -119,9 +123,12 @@ pub async fn run(
         .map_err(io_error("cannot start the log writer thread"))?;
     let applier_core = core.clone();
     let applier_state = Arc::clone(&state);
+    let applier_snapshots = snapshot_dir.clone();
     let applier = std::thread::Builder::new()
         .name("chorus-applier".into())
-        .spawn(move || pipeline::run_applier(applier_state, apply_rx, checkpoint_entries, applier_core))
+        .spawn(move || {
+            pipeline::run_applier(applier_state, apply_rx, applier_snapshots, checkpoint_entries, applier_core)
+        })
         .map_err(io_error("cannot start the applier thread"))?;
 
     let run_id = format!("{:016x}{:024x}", config.id, now_millis().0 as u128 * 0x9E37_79B9_7F4A_7C15);
@@ -149,11 +156,7 @@ pub async fn run(
         loop {
             interval.tick().await;
             let state = &*ticker_context.state;
-            ticker_context.core.with_remote(|inner| {
-                if inner.write_failure.is_none() {
-                    inner.replica.tick(now_millis(), state);
-                }
-            });
+            ticker_context.core.with_remote(|inner| inner.replica.tick(now_millis(), state));
         }
     });
 
@@ -181,8 +184,8 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     core.stop_applier();
     let _ = tokio::task::spawn_blocking(move || applier.join()).await;
-    if let Err(error) = state.persist() {
-        tracing::warn!(%error, "final checkpoint failed; the next start replays the log");
+    if let Err(error) = pipeline::checkpoint(&state, &snapshot_dir) {
+        tracing::warn!(%error, "final snapshot failed; the next start replays the log");
     }
     drop(context);
     drop(core);

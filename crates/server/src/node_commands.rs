@@ -36,29 +36,12 @@ pub fn dispatch(context: &Arc<NodeContext>, connection: &mut ConnectionState, ar
         return Dispatch::Reply(Reply::Error("NOAUTH Authentication required.".into()));
     }
     match spec.kind {
-        CommandKind::Kv if key_too_long(spec, &args) => {
-            Dispatch::Reply(Reply::err(format!("key too long: at most {} bytes", chorus_storage::KEY_BYTES_MAX)))
-        }
         CommandKind::Kv => match KvCommand::parse(spec, &args) {
             Ok(command) => Dispatch::Kv(command),
             Err(reply) => Dispatch::Reply(reply),
         },
         CommandKind::Node => node_command(context, connection, spec, &args),
     }
-}
-
-/// Whether any key argument exceeds what the storage engine can hold. Redis allows 512 MB keys; the
-/// engine under Chorus allows 64 KiB, and a longer key must be refused here, before it reaches the
-/// log, rather than fail when applied.
-fn key_too_long(spec: &CommandSpec, args: &[Bytes]) -> bool {
-    if spec.first_key <= 0 || spec.key_step <= 0 {
-        return false;
-    }
-    let first = spec.first_key as usize;
-    let last = if spec.last_key < 0 { args.len().saturating_sub(1) } else { spec.last_key as usize };
-    (first..=last.min(args.len().saturating_sub(1)))
-        .step_by(spec.key_step as usize)
-        .any(|position| args[position].len() > chorus_storage::KEY_BYTES_MAX)
 }
 
 fn node_command(

@@ -4,21 +4,25 @@
 //!   round, writes them with one `write` and (per the fsync policy) one `fdatasync`, then tells the
 //!   replica how far the log is durable. Entries proposed while an fsync is in flight wait for the
 //!   next round, so a busy node does one fsync per round, not per write: group commit.
-//! - The **applier** applies committed entries to the key-value state in order, and every
-//!   `checkpoint_entries` makes the state durable and lets the writer drop the log prefix it covers.
+//! - The **applier** applies committed entries to the in-memory key-value state in order, and every
+//!   `checkpoint_entries` writes a snapshot and lets the writer drop the log prefix it covers.
 //!
 //! Both are plain threads: they do blocking disk IO, which does not belong on the async runtime.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use chorus_core::StateView;
+use chorus_core::state::MemoryState;
 use chorus_core::{LogEntry, LogIndex};
-use chorus_storage::{SegmentedLog, StateStore};
+use chorus_storage::SegmentedLog;
 
 use crate::config::FsyncPolicy;
-use crate::core_handle::{ApplyCommand, CoreHandle, LogCommand, WriteFailure};
+use crate::core_handle::{ApplyCommand, CoreHandle, LogCommand};
 use crate::metrics_names as names;
+use crate::shared_state::SharedState;
 
 pub fn run_log_writer(mut log: SegmentedLog, commands: Receiver<LogCommand>, fsync: FsyncPolicy, core: CoreHandle) {
     let mut last_sync = Instant::now();
@@ -81,10 +85,9 @@ pub fn run_log_writer(mut log: SegmentedLog, commands: Receiver<LogCommand>, fsy
         })();
         if let Err(error) = result {
             tracing::error!(%error, "the replication log cannot be written; refusing writes from now on");
-            core.with_remote(|inner| {
-                inner.write_failure = Some(WriteFailure(error.to_string()));
-                inner.replica.fail_unpersisted(&format!("the write may not be durable: {error}"));
-            });
+            // Never retry a failed fsync (the fsync-gate lesson): the pages it failed to write may
+            // already be dropped, so a retry could report success for data that is gone.
+            core.with_remote(|inner| inner.replica.fail(&format!("the replication log cannot be written: {error}")));
             return;
         }
         if let Some(last) = batch.last() {
@@ -99,12 +102,13 @@ pub fn run_log_writer(mut log: SegmentedLog, commands: Receiver<LogCommand>, fsy
 }
 
 pub fn run_applier(
-    state: Arc<StateStore>,
+    state: Arc<SharedState>,
     commands: Receiver<ApplyCommand>,
+    snapshot_dir: PathBuf,
     checkpoint_entries: u64,
     core: CoreHandle,
 ) {
-    let mut checkpointed = state_applied(&state);
+    let mut snapshotted = state.applied_index();
     let mut stop = false;
     while !stop {
         let mut batch = Vec::new();
@@ -120,39 +124,40 @@ pub fn run_applier(
             take(command);
         }
         let Some(last) = batch.last().map(|entry| entry.index) else { continue };
-        if let Err(error) = state.apply(&batch) {
-            tracing::error!(%error, "the key-value state cannot be written; refusing writes from now on");
-            core.with_remote(|inner| inner.write_failure = Some(WriteFailure(error.to_string())));
-            return;
-        }
+        state.apply(&batch);
         core.with_remote(|inner| inner.replica.handle_applied(last, &*state));
-        if last.0 - checkpointed.0 >= checkpoint_entries {
-            match state.persist() {
-                Ok(()) => {
-                    checkpointed = last;
-                    core.compact_log(last);
+        if last.0 - snapshotted.0 >= checkpoint_entries {
+            match checkpoint(&state, &snapshot_dir) {
+                Ok(index) => {
+                    snapshotted = index;
+                    core.compact_log(index);
                 }
-                Err(error) => tracing::warn!(%error, "checkpoint failed; the log keeps its prefix"),
+                Err(error) => tracing::warn!(%error, "snapshot failed; the log keeps its prefix"),
             }
         }
     }
 }
 
-fn state_applied(state: &StateStore) -> LogIndex {
-    use chorus_core::StateView;
-    state.applied_index()
+/// Writes a snapshot of the applied state (readers go on meanwhile; applying waits) and returns the
+/// index it covers, up to which the log may be compacted.
+pub fn checkpoint(state: &SharedState, snapshot_dir: &Path) -> Result<LogIndex, chorus_storage::StorageError> {
+    let started = Instant::now();
+    let guard = state.read();
+    let meta = chorus_storage::write_snapshot(snapshot_dir, &guard)?;
+    drop(guard);
+    tracing::info!(index = %meta.applied_index, keys = meta.key_count, took_ms = started.elapsed().as_millis() as u64, "snapshot written");
+    Ok(meta.applied_index)
 }
 
 /// Replays the log entries the state has not applied yet (after a crash or restart).
-pub fn replay_log(log: &SegmentedLog, state: &StateStore) -> Result<LogIndex, chorus_storage::StorageError> {
-    use chorus_core::StateView;
+pub fn replay_log(log: &SegmentedLog, state: &mut MemoryState) -> Result<LogIndex, chorus_storage::StorageError> {
     const CHUNK: u64 = 4096;
     let mut next = state.applied_index().next().max(log.first_index());
     let last = log.last_index();
     while next <= last {
         let to = LogIndex((next.0 + CHUNK - 1).min(last.0));
         let entries = log.read(next, to)?;
-        state.apply(&entries)?;
+        state.apply(&entries);
         next = to.next();
     }
     Ok(state.applied_index())

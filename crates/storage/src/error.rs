@@ -25,12 +25,7 @@ pub enum StorageError {
     #[error("storage is poisoned by an earlier failed fsync; restart to recover")]
     Poisoned,
 
-    /// A failure inside the key-value engine (fjall).
-    #[error("storage engine: {0}")]
-    Engine(String),
-
-    /// A value that cannot be encoded in the on-disk format (for example a key longer than the
-    /// engine allows).
+    /// A value that cannot be encoded in the on-disk format.
     #[error("cannot encode: {0}")]
     Encode(String),
 
@@ -43,15 +38,6 @@ pub enum StorageError {
 impl StorageError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> StorageError {
         StorageError::Io { context: context.into(), source }
-    }
-}
-
-impl From<fjall::Error> for StorageError {
-    fn from(error: fjall::Error) -> StorageError {
-        match error {
-            fjall::Error::Poisoned => StorageError::Poisoned,
-            other => StorageError::Engine(other.to_string()),
-        }
     }
 }
 

@@ -3,8 +3,8 @@
 //! - [`SegmentedLog`]: the replication log, our own segmented append-only files with checksummed
 //!   records, group-committed by an explicit [`SegmentedLog::sync`], truncated at the end when Raft
 //!   resolves a conflict and compacted at the front once a snapshot covers it.
-//! - [`StateStore`]: the applied key-value state on fjall, readable through
-//!   [`chorus_core::StateView`] while one thread applies committed entries.
+//! - snapshots: the applied key-value state (held in memory as [`chorus_core::state::MemoryState`])
+//!   written whole to one checksummed file at a log index, so the log prefix it covers can go.
 //!
 //! The log is the durable record; the state is rebuilt from it after a crash (applying is
 //! idempotent), so only the log is fsynced on the write path.
@@ -13,8 +13,8 @@
 
 mod error;
 mod log;
-mod state;
+mod snapshot;
 
 pub use error::StorageError;
 pub use log::{LogOptions, SegmentedLog};
-pub use state::{KEY_BYTES_MAX, StateStore, VALUE_BYTES_MAX};
+pub use snapshot::{SnapshotMeta, load_latest_snapshot, load_snapshot, write_snapshot};

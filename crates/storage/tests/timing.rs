@@ -6,8 +6,9 @@
 use std::time::Instant;
 
 use bytes::Bytes;
+use chorus_core::state::MemoryState;
 use chorus_core::{EntryPayload, LogEntry, LogIndex, StateView, Term, UnixMillis, WriteOp};
-use chorus_storage::{LogOptions, SegmentedLog, StateStore};
+use chorus_storage::{LogOptions, SegmentedLog, load_latest_snapshot, write_snapshot};
 
 const ENTRIES: u64 = 100_000;
 
@@ -82,14 +83,12 @@ fn log_timing() {
 fn state_timing() {
     let entries: Vec<LogEntry> = (1..=ENTRIES).map(put_entry).collect();
 
-    let dir = tempfile::tempdir().unwrap();
-    let store = StateStore::open(dir.path()).unwrap();
+    let mut store = MemoryState::new();
     let started = Instant::now();
     for entry in &entries {
-        store.apply(std::slice::from_ref(entry)).unwrap();
+        store.apply(std::slice::from_ref(entry));
     }
-    store.persist().unwrap();
-    report("state: one apply call per entry, one persist at the end", ENTRIES, started);
+    report("state: one apply call per entry", ENTRIES, started);
 
     let started = Instant::now();
     for index in 0..ENTRIES {
@@ -100,15 +99,12 @@ fn state_timing() {
     let started = Instant::now();
     let due = store.expired_keys(UnixMillis(u64::MAX), usize::MAX).unwrap();
     report("state: expired_keys (all)", due.len() as u64, started);
-    drop(store);
 
     let dir = tempfile::tempdir().unwrap();
-    let store = StateStore::open(dir.path()).unwrap();
     let started = Instant::now();
-    for batch in entries.chunks(100) {
-        store.apply(batch).unwrap();
-    }
-    store.persist().unwrap();
-    report("state: apply calls of 100 entries", ENTRIES, started);
-    println!("state: about {} bytes on disk", store.approximate_disk_bytes().unwrap());
+    write_snapshot(dir.path(), &store).unwrap();
+    report("state: snapshot write (fsynced)", ENTRIES, started);
+    let started = Instant::now();
+    let loaded = load_latest_snapshot(dir.path()).unwrap().unwrap();
+    report("state: snapshot load", loaded.key_count().unwrap(), started);
 }

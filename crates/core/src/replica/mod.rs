@@ -98,6 +98,8 @@ pub struct Replica {
     held_replies: BTreeMap<LogIndex, Vec<(RequestId, Reply)>>,
     barrier_reads: VecDeque<BarrierRead>,
     effects: Vec<Effect>,
+    /// Set once storage has failed; see [`Replica::fail`].
+    failure: Option<String>,
 }
 
 impl Replica {
@@ -115,7 +117,13 @@ impl Replica {
             held_replies: BTreeMap::new(),
             barrier_reads: VecDeque::new(),
             effects: Vec::new(),
+            failure: None,
         }
+    }
+
+    /// Why the replica refuses commands, if storage has failed.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -142,6 +150,12 @@ impl Replica {
     /// A client command. Its reply comes out as an `Effect::Reply`, at once or once what it depends
     /// on has committed.
     pub fn submit<S: StateView>(&mut self, now: UnixMillis, request: RequestId, command: KvCommand, state: &S) {
+        if let Some(reason) = &self.failure {
+            let reply =
+                Reply::Error(format!("MISCONF the node cannot write to its disk and refuses commands: {reason}"));
+            self.effects.push(Effect::Reply { request, reply });
+            return;
+        }
         if needs_applied_state(&command) {
             self.barrier_reads.push_back(BarrierRead { barrier: self.last_index, request, command, now });
             self.run_barrier_reads(state);
@@ -154,6 +168,9 @@ impl Replica {
 
     /// The log is durable up to `index` (per the fsync policy).
     pub fn handle_persisted(&mut self, index: LogIndex) {
+        if self.failure.is_some() {
+            return;
+        }
         assert!(index <= self.last_index, "persisted an index never proposed");
         if index <= self.commit_index {
             return;
@@ -176,11 +193,16 @@ impl Replica {
         }
     }
 
-    /// The log can no longer be written: every entry not yet durable is abandoned and every reply
-    /// still waiting becomes an error carrying `reason` (a writer cannot know whether its write
-    /// survived, and is told so rather than left waiting). The driver must refuse every later command:
-    /// the pending view is gone, so reads could miss committed writes not yet applied.
-    pub fn fail_unpersisted(&mut self, reason: &str) {
+    /// Storage failed (the log or the state can no longer be written): every entry not yet durable
+    /// is abandoned and every reply still waiting becomes an error carrying `reason` (a writer cannot
+    /// know whether its write survived, and is told so rather than left waiting). From then on every
+    /// command is refused: the pending view is gone, so reads could miss committed writes not yet
+    /// applied. Only a restart (which recovers from the log) brings the replica back.
+    pub fn fail(&mut self, reason: &str) {
+        if self.failure.is_some() {
+            return;
+        }
+        self.failure = Some(reason.to_string());
         for (_, replies) in std::mem::take(&mut self.held_replies) {
             for (request, _) in replies {
                 self.effects.push(Effect::Reply { request, reply: Reply::err(reason) });
@@ -196,6 +218,9 @@ impl Replica {
 
     /// The key-value state has applied every entry up to `index`.
     pub fn handle_applied<S: StateView>(&mut self, index: LogIndex, state: &S) {
+        if self.failure.is_some() {
+            return;
+        }
         assert!(index <= self.commit_index, "applied an entry that is not committed");
         if index <= self.applied_index {
             return;
@@ -208,6 +233,9 @@ impl Replica {
     /// Time passes: deletes keys whose expiry has come (through the log, so every replica deletes
     /// the same keys at the same point in the log).
     pub fn tick<S: StateView>(&mut self, now: UnixMillis, state: &S) {
+        if self.failure.is_some() {
+            return;
+        }
         let candidates = match state.expired_keys(now, self.config.expire_keys_per_tick_max) {
             Ok(keys) => keys,
             // A read error here is retried next tick; the node reports storage errors elsewhere.

@@ -290,3 +290,22 @@ fn scan_visits_every_key_exactly_once_when_nothing_changes() {
     let Reply::Array(matched) = harness.run(&["KEYS", "key:1?"]) else { panic!("array") };
     assert_eq!(matched.len(), 10);
 }
+
+#[test]
+fn a_storage_failure_fails_waiting_replies_and_refuses_later_commands() {
+    let mut harness = Harness::new();
+    harness.run(&["SET", "before", "1"]);
+    let pending = harness.submit(&["SET", "k", "v"]);
+    let barrier = harness.submit(&["DBSIZE"]);
+    harness.take();
+    harness.replica.fail("disk on fire");
+    let (_, replies) = harness.take();
+    assert_eq!(replies.len(), 2, "both waiting replies are answered");
+    assert!(replies.iter().all(|(id, reply)| (*id == pending || *id == barrier) && reply.is_error()));
+    // The writer may still report progress it made before failing; it is ignored.
+    harness.replica.handle_persisted(LogIndex(2));
+    let later = harness.submit(&["GET", "before"]);
+    let (persist, replies) = harness.take();
+    assert!(persist.is_empty());
+    assert!(matches!(&replies[..], [(id, Reply::Error(text))] if *id == later && text.starts_with("MISCONF")));
+}
