@@ -30,6 +30,7 @@ pub fn run_log_writer(mut log: SegmentedLog, commands: Receiver<LogCommand>, fsy
     let fsync_seconds = metrics::histogram!(names::FSYNC_SECONDS);
     let fsyncs_total = metrics::counter!(names::FSYNCS_TOTAL);
     let group_commit_entries = metrics::histogram!(names::GROUP_COMMIT_ENTRIES);
+    let mut last_round_entries = 0usize;
     loop {
         let first = match fsync {
             FsyncPolicy::Periodic(interval) if unsynced => {
@@ -45,20 +46,26 @@ pub fn run_log_writer(mut log: SegmentedLog, commands: Receiver<LogCommand>, fsy
                 Err(_) => return,
             },
         };
-        let mut batch: Vec<LogEntry> = Vec::new();
-        let mut compact_to = None;
-        let mut stop = false;
-        let mut take = |command: LogCommand| match command {
-            LogCommand::Append(entries) => batch.extend(entries),
-            LogCommand::Compact(index) => compact_to = Some(index),
-            LogCommand::Stop => stop = true,
-        };
+        let mut round = Round::default();
         if let Some(command) = first {
-            take(command);
+            round.take(command);
         }
         while let Ok(command) = commands.try_recv() {
-            take(command);
+            round.take(command);
         }
+        // Adaptive group commit: when this round is much smaller than the last one, the writers
+        // behind the last round are most likely still on their way (their replies just left), so
+        // wait a few microseconds for them rather than pay a whole fsync for a handful of entries.
+        if fsync == FsyncPolicy::Always {
+            let gathering_since = Instant::now();
+            while round.batch.len() < last_round_entries / 2 && gathering_since.elapsed() < GATHER_WAIT_MAX {
+                std::thread::yield_now();
+                while let Ok(command) = commands.try_recv() {
+                    round.take(command);
+                }
+            }
+        }
+        let Round { batch, compact_to, stop } = round;
         let result = (|| -> Result<(), chorus_storage::StorageError> {
             if !batch.is_empty() {
                 log.append(&batch)?;
@@ -91,6 +98,7 @@ pub fn run_log_writer(mut log: SegmentedLog, commands: Receiver<LogCommand>, fsy
             return;
         }
         if let Some(last) = batch.last() {
+            last_round_entries = batch.len();
             group_commit_entries.record(batch.len() as f64);
             let durable = last.index;
             core.with_remote(|inner| inner.replica.handle_persisted(durable));
@@ -161,6 +169,28 @@ pub fn replay_log(log: &SegmentedLog, state: &mut MemoryState) -> Result<LogInde
         next = to.next();
     }
     Ok(state.applied_index())
+}
+
+/// Longest a log round waits for more entries before its fsync (see `run_log_writer`): well under
+/// one fsync, so a lone writer's latency barely moves.
+const GATHER_WAIT_MAX: Duration = Duration::from_micros(100);
+
+/// What one round of the log writer does.
+#[derive(Default)]
+struct Round {
+    batch: Vec<LogEntry>,
+    compact_to: Option<LogIndex>,
+    stop: bool,
+}
+
+impl Round {
+    fn take(&mut self, command: LogCommand) {
+        match command {
+            LogCommand::Append(entries) => self.batch.extend(entries),
+            LogCommand::Compact(index) => self.compact_to = Some(index),
+            LogCommand::Stop => self.stop = true,
+        }
+    }
 }
 
 /// How long the tick loop sleeps between active-expiry rounds.
