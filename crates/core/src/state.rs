@@ -64,11 +64,26 @@ pub trait StateView {
 /// as is.
 #[derive(Debug, Clone)]
 pub struct MemoryState {
-    slots: Vec<std::collections::BTreeMap<Bytes, StoredValue>>,
-    expiry: std::collections::BTreeSet<(UnixMillis, Slot, Bytes)>,
+    slots: Vec<std::collections::BTreeMap<Box<[u8]>, Resident>>,
+    expiry: std::collections::BTreeSet<(UnixMillis, Slot, Box<[u8]>)>,
     key_count: u64,
     applied_index: LogIndex,
     applied_term: crate::types::Term,
+}
+
+/// A value as the state holds it: one exact-size allocation, no reference count. Redis keeps about
+/// 200 bytes per small key; shared `Bytes` (a second allocation for the shared header, 32-byte
+/// handles) would double that, so values are copied in on apply and out on read instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Resident {
+    value: Box<[u8]>,
+    expire_at: Option<UnixMillis>,
+}
+
+impl Resident {
+    fn to_stored(&self) -> StoredValue {
+        StoredValue { value: Bytes::copy_from_slice(&self.value), expire_at: self.expire_at }
+    }
 }
 
 impl Default for MemoryState {
@@ -121,15 +136,13 @@ impl MemoryState {
 
     fn apply_op(&mut self, op: &crate::WriteOp) {
         match op {
-            crate::WriteOp::Put { key, value, expire_at } => {
-                self.insert(key.clone(), StoredValue { value: value.clone(), expire_at: *expire_at });
-            }
+            crate::WriteOp::Put { key, value, expire_at } => self.insert(key, value, *expire_at),
             crate::WriteOp::Delete { key } => {
                 let slot = Slot::of_key(key);
                 if let Some(old) = self.slots[usize::from(slot.0)].remove(key.as_ref()) {
                     self.key_count -= 1;
                     if let Some(at) = old.expire_at {
-                        self.expiry.remove(&(at, slot, key.clone()));
+                        self.expiry.remove(&(at, slot, Box::from(key.as_ref())));
                     }
                 }
             }
@@ -144,34 +157,40 @@ impl MemoryState {
     }
 
     /// Inserts or replaces one key (applying a put, or loading a snapshot).
-    pub fn insert(&mut self, key: Bytes, stored: StoredValue) {
-        let slot = Slot::of_key(&key);
-        if let Some(at) = stored.expire_at {
-            self.expiry.insert((at, slot, key.clone()));
-        }
-        match self.slots[usize::from(slot.0)].insert(key.clone(), stored) {
-            Some(old) => {
-                if let Some(at) = old.expire_at {
-                    // The new value may carry the same expiry: only drop the index row if it changed.
-                    let new_at = self.slots[usize::from(slot.0)].get(key.as_ref()).and_then(|v| v.expire_at);
-                    if new_at != Some(at) {
-                        self.expiry.remove(&(at, slot, key));
-                    }
-                }
+    pub fn insert(&mut self, key: &[u8], value: &[u8], expire_at: Option<UnixMillis>) {
+        let slot = Slot::of_key(key);
+        let map = &mut self.slots[usize::from(slot.0)];
+        let resident = Resident { value: Box::from(value), expire_at };
+        let old_expiry = match map.get_mut(key) {
+            Some(existing) => std::mem::replace(existing, resident).expire_at,
+            None => {
+                map.insert(Box::from(key), resident);
+                self.key_count += 1;
+                None
             }
-            None => self.key_count += 1,
+        };
+        if old_expiry != expire_at {
+            if let Some(at) = old_expiry {
+                self.expiry.remove(&(at, slot, Box::from(key)));
+            }
+            if let Some(at) = expire_at {
+                self.expiry.insert((at, slot, Box::from(key)));
+            }
         }
     }
 
-    /// Every key in (slot, key) order, for snapshots.
-    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &StoredValue)> {
-        self.slots.iter().flat_map(|slot| slot.iter())
+    /// Every key in (slot, key) order, for snapshots: key, value, expiry.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8], Option<UnixMillis>)> {
+        self.slots
+            .iter()
+            .flat_map(|slot| slot.iter())
+            .map(|(key, resident)| (&**key, &*resident.value, resident.expire_at))
     }
 }
 
 impl StateView for MemoryState {
     fn get(&self, key: &[u8]) -> Result<Option<StoredValue>, StateError> {
-        Ok(self.slots[usize::from(Slot::of_key(key).0)].get(key).cloned())
+        Ok(self.slots[usize::from(Slot::of_key(key).0)].get(key).map(Resident::to_stored))
     }
 
     fn scan(&self, from: &ScanFrom, limit: usize) -> Result<Vec<(Bytes, StoredValue)>, StateError> {
@@ -183,19 +202,27 @@ impl StateView for MemoryState {
                 break;
             }
             let start = match (&from.after_key, position == first) {
-                (Some(after), true) => Bound::Excluded(after.clone()),
+                (Some(after), true) => Bound::Excluded(after.as_ref()),
                 _ => Bound::Unbounded,
             };
             let room = limit - found.len();
             found.extend(
-                slot.range((start, Bound::Unbounded)).take(room).map(|(key, stored)| (key.clone(), stored.clone())),
+                slot.range::<[u8], _>((start, Bound::Unbounded))
+                    .take(room)
+                    .map(|(key, resident)| (Bytes::copy_from_slice(key), resident.to_stored())),
             );
         }
         Ok(found)
     }
 
     fn expired_keys(&self, now: UnixMillis, limit: usize) -> Result<Vec<Bytes>, StateError> {
-        Ok(self.expiry.iter().take_while(|(at, _, _)| *at <= now).take(limit).map(|(_, _, key)| key.clone()).collect())
+        Ok(self
+            .expiry
+            .iter()
+            .take_while(|(at, _, _)| *at <= now)
+            .take(limit)
+            .map(|(_, _, key)| Bytes::copy_from_slice(key))
+            .collect())
     }
 
     fn key_count(&self) -> Result<u64, StateError> {

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use chorus_core::state::MemoryState;
-use chorus_core::{LogIndex, StateView, StoredValue, Term, UnixMillis};
+use chorus_core::{LogIndex, StateView, Term, UnixMillis};
 use serde::{Deserialize, Serialize};
 
 use crate::error::StorageError;
@@ -41,11 +41,29 @@ pub struct SnapshotMeta {
     pub key_count: u64,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Record {
+/// One key as written: borrowed from the state, so a snapshot copies nothing but into its buffer.
+#[derive(Serialize)]
+struct RecordOut<'a> {
+    key: RawBytes<'a>,
+    value: RawBytes<'a>,
+    expire_at: Option<UnixMillis>,
+}
+
+/// One key as read back (the same encoding as `RecordOut`).
+#[derive(Deserialize)]
+struct RecordIn {
     key: Bytes,
     value: Bytes,
     expire_at: Option<UnixMillis>,
+}
+
+/// Serializes as a byte string (as `Bytes` does), not as a sequence of numbers.
+struct RawBytes<'a>(&'a [u8]);
+
+impl Serialize for RawBytes<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0)
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -96,10 +114,10 @@ pub fn write_snapshot(dir: &Path, state: &MemoryState) -> Result<SnapshotMeta, S
     out.write_all(MAGIC).map_err(io("writing"))?;
     out.write_all(&[FORMAT_VERSION]).map_err(io("writing"))?;
     write_frame(&mut out, &encode(&meta)?).map_err(io("writing"))?;
-    let mut chunk: Vec<Record> = Vec::with_capacity(RECORDS_PER_FRAME);
+    let mut chunk: Vec<RecordOut<'_>> = Vec::with_capacity(RECORDS_PER_FRAME);
     let mut record_count = 0u64;
-    for (key, stored) in state.iter() {
-        chunk.push(Record { key: key.clone(), value: stored.value.clone(), expire_at: stored.expire_at });
+    for (key, value, expire_at) in state.iter() {
+        chunk.push(RecordOut { key: RawBytes(key), value: RawBytes(value), expire_at });
         if chunk.len() == RECORDS_PER_FRAME {
             write_frame(&mut out, &encode(&chunk)?).map_err(io("writing"))?;
             record_count += chunk.len() as u64;
@@ -213,13 +231,13 @@ pub fn load_snapshot(path: &Path) -> Result<MemoryState, StorageError> {
     let mut state = MemoryState::restored(meta.applied_index, meta.applied_term);
     let mut record_count = 0u64;
     while record_count < meta.key_count {
-        let records: Vec<Record> = reader.frame()?;
+        let records: Vec<RecordIn> = reader.frame()?;
         if records.is_empty() {
             return Err(reader.corrupt("empty record frame"));
         }
         record_count += records.len() as u64;
         for record in records {
-            state.insert(record.key, StoredValue { value: record.value, expire_at: record.expire_at });
+            state.insert(&record.key, &record.value, record.expire_at);
         }
     }
     let trailer: Trailer = reader.frame()?;

@@ -58,13 +58,11 @@ impl<S: StateView> Txn<'_, S> {
             self.delete(key);
             return;
         }
-        // Arguments are slices of the connection's read buffer; storing them as they are would pin
-        // that whole buffer for as long as the key lives. One exact-size copy here is shared by the
-        // log entry, the pending overlay and the applied state.
-        let key = Bytes::copy_from_slice(key);
-        let value = Bytes::copy_from_slice(&value);
+        // Key and value may be slices of the connection's read buffer: the log entry and the overlay
+        // hold them only until the entry is applied, and the applied state copies them into
+        // allocations of their own, so no read buffer stays pinned by a stored key.
         self.ops.push(WriteOp::Put { key: key.clone(), value: value.clone(), expire_at });
-        self.written.push((key, Some(StoredValue { value, expire_at })));
+        self.written.push((key.clone(), Some(StoredValue { value, expire_at })));
     }
 
     fn delete(&mut self, key: &Bytes) {

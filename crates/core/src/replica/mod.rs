@@ -10,7 +10,7 @@
 //! - outputs: [`Effect`]s, drained with [`Replica::drain_effects`]. The driver performs them in order:
 //!   `Persist` before the `Apply` of the same entries, `Apply` in log order.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use chorus_resp::Reply;
 
@@ -94,8 +94,9 @@ pub struct Replica {
     applied_index: LogIndex,
     /// Entries proposed and not yet handed to the driver for applying, in index order.
     unapplied: VecDeque<LogEntry>,
-    /// Replies that saw a write not yet committed, by the index that must commit first.
-    held_replies: BTreeMap<LogIndex, Vec<(RequestId, Reply)>>,
+    /// Replies waiting for an index to commit, in non-decreasing index order (a reply that read a
+    /// pending write waits for the last index proposed before it, which keeps this a queue).
+    held_replies: VecDeque<(LogIndex, RequestId, Reply)>,
     barrier_reads: VecDeque<BarrierRead>,
     effects: Vec<Effect>,
     /// Set once storage has failed; see [`Replica::fail`].
@@ -114,7 +115,7 @@ impl Replica {
             commit_index: recovered.last_index,
             applied_index: recovered.applied_index,
             unapplied: VecDeque::new(),
-            held_replies: BTreeMap::new(),
+            held_replies: VecDeque::new(),
             barrier_reads: VecDeque::new(),
             effects: Vec::new(),
             failure: None,
@@ -136,7 +137,7 @@ impl Replica {
             last_index: self.last_index,
             commit_index: self.commit_index,
             applied_index: self.applied_index,
-            held_replies: self.held_replies.values().map(Vec::len).sum(),
+            held_replies: self.held_replies.len(),
             pending_keys: self.kv.pending_keys(),
             kv: self.kv.stats,
         }
@@ -176,9 +177,8 @@ impl Replica {
             return;
         }
         self.commit_index = index;
-        let still_held = self.held_replies.split_off(&self.commit_index.next());
-        for (_, replies) in std::mem::replace(&mut self.held_replies, still_held) {
-            for (request, reply) in replies {
+        while self.held_replies.front().is_some_and(|(index, _, _)| *index <= self.commit_index) {
+            if let Some((_, request, reply)) = self.held_replies.pop_front() {
                 self.effects.push(Effect::Reply { request, reply });
             }
         }
@@ -203,10 +203,8 @@ impl Replica {
             return;
         }
         self.failure = Some(reason.to_string());
-        for (_, replies) in std::mem::take(&mut self.held_replies) {
-            for (request, _) in replies {
-                self.effects.push(Effect::Reply { request, reply: Reply::err(reason) });
-            }
+        for (_, request, _) in std::mem::take(&mut self.held_replies) {
+            self.effects.push(Effect::Reply { request, reply: Reply::err(reason) });
         }
         for read in std::mem::take(&mut self.barrier_reads) {
             self.effects.push(Effect::Reply { request: read.request, reply: Reply::err(reason) });
@@ -274,7 +272,11 @@ impl Replica {
         if index <= self.commit_index {
             self.effects.push(Effect::Reply { request, reply });
         } else {
-            self.held_replies.entry(index).or_default().push((request, reply));
+            // Waiting for the last proposed index (not just `index`) keeps the queue ordered; it
+            // is at most one group commit later.
+            let wait_for = self.last_index.max(index);
+            assert!(self.held_replies.back().is_none_or(|(last, _, _)| *last <= wait_for), "held replies out of order");
+            self.held_replies.push_back((wait_for, request, reply));
         }
     }
 
