@@ -113,10 +113,11 @@ class ChorusNode:
         config: dict | str | None = None,
         extra_args: Iterable[str] = (),
         node_id: int = 1,
+        data_dir: Path | None = None,
     ):
         self.name = name
         self.dir = tmp_dir / name
-        self.data_dir = self.dir / "data"
+        self.data_dir = Path(data_dir) if data_dir is not None else self.dir / "data"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
         self.requirepass = requirepass
@@ -128,8 +129,12 @@ class ChorusNode:
             self.config_path = self.dir / "node.toml"
             self.config_path.write_text(config if isinstance(config, str) else render_toml(config))
         self.proc: subprocess.Popen | None = None
+        # Whether the process's exit is accounted for: the test signalled it, or start() already
+        # reported it. An exit otherwise is a crash, reported at teardown.
+        self.exit_expected = False
         self.port: int | None = None
         self.admin_port: int | None = None
+        self.peer_port: int | None = None
         self.starts = 0
         self.log_paths: list[Path] = []
         self._clients: list[redis.Redis] = []
@@ -153,7 +158,7 @@ class ChorusNode:
             "--admin-addr",
             f"127.0.0.1:{self.admin_port}",
             "--peer-addr",
-            f"127.0.0.1:{free_port()}",
+            f"127.0.0.1:{self.peer_port}",
             "--fsync",
             self.fsync,
         ]
@@ -165,21 +170,27 @@ class ChorusNode:
             args += ["--max-clients", str(self.max_clients)]
         return args + self.extra_args
 
-    def start(self) -> "ChorusNode":
+    def start(self, keep_port: bool = False) -> "ChorusNode":
+        """Starts the process and waits until it answers PING (NodeStartError if it exits or does
+        not answer within START_DEADLINE_S). The node gets fresh free ports, or with keep_port
+        the client port it had before (so existing redis-py clients can reconnect)."""
         assert self.proc is None or self.proc.poll() is not None, "node already running"
+        keep = keep_port and self.port is not None
         # A port chosen by binding to 0 could in principle be taken before the node binds it:
         # retry with a fresh port when the node exits for that reason.
-        for _attempt in range(3):
-            if self._start_once():
+        for _attempt in range(1 if keep else 3):
+            if self._start_once(self.port if keep else free_port()):
                 return self
-        raise NodeStartError(f"node {self.name} could not bind a free port\n{self.log_tail()}")
+        raise NodeStartError(f"node {self.name} could not bind its port\n{self.log_tail()}")
 
-    def _start_once(self) -> bool:
-        self.port = free_port()
+    def _start_once(self, port: int) -> bool:
+        self.port = port
         self.admin_port = free_port()
+        self.peer_port = free_port()
         self.starts += 1
         log_path = self.dir / f"node-{self.starts}.log"
         self.log_paths.append(log_path)
+        self.exit_expected = False
         env = dict(os.environ, NO_COLOR="1", RUST_BACKTRACE="1")
         env.setdefault("RUST_LOG", "info")
         env.pop("CHORUS_REQUIREPASS", None)
@@ -197,6 +208,7 @@ class ChorusNode:
         deadline = time.monotonic() + START_DEADLINE_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.exit_expected = True
                 text = self.log_path.read_text(errors="replace")
                 if "cannot listen" in text and "in use" in text.lower():
                     return False
@@ -223,8 +235,11 @@ class ChorusNode:
     def _terminate(self, sig: int, deadline_s: float = STOP_DEADLINE_S) -> int | None:
         if self.proc is None:
             return None
-        self.close_clients()
+        # Disconnect (but keep) the node's redis-py clients: after a restart with keep_port they
+        # reconnect on their next command.
+        self.close_clients(forget=False)
         if self.proc.poll() is None:
+            self.exit_expected = True
             self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout=deadline_s)
@@ -242,15 +257,15 @@ class ChorusNode:
         """A crash: SIGKILL, no chance to flush anything."""
         return self._terminate(signal.SIGKILL)
 
-    def restart(self, kill: bool = False) -> "ChorusNode":
+    def restart(self, kill: bool = False, keep_port: bool = False) -> "ChorusNode":
         """Stops the node (SIGTERM, or SIGKILL with kill=True) and starts it on the same data dir.
-        The node gets a fresh port; clients from `client()` must be made again."""
+        Without keep_port the node gets a fresh port and clients must be made again."""
         if self.running():
             if kill:
                 self.kill()
             else:
                 self.stop()
-        return self.start()
+        return self.start(keep_port=keep_port)
 
     # -- clients -----------------------------------------------------------------------------
 
@@ -263,13 +278,14 @@ class ChorusNode:
         self._clients.append(client)
         return client
 
-    def close_clients(self):
+    def close_clients(self, forget: bool = True):
         for client in self._clients:
             try:
                 client.close()
             except Exception:
                 pass
-        self._clients.clear()
+        if forget:
+            self._clients.clear()
 
     def connect(self, timeout_s: float = 10.0) -> socket.socket:
         """A raw TCP connection to the client port."""
@@ -300,18 +316,35 @@ class ChorusFactory:
         self.tmp_path = tmp_path
         self.nodes: list[ChorusNode] = []
 
-    def start(self, name: str | None = None, **options) -> ChorusNode:
+    def create(self, name: str | None = None, **options) -> ChorusNode:
+        """A node that is not started yet (options as for ChorusNode)."""
         node = ChorusNode(self.tmp_path, name or f"node{len(self.nodes) + 1}", **options)
         self.nodes.append(node)
-        return node.start()
+        return node
+
+    def start(self, name: str | None = None, **options) -> ChorusNode:
+        """Creates and starts a node: fsync="always", requirepass, max_clients, config (a dict
+        written as TOML, or TOML text), extra_args, data_dir (default: a fresh dir per node)."""
+        return self.create(name, **options).start()
 
     def stop_all(self):
+        """SIGTERMs every node still running. A node that exited without being signalled, or
+        that did not exit 0 on SIGTERM, fails the test (at teardown)."""
         errors = []
         for node in self.nodes:
-            try:
-                node.stop()
-            except AssertionError as error:
-                errors.append(str(error))
+            if node.proc is None:
+                continue
+            if node.proc.poll() is not None and not node.exit_expected:
+                errors.append(f"node {node.name} exited by itself with code {node.proc.returncode}")
+                continue
+            if node.running():
+                try:
+                    code = node.stop()
+                except AssertionError as error:
+                    errors.append(str(error))
+                    continue
+                if code != 0:
+                    errors.append(f"node {node.name} exited with code {code} after SIGTERM")
         if errors:
             raise AssertionError("; ".join(errors))
 
@@ -358,24 +391,3 @@ def rb(node, protocol) -> redis.Redis:
     yield client
     client.close()
 
-
-# DEV-ONLY (remove): run the suite's `node` against a real redis-server to check expectations.
-if os.environ.get("E2E_DEV_REDIS_PORT"):
-
-    class _RedisNode:
-        requirepass = None
-        port = int(os.environ["E2E_DEV_REDIS_PORT"])
-        client = ChorusNode.client
-        connect = ChorusNode.connect
-        ping_ok = ChorusNode.ping_ok
-        close_clients = ChorusNode.close_clients
-
-        def __init__(self):
-            self._clients = []
-            redis.Redis(port=self.port).flushall()
-
-    @pytest.fixture
-    def node():
-        n = _RedisNode()
-        yield n
-        n.close_clients()

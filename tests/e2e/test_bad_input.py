@@ -6,8 +6,10 @@ from __future__ import annotations
 import random
 import resource
 import selectors
+import shutil
 import socket
 import struct
+import subprocess
 import time
 
 import pytest
@@ -372,7 +374,9 @@ def test_huge_pipeline_without_reading_then_close(node, bystander):
 
 
 def test_huge_pipeline_reset(node, bystander):
-    payload = (encode("INCR", "reset-counter") + encode("PING")) * 20_000
+    """A client sends a big pipeline and resets the connection (RST) without reading anything."""
+    one = encode("INCR", "reset-counter") + encode("PING")
+    payload = one * 20_000
     sock = node.connect()
     sock.setblocking(False)
     try:
@@ -384,9 +388,9 @@ def test_huge_pipeline_reset(node, bystander):
     bystander.check()
     client = bystander.client
     wait_until(lambda: client.info("clients")["connected_clients"] == 1, 30, "the reset connection to be dropped")
+    # The node may have executed what it read before the reset, and nothing it never received.
     counter = int(client.get("reset-counter") or 0)
-    assert 0 <= counter <= 20_000
-    assert sent >= 0
+    assert 0 <= counter <= -(-sent // len(one))
 
 
 def raise_nofile_limit(wanted: int):
@@ -460,7 +464,7 @@ def test_2000_concurrent_redis_py_clients(node):
         results = list(pool.map(work, range(count)))
     assert results == [str(i) for i in range(count)]
     observer = clients[0]
-    assert observer.info("clients")["connected_clients"] == count
+    wait_until(lambda: observer.info("clients")["connected_clients"] == count, 30, f"exactly {count} clients")
     assert observer.dbsize() == count
     node.close_clients()
 
@@ -484,3 +488,18 @@ def test_max_clients(chorus):
             sock.close()
     assert first.ping() is True
     wait_until(node.ping_ok, 30, "a slot to free up after the held connections closed")
+
+
+def test_listen_backlog_absorbs_connection_bursts(node):
+    """Redis listens with a backlog of 511 (tcp-backlog). With a smaller one, a burst of connects
+    (a pool of 2000 clients starting at once) overflows the accept queue and the kernel drops SYNs:
+    those clients stall for the 1 s (then 3 s, ...) SYN retransmit timeout."""
+    ss = shutil.which("ss")
+    if ss is None:
+        pytest.skip("ss (iproute2) is not installed")
+    listing = subprocess.run([ss, "-ltnH", f"sport = :{node.port}"], capture_output=True, text=True, check=True)
+    lines = [line.split() for line in listing.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, listing.stdout
+    # For a listening socket, ss shows the backlog in the Send-Q column.
+    backlog = int(lines[0][2])
+    assert backlog >= 511, f"listen backlog is {backlog}"

@@ -75,6 +75,7 @@ def test_resp3_hello(node):
 
 def test_info_and_scan(node):
     out(node, "MSET", "user:1", "a", "user:2", "b", "other", "c")
+    assert out(node, "DBSIZE") == "3\n"
     info = out(node, "INFO", "keyspace")
     assert "db0:keys=3" in info
     assert sorted(out(node, "--scan", "--pattern", "user:*").split()) == ["user:1", "user:2"]

@@ -532,14 +532,13 @@ impl KvCommand {
             "dbsize" => KvCommand::DbSize,
             "keys" => KvCommand::Keys { pattern: key },
             "scan" => parse_scan(args)?,
-            "flushall" | "flushdb" => {
-                for option in &args[1..] {
-                    if !option.eq_ignore_ascii_case(b"async") && !option.eq_ignore_ascii_case(b"sync") {
-                        return Err(syntax_error());
-                    }
+            "flushall" | "flushdb" => match &args[1..] {
+                [] => KvCommand::FlushAll,
+                [option] if option.eq_ignore_ascii_case(b"async") || option.eq_ignore_ascii_case(b"sync") => {
+                    KvCommand::FlushAll
                 }
-                KvCommand::FlushAll
-            }
+                _ => return Err(syntax_error()),
+            },
             _ => return Err(unknown_command_reply(args)),
         };
         Ok(command)
@@ -564,17 +563,25 @@ fn absolute_millis(amount: i64, unit_seconds: bool, name: &str) -> Result<UnixMi
 fn parse_set(args: &[Bytes]) -> Result<KvCommand, Reply> {
     let mut condition = SetCondition::Always;
     let mut expiry = SetExpiry::Clear;
+    // Redis accepts an option given twice (`NX NX`, `EX 1 EX 2`: the last wins) but not two
+    // conflicting ones (`NX XX`, `EX 1 PX 2`, `EX 1 KEEPTTL`).
+    let mut expiry_option: Option<Vec<u8>> = None;
     let mut return_old = false;
     let mut i = 3;
     while i < args.len() {
         let option = args[i].to_ascii_uppercase();
         let next = args.get(i + 1);
+        let expiry_free = |wanted: &[u8]| expiry_option.as_deref().is_none_or(|given| given == wanted);
         match option.as_slice() {
-            b"NX" if condition == SetCondition::Always => condition = SetCondition::IfAbsent,
-            b"XX" if condition == SetCondition::Always => condition = SetCondition::IfPresent,
+            b"NX" if condition != SetCondition::IfPresent => condition = SetCondition::IfAbsent,
+            b"XX" if condition != SetCondition::IfAbsent => condition = SetCondition::IfPresent,
             b"GET" => return_old = true,
-            b"KEEPTTL" if expiry == SetExpiry::Clear => expiry = SetExpiry::Keep,
-            b"EX" | b"PX" | b"EXAT" | b"PXAT" if expiry == SetExpiry::Clear && next.is_some() => {
+            b"KEEPTTL" if expiry_free(b"KEEPTTL") => {
+                expiry = SetExpiry::Keep;
+                expiry_option = Some(option.clone());
+            }
+            b"EX" | b"PX" | b"EXAT" | b"PXAT" if expiry_free(&option) && next.is_some() => {
+                expiry_option = Some(option.clone());
                 let amount = next.and_then(|value| parse_i64(value)).ok_or_else(not_an_integer)?;
                 let seconds = option == b"EX" || option == b"EXAT";
                 let arg = if option.ends_with(b"AT") {

@@ -50,6 +50,9 @@ pub trait StateView {
     /// Number of keys stored (including expired keys not yet deleted, as Redis's DBSIZE counts).
     fn key_count(&self) -> Result<u64, StateError>;
 
+    /// Number of stored keys that have an expiry (INFO's `expires`).
+    fn expiring_key_count(&self) -> Result<u64, StateError>;
+
     /// The index of the last log entry applied.
     fn applied_index(&self) -> LogIndex;
 }
@@ -179,6 +182,15 @@ impl MemoryState {
         }
     }
 
+    /// The mean time to live of keys with an expiry, in milliseconds (0 when none): INFO's `avg_ttl`.
+    pub fn average_ttl_millis(&self, now: UnixMillis) -> u64 {
+        if self.expiry.is_empty() {
+            return 0;
+        }
+        let total: u128 = self.expiry.iter().map(|(at, _, _)| u128::from(at.0.saturating_sub(now.0))).sum();
+        u64::try_from(total / self.expiry.len() as u128).unwrap_or(u64::MAX)
+    }
+
     /// Every key in (slot, key) order, for snapshots: key, value, expiry.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8], Option<UnixMillis>)> {
         self.slots
@@ -227,6 +239,10 @@ impl StateView for MemoryState {
 
     fn key_count(&self) -> Result<u64, StateError> {
         Ok(self.key_count)
+    }
+
+    fn expiring_key_count(&self) -> Result<u64, StateError> {
+        Ok(self.expiry.len() as u64)
     }
 
     fn applied_index(&self) -> LogIndex {

@@ -30,6 +30,8 @@ pub struct ConnectionState {
     pub library_name: Option<Bytes>,
     pub library_version: Option<Bytes>,
     pub peer: String,
+    pub local: String,
+    pub connected_at: std::time::Instant,
 }
 
 const READ_CHUNK_BYTES: usize = 16 * 1024;
@@ -39,6 +41,7 @@ type Slot = (Protocol, Option<Reply>);
 
 pub async fn serve(context: Arc<NodeContext>, mut socket: TcpStream, id: u64) {
     let peer = socket.peer_addr().map(|addr| addr.to_string()).unwrap_or_default();
+    let local = socket.local_addr().map(|addr| addr.to_string()).unwrap_or_default();
     let _ = socket.set_nodelay(true);
     let mut connection = ConnectionState {
         id,
@@ -48,6 +51,8 @@ pub async fn serve(context: Arc<NodeContext>, mut socket: TcpStream, id: u64) {
         library_name: None,
         library_version: None,
         peer,
+        local,
+        connected_at: std::time::Instant::now(),
     };
     let (reply_tx, mut reply_rx) = mpsc::unbounded_channel();
     context.core.register(id, reply_tx);
@@ -190,7 +195,10 @@ fn submit_batch(
     first_sequence: u64,
 ) {
     let now = now_millis();
-    let state = &*context.state;
+    // One read lock for the whole batch: a command that reads several keys, or counts them, must
+    // not see the applier's next batch land halfway through.
+    let state_guard = context.state.read();
+    let state = &*state_guard;
     let mut ready = Vec::new();
     context.core.with(Some(connection), &mut ready, |inner| {
         for (sequence, command) in batch {

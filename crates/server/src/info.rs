@@ -6,7 +6,6 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use chorus_core::StateView;
 use chorus_resp::{Protocol, Reply};
 
 use crate::connection::ConnectionState;
@@ -107,8 +106,15 @@ fn render_section(context: &NodeContext, section: &str, out: &mut String) {
             status.commit_index, status.term, status.commit_index,
         ),
         "keyspace" => {
-            let keys = context.state.key_count().unwrap_or(0);
-            if keys > 0 { write!(out, "# Keyspace\r\ndb0:keys={keys}\r\n") } else { write!(out, "# Keyspace\r\n") }
+            let state_guard = context.state.read();
+            let state = &*state_guard;
+            let (keys, expires) = context.core.inspect(|inner| inner.replica.keyspace_counts(state));
+            if keys > 0 {
+                let avg_ttl = state_guard.average_ttl_millis(crate::context::now_millis());
+                write!(out, "# Keyspace\r\ndb0:keys={keys},expires={expires},avg_ttl={avg_ttl}\r\n")
+            } else {
+                write!(out, "# Keyspace\r\n")
+            }
         }
         _ => Ok(()),
     };

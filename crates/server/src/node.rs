@@ -104,9 +104,8 @@ pub async fn run(
     let (apply_tx, apply_rx) = std::sync::mpsc::channel();
     let core = CoreHandle::new(replica, log_tx, apply_tx);
 
-    let listener = TcpListener::bind(config.client_addr)
-        .await
-        .map_err(io_error(format!("cannot listen for clients on {}", config.client_addr)))?;
+    let listener =
+        listen(config.client_addr).map_err(io_error(format!("cannot listen for clients on {}", config.client_addr)))?;
     let client_addr = listener.local_addr().map_err(io_error("client listener address"))?;
     let admin_listener = match config.admin_addr {
         Some(addr) => Some(TcpListener::bind(addr).await.map_err(io_error(format!("cannot listen on admin {addr}")))?),
@@ -155,7 +154,8 @@ pub async fn run(
         let mut interval = tokio::time::interval(pipeline::TICK_INTERVAL);
         loop {
             interval.tick().await;
-            let state = &*ticker_context.state;
+            let state_guard = ticker_context.state.read();
+            let state = &*state_guard;
             ticker_context.core.with_remote(|inner| inner.replica.tick(now_millis(), state));
         }
     });
@@ -193,6 +193,18 @@ pub async fn run(
     drop(lock_file);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Pending connections the kernel queues before `accept` (Redis's `tcp-backlog` is 511; the
+/// default of 128 drops SYNs when thousands of clients connect at once, stalling them for a
+/// second-long retransmit).
+const LISTEN_BACKLOG: u32 = 1024;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 async fn accept_loop(context: Arc<NodeContext>, listener: TcpListener, connections: &mut tokio::task::JoinSet<()>) {

@@ -51,9 +51,10 @@ fn node_command(
     args: &[Bytes],
 ) -> Dispatch {
     let reply = match spec.name {
-        "ping" => match args.get(1) {
-            Some(message) => Reply::Bulk(message.clone()),
-            None => Reply::Status("PONG"),
+        "ping" => match args {
+            [_] => Reply::Status("PONG"),
+            [_, message] => Reply::Bulk(message.clone()),
+            _ => command::arity_reply("ping"),
         },
         "echo" => Reply::Bulk(args[1].clone()),
         "quit" => return Dispatch::Close(Reply::OK),
@@ -96,6 +97,11 @@ fn command_int(arg: &[u8]) -> Option<i64> {
 
 fn check_password(context: &NodeContext, username: Option<&Bytes>, password: &Bytes) -> Result<(), Reply> {
     let Some(expected) = &context.config.requirepass else {
+        // Without a password the default user has `nopass`: Redis accepts any password for it
+        // when the user is named, and refuses only the legacy one-argument form.
+        if username.is_some_and(|user| user.as_ref() == b"default") {
+            return Ok(());
+        }
         return Err(Reply::err(
             "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
         ));
@@ -221,20 +227,49 @@ fn client(connection: &mut ConnectionState, args: &[Bytes]) -> Reply {
             Reply::OK
         }
         (b"info", 2) => Reply::Verbatim(Bytes::from(client_line(connection))),
-        (b"id" | b"getname" | b"setname" | b"setinfo" | b"info", _) => {
+        (b"list", _) => Reply::Verbatim(Bytes::from(client_line(connection))),
+        (b"help", 2) => help_reply(&[
+            "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "GETNAME",
+            "    Return the name of the current connection.",
+            "ID",
+            "    Return the ID of the current connection.",
+            "INFO",
+            "    Return information about the current client connection.",
+            "LIST",
+            "    Return information about client connections (this node lists the calling one).",
+            "SETINFO <option> <value>",
+            "    Set client meta attr. Options are: LIB-NAME, LIB-VER.",
+            "SETNAME <name>",
+            "    Assign the name <name> to the current connection.",
+            "HELP",
+            "    Print this help.",
+        ]),
+        (b"id" | b"getname" | b"setname" | b"setinfo" | b"info" | b"help", _) => {
             sub_arity_error("client", &String::from_utf8_lossy(&sub))
         }
         _ => subcommand_error(args, "client"),
     }
 }
 
+fn help_reply(lines: &[&'static str]) -> Reply {
+    Reply::Array(lines.iter().map(|line| Reply::Status(line)).collect())
+}
+
+/// One line of CLIENT INFO / CLIENT LIST, with every field Redis 7.2 prints (clients such as
+/// redis-py parse them all). Fields about features Chorus lacks (pub/sub, MULTI) carry the values
+/// Redis shows for a client not using them; buffer sizes are not tracked per connection and read 0.
 fn client_line(connection: &ConnectionState) -> String {
     let text =
         |value: &Option<Bytes>| value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+    let age = connection.connected_at.elapsed().as_secs();
     format!(
-        "id={} addr={} name={} db=0 resp={} lib-name={} lib-ver={}\n",
+        "id={} addr={} laddr={} fd=0 name={} age={age} idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 \
+         watch=0 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r \
+         cmd=client|info user=default redir=-1 resp={} lib-name={} lib-ver={}\n",
         connection.id,
         connection.peer,
+        connection.local,
         text(&connection.name),
         if connection.protocol == Protocol::Resp3 { 3 } else { 2 },
         text(&connection.library_name),
@@ -277,8 +312,28 @@ fn command_command(args: &[Bytes]) -> Reply {
         }
     };
     match sub.as_slice() {
-        b"count" => Reply::Integer(command::COMMANDS.len() as i64),
+        b"count" if args.len() == 2 => Reply::Integer(command::COMMANDS.len() as i64),
+        b"count" => sub_arity_error("command", "count"),
         b"list" => Reply::Array(command::COMMANDS.iter().map(|spec| Reply::bulk(spec.name)).collect()),
+        b"getkeys" if args.len() >= 3 => getkeys(&args[2..]),
+        b"getkeys" => sub_arity_error("command", "getkeys"),
+        b"help" => help_reply(&[
+            "COMMAND <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "(no subcommand)",
+            "    Return details about all commands.",
+            "COUNT",
+            "    Return the total number of commands in this server.",
+            "LIST",
+            "    Return a list of all commands in this server.",
+            "INFO [<command-name> ...]",
+            "    Return details about the specified commands, or all of them.",
+            "DOCS [<command-name> ...]",
+            "    Return documentation details about the specified commands, or all of them.",
+            "GETKEYS <full-command>",
+            "    Return the keys from a full command.",
+            "HELP",
+            "    Print this help.",
+        ]),
         b"info" => {
             let names = &args[2..];
             if names.is_empty() {
@@ -294,6 +349,23 @@ fn command_command(args: &[Bytes]) -> Reply {
         }
         _ => subcommand_error(args, "command"),
     }
+}
+
+/// COMMAND GETKEYS: the key arguments of a full command, from the table's key positions.
+fn getkeys(command_args: &[Bytes]) -> Reply {
+    let Some(spec) = command::lookup(&command_args[0]) else {
+        return Reply::err("Invalid command specified");
+    };
+    if !spec.arity_ok(command_args.len()) {
+        return Reply::err("Invalid number of arguments specified for command");
+    }
+    if spec.first_key <= 0 || spec.key_step <= 0 {
+        return Reply::err("The command has no key arguments");
+    }
+    let first = spec.first_key as usize;
+    let last =
+        if spec.last_key < 0 { command_args.len() - 1 } else { (spec.last_key as usize).min(command_args.len() - 1) };
+    Reply::Array((first..=last).step_by(spec.key_step as usize).map(|i| Reply::Bulk(command_args[i].clone())).collect())
 }
 
 fn config(context: &NodeContext, args: &[Bytes]) -> Reply {

@@ -133,7 +133,7 @@ pub fn run_applier(
         }
         let Some(last) = batch.last().map(|entry| entry.index) else { continue };
         state.apply(&batch);
-        core.with_remote(|inner| inner.replica.handle_applied(last, &*state));
+        core.with_remote(|inner| inner.replica.handle_applied(last));
         if last.0 - snapshotted.0 >= checkpoint_entries {
             match checkpoint(&state, &snapshot_dir) {
                 Ok(index) => {

@@ -50,6 +50,10 @@ impl StateView for SharedState {
         self.read().key_count()
     }
 
+    fn expiring_key_count(&self) -> Result<u64, StateError> {
+        self.read().expiring_key_count()
+    }
+
     fn applied_index(&self) -> LogIndex {
         self.read().applied_index()
     }

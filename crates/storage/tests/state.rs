@@ -136,6 +136,10 @@ impl StateView for ReferenceState {
         Ok(self.entries.len() as u64)
     }
 
+    fn expiring_key_count(&self) -> Result<u64, chorus_core::StateError> {
+        Ok(self.entries.values().filter(|stored| stored.expire_at.is_some()).count() as u64)
+    }
+
     fn applied_index(&self) -> LogIndex {
         self.applied_index
     }
@@ -144,6 +148,7 @@ impl StateView for ReferenceState {
 fn assert_same_state(store: &MemoryState, model: &ReferenceState, keys_seen: &BTreeSet<Bytes>, context: &str) {
     assert_eq!(store.applied_index(), model.applied_index(), "{context}: applied_index");
     assert_eq!(store.key_count().unwrap(), model.key_count().unwrap(), "{context}: key_count");
+    assert_eq!(store.expiring_key_count().unwrap(), model.expiring_key_count().unwrap(), "{context}: expiring");
 
     for key in keys_seen.iter().map(|key| key.as_ref()).chain(KEY_POOL.iter().copied()) {
         assert_eq!(store.get(key).unwrap(), model.get(key).unwrap(), "{context}: get {key:?}");

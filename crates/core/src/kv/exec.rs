@@ -1,5 +1,7 @@
 //! Execution of each key-value command: reads through the overlay, writes as logical ops.
 
+use std::collections::BTreeMap;
+
 use bytes::{Bytes, BytesMut};
 use chorus_resp::Reply;
 
@@ -92,15 +94,8 @@ fn storage_error(error: StateError) -> Reply {
     Reply::err(error.to_string())
 }
 
-/// Whether the command must wait until everything proposed before it is applied, then read the
-/// applied state directly.
-pub fn needs_applied_state(command: &KvCommand) -> bool {
-    matches!(command, KvCommand::DbSize | KvCommand::Keys { .. } | KvCommand::Scan { .. })
-}
-
 impl KvMachine {
-    /// Executes a command against the latest view at time `now`. Whole-keyspace commands
-    /// ([`needs_applied_state`]) must go to [`KvMachine::execute_on_applied`] instead.
+    /// Executes a command against the latest view at time `now`.
     pub fn execute<S: StateView>(&mut self, now: UnixMillis, command: &KvCommand, state: &S) -> Execution {
         let mut txn = Txn { kv: self, state, now, read_barrier: LogIndex::ZERO, ops: Vec::new(), written: Vec::new() };
         let reply = match run(&mut txn, command) {
@@ -113,79 +108,119 @@ impl KvMachine {
         };
         Execution { ops: txn.ops, reply, read_barrier: txn.read_barrier }
     }
+}
 
-    /// Executes a whole-keyspace command on the applied state alone: the caller guarantees that
-    /// every entry proposed before the command was issued has been applied.
-    pub fn execute_on_applied<S: StateView>(&mut self, now: UnixMillis, command: &KvCommand, state: &S) -> Reply {
-        let result = match command {
-            KvCommand::DbSize => {
-                state.key_count().map(|count| Reply::Integer(i64::try_from(count).unwrap_or(i64::MAX)))
+/// A position in storage order: (slot, key).
+type Position = (Slot, Bytes);
+
+impl<S: StateView> Txn<'_, S> {
+    /// Folds every pending write into `merged` (entries of the applied state at positions accepted
+    /// by `in_range`), and raises the read barrier to each pending index it used.
+    fn overlay_onto(&mut self, merged: &mut BTreeMap<Position, StoredValue>, in_range: impl Fn(&Position) -> bool) {
+        if let Some(clear) = self.kv.pending_clear {
+            self.read_barrier = self.read_barrier.max(clear);
+        }
+        for (key, pending) in &self.kv.overlay {
+            let position = (Slot::of_key(key), key.clone());
+            if !in_range(&position) {
+                continue;
             }
-            KvCommand::Keys { pattern } => keys(state, now, pattern),
-            KvCommand::Scan { cursor, pattern, count, type_filter } => {
-                self.scan(state, now, *cursor, pattern.as_ref(), *count, type_filter.as_ref())
-            }
-            other => {
-                return Reply::err(format!("internal error: {other:?} is not a keyspace command"));
-            }
-        };
-        result.unwrap_or_else(storage_error)
+            self.read_barrier = self.read_barrier.max(pending.index);
+            match &pending.value {
+                Some(stored) => merged.insert(position, stored.clone()),
+                None => merged.remove(&position),
+            };
+        }
     }
 
-    fn scan<S: StateView>(
+    /// Keys in the latest view: the applied state with pending writes laid over it (DBSIZE counts
+    /// expired keys not yet deleted, as Redis does).
+    fn key_count(&mut self) -> Result<u64, StateError> {
+        let (mut count, pending_clear) = match self.kv.pending_clear {
+            Some(clear) => {
+                self.read_barrier = self.read_barrier.max(clear);
+                (0i64, true)
+            }
+            None => (i64::try_from(self.state.key_count()?).unwrap_or(i64::MAX), false),
+        };
+        for (key, pending) in &self.kv.overlay {
+            self.read_barrier = self.read_barrier.max(pending.index);
+            let before = !pending_clear && self.state.get(key)?.is_some();
+            count += i64::from(pending.value.is_some()) - i64::from(before);
+        }
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    fn keys(&mut self, pattern: &Bytes) -> Result<Reply, StateError> {
+        const CHUNK: usize = 1024;
+        let mut merged = BTreeMap::new();
+        if self.kv.pending_clear.is_none() {
+            let mut from = ScanFrom::default();
+            loop {
+                let batch = self.state.scan(&from, CHUNK)?;
+                let done = batch.len() < CHUNK;
+                if let Some((last_key, _)) = batch.last() {
+                    from = ScanFrom { slot: Slot::of_key(last_key), after_key: Some(last_key.clone()) };
+                }
+                merged.extend(batch.into_iter().map(|(key, stored)| ((Slot::of_key(&key), key), stored)));
+                if done {
+                    break;
+                }
+            }
+        }
+        self.overlay_onto(&mut merged, |_| true);
+        let now = self.now;
+        Ok(Reply::Array(
+            merged
+                .into_iter()
+                .filter(|((_, key), stored)| !stored.is_expired(now) && glob_match(pattern, key))
+                .map(|((_, key), _)| Reply::Bulk(key))
+                .collect(),
+        ))
+    }
+
+    fn scan(
         &mut self,
-        state: &S,
-        now: UnixMillis,
         cursor: u64,
         pattern: Option<&Bytes>,
         count: usize,
         type_filter: Option<&Bytes>,
     ) -> Result<Reply, StateError> {
         let slot = Slot((cursor & 0x3FFF) as u16);
-        let from = match self.scan_cursors.get(&(cursor >> 14)) {
+        let from = match self.kv.scan_cursors.get(&(cursor >> 14)) {
             Some((remembered_slot, last_key)) if cursor != 0 => {
                 ScanFrom { slot: *remembered_slot, after_key: Some(last_key.clone()) }
             }
             _ => ScanFrom { slot, after_key: None },
         };
-        let batch = state.scan(&from, count)?;
-        let next_cursor = match batch.last() {
-            Some((last_key, _)) if batch.len() == count => {
-                self.remember_cursor(Slot::of_key(last_key), last_key.clone())
-            }
-            _ => 0,
+        let applied = if self.kv.pending_clear.is_some() { Vec::new() } else { self.state.scan(&from, count)? };
+        // The applied batch ends at `bound` when it is full; pending writes up to the same bound
+        // belong to this call, the rest to later ones.
+        let bound: Option<Position> =
+            applied.last().filter(|_| applied.len() == count).map(|(key, _)| (Slot::of_key(key), key.clone()));
+        let mut merged: BTreeMap<Position, StoredValue> =
+            applied.into_iter().map(|(key, stored)| ((Slot::of_key(&key), key), stored)).collect();
+        let after_start = |position: &Position| match &from.after_key {
+            Some(after) => (position.0, &position.1) > (from.slot, after),
+            None => position.0 >= from.slot,
+        };
+        self.overlay_onto(&mut merged, |position| {
+            after_start(position) && bound.as_ref().is_none_or(|bound| position <= bound)
+        });
+        let next_cursor = match bound {
+            Some((bound_slot, bound_key)) => self.kv.remember_cursor(bound_slot, bound_key),
+            None => 0,
         };
         let only_strings = type_filter.is_none_or(|wanted| wanted.eq_ignore_ascii_case(b"string"));
-        let keys = batch
+        let now = self.now;
+        let keys = merged
             .into_iter()
-            .filter(|(key, stored)| {
+            .filter(|((_, key), stored)| {
                 only_strings && !stored.is_expired(now) && pattern.is_none_or(|pattern| glob_match(pattern, key))
             })
-            .map(|(key, _)| Reply::Bulk(key))
+            .map(|((_, key), _)| Reply::Bulk(key))
             .collect();
         Ok(Reply::Array(vec![Reply::Bulk(Bytes::from(next_cursor.to_string())), Reply::Array(keys)]))
-    }
-}
-
-fn keys<S: StateView>(state: &S, now: UnixMillis, pattern: &Bytes) -> Result<Reply, StateError> {
-    const CHUNK: usize = 1024;
-    let mut found = Vec::new();
-    let mut from = ScanFrom::default();
-    loop {
-        let batch = state.scan(&from, CHUNK)?;
-        let done = batch.len() < CHUNK;
-        if let Some((last_key, _)) = batch.last() {
-            from = ScanFrom { slot: Slot::of_key(last_key), after_key: Some(last_key.clone()) };
-        }
-        found.extend(
-            batch
-                .into_iter()
-                .filter(|(key, stored)| !stored.is_expired(now) && glob_match(pattern, key))
-                .map(|(key, _)| Reply::Bulk(key)),
-        );
-        if done {
-            return Ok(Reply::Array(found));
-        }
     }
 }
 
@@ -393,8 +428,10 @@ fn run<S: StateView>(txn: &mut Txn<'_, S>, command: &KvCommand) -> Result<Reply,
             txn.ops.push(WriteOp::Clear);
             Reply::OK
         }
-        KvCommand::DbSize | KvCommand::Keys { .. } | KvCommand::Scan { .. } => {
-            return Err(Reply::err("internal error: keyspace command executed on the latest view"));
+        KvCommand::DbSize => Reply::Integer(i64::try_from(txn.key_count().map_err(storage_error)?).unwrap_or(i64::MAX)),
+        KvCommand::Keys { pattern } => txn.keys(pattern).map_err(storage_error)?,
+        KvCommand::Scan { cursor, pattern, count, type_filter } => {
+            txn.scan(*cursor, pattern.as_ref(), *count, type_filter.as_ref()).map_err(storage_error)?
         }
     };
     Ok(reply)

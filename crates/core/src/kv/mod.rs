@@ -5,8 +5,9 @@
 //! not yet applied), so a pipelined `SET k v; GET k` sees its own write and `INCR` twice gives 2. The
 //! price is that a reply that saw a pending write must not leave before that write commits; each
 //! execution therefore reports a `read_barrier`, the highest pending index it observed, and the
-//! replica holds the reply until the commit index reaches it. Commands that look at the whole
-//! keyspace (`DBSIZE`, `KEYS`, `SCAN`) run instead once everything proposed before them is applied.
+//! replica holds the reply until the commit index reaches it. Commands over the whole keyspace
+//! (`DBSIZE`, `KEYS`, `SCAN`) merge the pending writes into what they read from the applied state,
+//! so they too see exactly the writes proposed before them.
 
 mod exec;
 pub mod glob;
@@ -22,7 +23,7 @@ use crate::slot::Slot;
 use crate::state::StoredValue;
 use crate::types::LogIndex;
 
-pub use exec::{Execution, needs_applied_state};
+pub use exec::Execution;
 
 /// Redis's limit on a string's size (`proto-max-bulk-len`), enforced on APPEND and SETRANGE.
 pub const STRING_BYTES_MAX: usize = 512 * 1024 * 1024;
@@ -127,6 +128,32 @@ impl KvMachine {
     /// Whether `key` has a write proposed but not yet applied (or a FLUSHALL is pending).
     pub fn has_pending(&self, key: &[u8]) -> bool {
         self.pending_clear.is_some() || self.overlay.contains_key(key)
+    }
+
+    /// Keys in the latest view (applied state plus pending writes): what DBSIZE answers, for INFO.
+    pub fn key_count<S: crate::state::StateView>(&self, state: &S) -> Result<u64, crate::state::StateError> {
+        let mut count =
+            if self.pending_clear.is_some() { 0 } else { i64::try_from(state.key_count()?).unwrap_or(i64::MAX) };
+        for (key, pending) in &self.overlay {
+            let before = self.pending_clear.is_none() && state.get(key)?.is_some();
+            count += i64::from(pending.value.is_some()) - i64::from(before);
+        }
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    /// Keys with an expiry in the latest view (INFO's `expires`).
+    pub fn expiring_key_count<S: crate::state::StateView>(&self, state: &S) -> Result<u64, crate::state::StateError> {
+        let expiring = |stored: Option<&StoredValue>| stored.is_some_and(|stored| stored.expire_at.is_some());
+        let mut count = if self.pending_clear.is_some() {
+            0
+        } else {
+            i64::try_from(state.expiring_key_count()?).unwrap_or(i64::MAX)
+        };
+        for (key, pending) in &self.overlay {
+            let before = self.pending_clear.is_none() && expiring(state.get(key)?.as_ref());
+            count += i64::from(expiring(pending.value.as_ref())) - i64::from(before);
+        }
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     /// Number of keys with a write in flight (INFO).

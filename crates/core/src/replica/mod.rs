@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use chorus_resp::Reply;
 
 use crate::command::KvCommand;
-use crate::kv::{KvMachine, KvStats, needs_applied_state};
+use crate::kv::{KvMachine, KvStats};
 use crate::log::{EntryPayload, LogEntry, WriteOp};
 use crate::state::StateView;
 use crate::types::{LogIndex, NodeId, Term, UnixMillis};
@@ -75,15 +75,6 @@ pub struct ReplicaStatus {
     pub kv: KvStats,
 }
 
-/// A whole-keyspace command waiting for the state to apply everything proposed before it.
-#[derive(Debug)]
-struct BarrierRead {
-    barrier: LogIndex,
-    request: RequestId,
-    command: KvCommand,
-    now: UnixMillis,
-}
-
 #[derive(Debug)]
 pub struct Replica {
     config: ReplicaConfig,
@@ -97,7 +88,6 @@ pub struct Replica {
     /// Replies waiting for an index to commit, in non-decreasing index order (a reply that read a
     /// pending write waits for the last index proposed before it, which keeps this a queue).
     held_replies: VecDeque<(LogIndex, RequestId, Reply)>,
-    barrier_reads: VecDeque<BarrierRead>,
     effects: Vec<Effect>,
     /// Set once storage has failed; see [`Replica::fail`].
     failure: Option<String>,
@@ -116,7 +106,6 @@ impl Replica {
             applied_index: recovered.applied_index,
             unapplied: VecDeque::new(),
             held_replies: VecDeque::new(),
-            barrier_reads: VecDeque::new(),
             effects: Vec::new(),
             failure: None,
         }
@@ -129,6 +118,12 @@ impl Replica {
 
     pub fn node_id(&self) -> NodeId {
         self.config.node_id
+    }
+
+    /// Keys, and keys with an expiry, in the latest view: counting writes proposed but not yet
+    /// applied (INFO keyspace).
+    pub fn keyspace_counts<S: StateView>(&self, state: &S) -> (u64, u64) {
+        (self.kv.key_count(state).unwrap_or(0), self.kv.expiring_key_count(state).unwrap_or(0))
     }
 
     pub fn status(&self) -> ReplicaStatus {
@@ -155,11 +150,6 @@ impl Replica {
             let reply =
                 Reply::Error(format!("MISCONF the node cannot write to its disk and refuses commands: {reason}"));
             self.effects.push(Effect::Reply { request, reply });
-            return;
-        }
-        if needs_applied_state(&command) {
-            self.barrier_reads.push_back(BarrierRead { barrier: self.last_index, request, command, now });
-            self.run_barrier_reads(state);
             return;
         }
         let execution = self.kv.execute(now, &command, state);
@@ -206,16 +196,13 @@ impl Replica {
         for (_, request, _) in std::mem::take(&mut self.held_replies) {
             self.effects.push(Effect::Reply { request, reply: Reply::err(reason) });
         }
-        for read in std::mem::take(&mut self.barrier_reads) {
-            self.effects.push(Effect::Reply { request: read.request, reply: Reply::err(reason) });
-        }
         self.unapplied.retain(|entry| entry.index <= self.commit_index);
         self.last_index = self.commit_index;
         self.kv.discard_pending();
     }
 
     /// The key-value state has applied every entry up to `index`.
-    pub fn handle_applied<S: StateView>(&mut self, index: LogIndex, state: &S) {
+    pub fn handle_applied(&mut self, index: LogIndex) {
         if self.failure.is_some() {
             return;
         }
@@ -225,7 +212,6 @@ impl Replica {
         }
         self.applied_index = index;
         self.kv.on_applied(index);
-        self.run_barrier_reads(state);
     }
 
     /// Time passes: deletes keys whose expiry has come (through the log, so every replica deletes
@@ -277,16 +263,6 @@ impl Replica {
             let wait_for = self.last_index.max(index);
             assert!(self.held_replies.back().is_none_or(|(last, _, _)| *last <= wait_for), "held replies out of order");
             self.held_replies.push_back((wait_for, request, reply));
-        }
-    }
-
-    fn run_barrier_reads<S: StateView>(&mut self, state: &S) {
-        while self.barrier_reads.front().is_some_and(|read| read.barrier <= self.applied_index) {
-            let Some(read) = self.barrier_reads.pop_front() else {
-                break;
-            };
-            let reply = self.kv.execute_on_applied(read.now, &read.command, state);
-            self.effects.push(Effect::Reply { request: read.request, reply });
         }
     }
 }

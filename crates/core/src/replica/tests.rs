@@ -54,7 +54,7 @@ impl Harness {
                 Effect::Apply(entries) => {
                     let last = entries.last().map(|entry| entry.index).expect("non-empty apply");
                     self.state.apply(&entries);
-                    self.replica.handle_applied(last, &self.state);
+                    self.replica.handle_applied(last);
                     let (more_persist, more_replies) = self.take();
                     persist.extend(more_persist);
                     replies.extend(more_replies);
@@ -308,4 +308,57 @@ fn a_storage_failure_fails_waiting_replies_and_refuses_later_commands() {
     let (persist, replies) = harness.take();
     assert!(persist.is_empty());
     assert!(matches!(&replies[..], [(id, Reply::Error(text))] if *id == later && text.starts_with("MISCONF")));
+}
+
+#[test]
+fn keyspace_reads_in_a_pipeline_see_exactly_the_writes_before_them() {
+    let mut harness = Harness::new();
+    harness.run(&["SET", "applied", "1"]);
+    harness.run(&["SET", "doomed", "1"]);
+    let requests = [
+        harness.submit(&["SET", "a", "1"]),
+        harness.submit(&["DEL", "doomed"]),
+        harness.submit(&["DBSIZE"]),
+        harness.submit(&["KEYS", "*"]),
+        harness.submit(&["SCAN", "0", "COUNT", "100"]),
+        harness.submit(&["DEL", "a"]),
+        harness.submit(&["SET", "later", "1"]),
+        harness.submit(&["DBSIZE"]),
+        harness.submit(&["FLUSHALL"]),
+        harness.submit(&["SET", "after-flush", "1"]),
+        harness.submit(&["KEYS", "*"]),
+        harness.submit(&["DBSIZE"]),
+    ];
+    let (_, early) = harness.take();
+    assert!(early.iter().all(|(id, _)| !requests[2..5].contains(id)), "keyspace reads wait for the writes they saw");
+    let mut replies = early;
+    replies.extend(harness.persist_all());
+    let reply_to = |id: RequestId| replies.iter().find(|(request, _)| *request == id).map(|(_, reply)| reply.clone());
+    assert_eq!(reply_to(requests[2]), Some(Reply::Integer(2)), "applied + a - doomed");
+    assert_eq!(
+        reply_to(requests[3]),
+        Some(Reply::Array(vec![bulk("a"), bulk("applied")].into_iter().collect::<Vec<_>>()).sorted_by_slot())
+    );
+    let Some(Reply::Array(scan)) = reply_to(requests[4]) else { panic!("scan reply") };
+    assert_eq!(scan[0], bulk("0"));
+    assert_eq!(scan[1], Reply::Array(vec![bulk("a"), bulk("applied")]).sorted_by_slot());
+    assert_eq!(reply_to(requests[7]), Some(Reply::Integer(2)), "applied + later");
+    assert_eq!(reply_to(requests[10]), Some(Reply::Array(vec![bulk("after-flush")])));
+    assert_eq!(reply_to(requests[11]), Some(Reply::Integer(1)));
+}
+
+trait SortedBySlot {
+    fn sorted_by_slot(self) -> Reply;
+}
+
+impl SortedBySlot for Reply {
+    /// Keyspace replies list keys in storage order: by slot, then key.
+    fn sorted_by_slot(self) -> Reply {
+        let Reply::Array(mut items) = self else { return self };
+        items.sort_by_key(|item| match item {
+            Reply::Bulk(key) => (crate::Slot::of_key(key), key.clone()),
+            _ => (crate::Slot(0), Bytes::new()),
+        });
+        Reply::Array(items)
+    }
 }
