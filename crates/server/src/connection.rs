@@ -35,6 +35,7 @@ pub struct ConnectionState {
 }
 
 const READ_CHUNK_BYTES: usize = 16 * 1024;
+const WRITE_BUFFER_KEEP_BYTES: usize = 1024 * 1024;
 
 /// A reply slot: the protocol in force when the request was answered, and the reply once known.
 type Slot = (Protocol, Option<Reply>);
@@ -92,6 +93,11 @@ pub async fn serve(context: Arc<NodeContext>, mut socket: TcpStream, id: u64) {
                 break;
             }
             write_buffer.clear();
+            if write_buffer.capacity() > WRITE_BUFFER_KEEP_BYTES {
+                // One huge reply (KEYS over a large keyspace) must not pin its buffer for the
+                // connection's lifetime.
+                write_buffer = BytesMut::with_capacity(READ_CHUNK_BYTES);
+            }
         }
         if (closing || peer_closed) && slots.is_empty() {
             break;
@@ -116,6 +122,8 @@ pub async fn serve(context: Arc<NodeContext>, mut socket: TcpStream, id: u64) {
                     fill(&mut slots, first_sequence, sequence, reply);
                 }
             }
+            // The node is shutting down (it dropped this connection's reply channel).
+            else => break,
         }
     }
     context.core.unregister(id);
