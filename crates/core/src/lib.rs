@@ -20,6 +20,7 @@
 pub mod command;
 pub mod kv;
 pub mod log;
+pub mod raft;
 pub mod replica;
 pub mod slot;
 pub mod state;

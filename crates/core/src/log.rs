@@ -22,6 +22,10 @@ pub enum EntryPayload {
     Noop,
     /// Key-value changes applied atomically (MSET is one entry, not several).
     Write(Vec<WriteOp>),
+    /// A new replication-group configuration, whole (not a delta). It takes effect on a node as soon as
+    /// the node appends the entry, and is undone if the entry is truncated (Raft dissertation section
+    /// 4.1). Applying it leaves the key-value state unchanged.
+    Membership(crate::raft::Membership),
 }
 
 /// A deterministic change to the key-value state.
