@@ -35,6 +35,9 @@ pub struct ServerArgs {
     /// Most client connections at once.
     #[arg(long)]
     max_clients: Option<usize>,
+    /// Threads serving client connections (0: half the cores).
+    #[arg(long)]
+    io_threads: Option<usize>,
 }
 
 impl ServerArgs {
@@ -67,6 +70,9 @@ impl ServerArgs {
         if let Some(max_clients) = self.max_clients {
             config.max_clients = max_clients;
         }
+        if let Some(io_threads) = self.io_threads {
+            config.io_threads = io_threads;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -87,7 +93,11 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     crate::init_logging();
     let config = args.into_config()?;
     raise_open_files_limit();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.io_threads_effective())
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     runtime.block_on(async move {
         let shutdown = async {
             use tokio::signal::unix::{SignalKind, signal};

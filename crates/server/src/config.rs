@@ -134,6 +134,9 @@ pub struct NodeConfig {
     /// When set, clients must `AUTH` (Redis's `requirepass`).
     pub requirepass: Option<String>,
     pub max_clients: usize,
+    /// Threads serving client connections; 0 picks half the cores (at least one), leaving the rest to
+    /// the log writer, the applier and the kernel's network stack.
+    pub io_threads: usize,
     pub limits: LimitsConfig,
     pub storage: StorageConfig,
 }
@@ -149,6 +152,7 @@ impl Default for NodeConfig {
             fsync: FsyncPolicy::Always,
             requirepass: None,
             max_clients: 10_000,
+            io_threads: 0,
             limits: LimitsConfig::default(),
             storage: StorageConfig::default(),
         }
@@ -173,6 +177,15 @@ impl NodeConfig {
         let config: NodeConfig =
             toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })?;
         Ok(config)
+    }
+
+    /// The number of connection threads to run (`io_threads`, or half the cores when 0).
+    pub fn io_threads_effective(&self) -> usize {
+        if self.io_threads > 0 {
+            return self.io_threads;
+        }
+        let cores = std::thread::available_parallelism().map(std::num::NonZeroUsize::get).unwrap_or(1);
+        (cores / 2).max(1)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {

@@ -1,0 +1,257 @@
+//! Whole runs of the simulator: determinism, seed sweeps across fault mixes and durability modes,
+//! planted bugs, and the speed benchmark.
+
+use chorus_core::raft::Durability;
+
+use super::*;
+
+/// A development tool, idle unless asked: runs seeds and prints each report (or a summary).
+/// `SIM_EXPLORE=N` seeds from `SIM_FROM` (0), with `SIM_MODE` (quorum), `SIM_FAULTS` (all),
+/// `SIM_BUG` (ack, read, apply), `SIM_BUDGET` (search steps per key), `SIM_TRACE` (print traces),
+/// `SIM_SUMMARY` (totals only):
+/// `SIM_EXPLORE=1000 SIM_SUMMARY=1 cargo test --release -p chorus-sim explore -- --nocapture`.
+#[test]
+fn explore() {
+    let Ok(seeds) = std::env::var("SIM_EXPLORE") else { return };
+    let count: u64 = seeds.parse().expect("a count");
+    let durability: Durability = std::env::var("SIM_MODE").map_or(Durability::Quorum, |m| m.parse().expect("mode"));
+    let faults: Faults = std::env::var("SIM_FAULTS").map_or(Faults::ALL, |f| f.parse().expect("faults"));
+    let first: u64 = std::env::var("SIM_FROM").map_or(0, |f| f.parse().expect("from"));
+    let trace = std::env::var("SIM_TRACE").is_ok();
+    let driver_bug = std::env::var("SIM_BUG").ok().map(|bug| match bug.as_str() {
+        "ack" => DriverBug::AckBeforeCommit,
+        "read" => DriverBug::ReadWithoutReadIndex,
+        _ => DriverBug::ApplyBeforeCommit,
+    });
+    let check_steps_max = std::env::var("SIM_BUDGET").map_or(2_000_000, |b| b.parse().expect("budget"));
+    let options = SimOptions { durability, faults, trace, driver_bug, check_steps_max, ..SimOptions::default() };
+    if std::env::var("SIM_SUMMARY").is_ok() {
+        let sweep = run_seeds(first, count, &options);
+        println!("{sweep}");
+        for report in &sweep.failed {
+            println!("{report}");
+        }
+        return;
+    }
+    for seed in first..first + count {
+        let started = std::time::Instant::now();
+        let report = run_seed(seed, &options);
+        println!(
+            "{report} [{:?}] steps {} undecided {} {:?}",
+            started.elapsed(),
+            report.check_steps,
+            report.undecided_keys,
+            report.stats
+        );
+        if let Some(trace) = &report.trace {
+            for line in trace {
+                println!("{line}");
+            }
+        }
+    }
+}
+
+/// A development tool: `SIM_DUMP=seed` prints the operations on the keys whose check was undecided.
+#[test]
+fn dump_history() {
+    let Ok(seed) = std::env::var("SIM_DUMP") else { return };
+    let options = SimOptions::default();
+    let mut cluster = cluster::Cluster::new(seed.parse().expect("seed"), &options);
+    cluster.run();
+    let run = cluster.finish();
+    let report = checker::linearizability::check(&run.history, options.check_steps_max);
+    println!("{report:?}");
+    for op in run.history.operations() {
+        if report.undecided_keys.contains(&op.key) {
+            println!("{op}  stamps {}..{:?}", op.invoke, op.complete);
+        }
+    }
+}
+
+fn options(durability: Durability, faults: Faults) -> SimOptions {
+    SimOptions { durability, faults, ..SimOptions::default() }
+}
+
+/// Runs `seeds_per_mix` seeds for every fault mix, from `first`; fails with every failing seed's
+/// report and its replay command.
+fn sweep(first: u64, seeds_per_mix: u64, durability: Durability) -> SweepReport {
+    let mut total = SweepReport::default();
+    for (at, faults) in Faults::MIXES.iter().enumerate() {
+        let from = first + at as u64 * 1_000_000;
+        let report = run_seeds(from, seeds_per_mix, &options(durability, *faults));
+        total.seeds += report.seeds;
+        total.ops_checked += report.ops_checked;
+        total.faults_injected += report.faults_injected;
+        total.undecided_keys += report.undecided_keys;
+        total.acknowledged_writes_lost += report.acknowledged_writes_lost;
+        total.wall_seconds += report.wall_seconds;
+        total.failed.extend(report.failed);
+    }
+    let failures: Vec<String> = total.failed.iter().map(ToString::to_string).collect();
+    assert!(
+        failures.is_empty(),
+        "{durability}: {} of {} seeds failed:\n{}",
+        failures.len(),
+        total.seeds,
+        failures.join("\n")
+    );
+    println!("{durability}: {total}");
+    total
+}
+
+#[test]
+fn quorum_runs_are_linearizable_across_fault_mixes() {
+    let total = sweep(0, 60, Durability::Quorum);
+    assert!(total.ops_checked > 10_000, "{total}");
+    assert!(total.faults_injected > 1_000, "{total}");
+    // A handful of keys may exhaust the search budget; more would mean the checker is not checking.
+    assert!(total.undecided_keys * 50 < total.seeds, "{total}");
+}
+
+#[test]
+fn all_runs_are_linearizable_across_fault_mixes() {
+    let total = sweep(100_000, 20, Durability::All);
+    assert!(total.ops_checked > 2_000, "{total}");
+}
+
+#[test]
+fn async_runs_converge_and_lose_acknowledged_writes_visibly() {
+    let total = sweep(200_000, 40, Durability::Async);
+    // Failovers under async discard acknowledged writes: the runs must produce (and count) some.
+    assert!(total.acknowledged_writes_lost > 0, "{total}");
+}
+
+#[test]
+fn semi_sync_runs_converge() {
+    sweep(300_000, 20, Durability::SemiSync(1));
+}
+
+#[test]
+fn the_same_seed_replays_byte_for_byte() {
+    let options = SimOptions { trace: true, ..options(Durability::Quorum, Faults::ALL) };
+    let first = run_seed(7, &options);
+    let second = run_seed(7, &options);
+    let (Some(first_trace), Some(second_trace)) = (&first.trace, &second.trace) else {
+        panic!("traces were asked for");
+    };
+    assert!(first_trace.len() > 300, "a trace of {} lines", first_trace.len());
+    assert_eq!(first_trace.join("\n").as_bytes(), second_trace.join("\n").as_bytes());
+    assert_eq!((first.ops_checked, first.faults_injected), (second.ops_checked, second.faults_injected));
+    // The trace shows the faults it replays.
+    for needle in ["CRASH", "PARTITION", "role Leader", "client 0 invoke", "HEAL everything"] {
+        assert!(first_trace.iter().any(|line| line.contains(needle)), "no {needle:?} in the trace");
+    }
+    // Another seed is another run.
+    let other = run_seed(8, &options);
+    assert_ne!(other.trace, first.trace);
+    // Tracing does not change the run.
+    let untraced = run_seed(7, &SimOptions { trace: false, ..options });
+    assert_eq!((untraced.ops_checked, untraced.stats.clone()), (first.ops_checked, first.stats.clone()));
+}
+
+#[test]
+fn a_failure_names_the_seed_and_how_to_replay_it() {
+    // A liveness bound nothing can meet: reported, not panicked.
+    let options = SimOptions { liveness_ms: 1, ..options(Durability::Quorum, Faults::NONE) };
+    let report = run_seed(3, &options);
+    assert!(!report.passed());
+    assert!(report.failures[0].starts_with("seed 3: liveness"), "{report}");
+    assert_eq!(report.replay, "chorus sim --seed 3 --mode quorum --faults none --trace");
+    assert!(report.to_string().contains("replay: chorus sim --seed 3"), "{report}");
+}
+
+#[test]
+fn calm_runs_answer_every_client() {
+    for seed in 0..5 {
+        let report = run_seed(seed, &options(Durability::Quorum, Faults::NONE));
+        assert!(report.passed(), "{report}");
+        assert!(report.ops_checked > 100, "{report}");
+        assert_eq!(report.faults_injected, 0);
+        assert_eq!(report.stats.elections, 1, "one election and no other in a calm run: {report}");
+    }
+}
+
+/// The first seed from `first` (trying at most `seeds_max`) whose run fails with `bug` planted.
+fn first_catch(bug: DriverBug, first: u64, seeds_max: u64) -> Option<RunReport> {
+    let options = SimOptions { driver_bug: Some(bug), ..options(Durability::Quorum, Faults::ALL) };
+    (first..first + seeds_max).map(|seed| run_seed(seed, &options)).find(|report| !report.passed())
+}
+
+#[test]
+fn acknowledging_before_commit_is_caught() {
+    let report = first_catch(DriverBug::AckBeforeCommit, 0, 20).expect("caught within 20 seeds");
+    assert!(
+        report
+            .failures
+            .iter()
+            .any(|failure| failure.contains("not linearizable") || failure.contains("acknowledged writes")),
+        "{report}"
+    );
+}
+
+#[test]
+fn reading_without_read_index_is_caught() {
+    let report = first_catch(DriverBug::ReadWithoutReadIndex, 0, 100).expect("caught within 100 seeds");
+    assert!(report.failures.iter().any(|failure| failure.contains("not linearizable")), "{report}");
+}
+
+#[test]
+fn applying_before_commit_is_caught() {
+    let report = first_catch(DriverBug::ApplyBeforeCommit, 0, 20).expect("caught within 20 seeds");
+    assert!(
+        report
+            .failures
+            .iter()
+            .any(|failure| failure.contains("not linearizable") || failure.contains("state machine safety")),
+        "{report}"
+    );
+}
+
+/// Simulation speed: checked client operations per wall-clock second (run with `--ignored
+/// --nocapture`, in release for the real number).
+#[test]
+#[ignore]
+fn simulation_speed() {
+    for durability in [Durability::Quorum, Durability::Async] {
+        let report = run_seeds(0, 200, &options(durability, Faults::ALL));
+        println!("{durability}: {report}");
+    }
+}
+
+/// Seeds that once failed, with the options that replay them: each stays here for good.
+const REGRESSIONS: &[(u64, &str, &str)] = &[];
+
+#[test]
+fn regression_seeds_pass() {
+    for (seed, mode, faults) in REGRESSIONS {
+        let options = options(mode.parse().expect("a mode"), faults.parse().expect("faults"));
+        let report = run_seed(*seed, &options);
+        assert!(report.passed(), "{report}");
+    }
+}
+
+/// Found by this simulator in the Raft engine, not fixed yet (move the seeds to `REGRESSIONS` once
+/// it is). Under `async` / `semi-sync`, a former leader keeps committed entries past the new leader's
+/// log (20 > 18 in seed 2096; 157 > 156 in seed 2582), and the new leader has compacted its log to its
+/// last index. The leader streams a snapshot at 18, which the follower refuses (`snapshot_needed`:
+/// 18 is not past its commit index 20, and it is not awaiting one); its rejections of the heartbeats
+/// (hint 20, past the leader's whole log) are dropped as stale because the follower's progress is in
+/// `ReplicationState::Snapshot`, so the `SnapshotRequired` path is never taken. The replicas never
+/// converge while no new write moves the leader's snapshot past the follower's commit index.
+#[test]
+#[ignore = "engine bug: a follower committed past the leader's snapshot never converges (async, semi-sync)"]
+fn follower_committed_past_the_leaders_snapshot_converges() {
+    for (seed, durability) in [(2096, Durability::Async), (2582, Durability::SemiSync(1))] {
+        let report = run_seed(seed, &options(durability, Faults::ALL));
+        assert!(report.passed(), "{report}");
+    }
+}
+
+#[test]
+#[ignore]
+fn first_catching_seeds() {
+    for bug in DriverBug::ALL {
+        let report = first_catch(bug, 0, 200);
+        println!("{bug:?}: {:?}", report.map(|report| (report.seed, report.failures.first().cloned())));
+    }
+}
