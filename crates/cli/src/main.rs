@@ -2,6 +2,7 @@
 
 mod bench;
 mod server;
+mod sim;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +22,8 @@ enum Command {
     Up(up::UpArgs),
     /// Load a node (or Redis) with SET/GET traffic and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Run the deterministic simulator over many seeds, or replay one seed with its trace.
+    Sim(sim::SimArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -29,6 +32,7 @@ fn main() -> anyhow::Result<()> {
         Command::Server(args) => server::run(args),
         Command::Up(args) => up::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Sim(args) => sim::run(args),
     }
 }
 
