@@ -10,6 +10,10 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod network;
+
+pub use network::{NetworkError, PeerConfig, PeerNetwork};
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 

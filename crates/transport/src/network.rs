@@ -1,0 +1,295 @@
+//! The peer network: one outbound connection per peer, dialled and redialled by this node, and
+//! inbound connections accepted from peers, each opened by a hello naming the sender.
+//!
+//! Messages are typed (`M`, serialized with postcard inside checksummed frames) and delivery is
+//! best effort: a message to a peer that is down, or whose queue is full, is dropped. That is what
+//! the replication protocols expect of a network (they retry by design), and it keeps a slow peer
+//! from ever blocking the node.
+
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::{FrameDecoder, FrameError, encode_frame, read_frame};
+
+const HELLO_MAGIC: &[u8; 8] = b"CHORUS01";
+/// Messages queued per peer before new ones are dropped.
+const PEER_QUEUE_MAX: usize = 4096;
+const REDIAL_DELAY_MIN: Duration = Duration::from_millis(50);
+const REDIAL_DELAY_MAX: Duration = Duration::from_secs(2);
+
+/// Who this node is and where its peers listen.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    pub node_id: u64,
+    pub peers: BTreeMap<u64, SocketAddr>,
+    pub frame_bytes_max: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetworkError {
+    #[error("cannot encode a peer message: {0}")]
+    Encode(String),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("peer sent a bad hello: {0}")]
+    Hello(String),
+}
+
+/// The sending half: cheap to clone, never blocks.
+pub struct PeerNetwork<M> {
+    node_id: u64,
+    outbound: Arc<BTreeMap<u64, mpsc::Sender<BytesMut>>>,
+    _message: PhantomData<fn(M)>,
+}
+
+impl<M> Clone for PeerNetwork<M> {
+    fn clone(&self) -> Self {
+        PeerNetwork { node_id: self.node_id, outbound: Arc::clone(&self.outbound), _message: PhantomData }
+    }
+}
+
+impl<M: Serialize + DeserializeOwned + Send + 'static> PeerNetwork<M> {
+    /// Starts dialling every peer and accepting peers on `listener`; messages received are delivered
+    /// to `inbound` as (sender id, message). Must be called inside a tokio runtime.
+    pub fn start(config: PeerConfig, listener: TcpListener, inbound: mpsc::Sender<(u64, M)>) -> PeerNetwork<M> {
+        let mut outbound = BTreeMap::new();
+        for (&peer, &addr) in &config.peers {
+            if peer == config.node_id {
+                continue;
+            }
+            let (sender, receiver) = mpsc::channel(PEER_QUEUE_MAX);
+            outbound.insert(peer, sender);
+            tokio::spawn(dial_loop(config.node_id, peer, addr, receiver));
+        }
+        let decoder = FrameDecoder { frame_bytes_max: config.frame_bytes_max };
+        tokio::spawn(accept_loop(listener, decoder, inbound));
+        PeerNetwork { node_id: config.node_id, outbound: Arc::new(outbound), _message: PhantomData }
+    }
+
+    /// Queues `message` for `to`. Returns false when it was dropped (unknown peer, queue full, or
+    /// encoding failed — the last is a bug, and is logged).
+    pub fn send(&self, to: u64, message: &M) -> bool {
+        let Some(queue) = self.outbound.get(&to) else { return false };
+        let payload = match postcard::to_allocvec(message) {
+            Ok(payload) => payload,
+            Err(error) => {
+                tracing::error!(%error, to, "cannot encode a peer message");
+                return false;
+            }
+        };
+        let mut frame = BytesMut::with_capacity(payload.len() + 8);
+        encode_frame(&payload, &mut frame);
+        queue.try_send(frame).is_ok()
+    }
+}
+
+/// Keeps one connection to `peer` open, writing every queued frame; redials with backoff.
+async fn dial_loop(node_id: u64, peer: u64, addr: SocketAddr, mut queue: mpsc::Receiver<BytesMut>) {
+    let mut delay = REDIAL_DELAY_MIN;
+    loop {
+        let stream = match TcpStream::connect(addr).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(peer, %addr, %error, "peer unreachable; retrying");
+                // Messages for an unreachable peer are stale by the time it returns: drop them.
+                while queue.try_recv().is_ok() {}
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(REDIAL_DELAY_MAX);
+                continue;
+            }
+        };
+        delay = REDIAL_DELAY_MIN;
+        let _ = stream.set_nodelay(true);
+        match write_frames(node_id, stream, &mut queue).await {
+            Ok(()) => return, // the node is shutting down: its sender is gone
+            Err(error) => tracing::debug!(peer, %error, "peer connection lost; redialling"),
+        }
+    }
+}
+
+async fn write_frames(
+    node_id: u64,
+    mut stream: TcpStream,
+    queue: &mut mpsc::Receiver<BytesMut>,
+) -> std::io::Result<()> {
+    let mut hello = BytesMut::new();
+    let mut payload = HELLO_MAGIC.to_vec();
+    payload.extend_from_slice(&node_id.to_le_bytes());
+    encode_frame(&payload, &mut hello);
+    stream.write_all(&hello).await?;
+    let mut batch = BytesMut::new();
+    while let Some(frame) = queue.recv().await {
+        batch.extend_from_slice(&frame);
+        // Coalesce whatever else is queued into one write.
+        while let Ok(frame) = queue.try_recv() {
+            batch.extend_from_slice(&frame);
+        }
+        stream.write_all(&batch).await?;
+        batch.clear();
+    }
+    Ok(())
+}
+
+async fn accept_loop<M: DeserializeOwned + Send + 'static>(
+    listener: TcpListener,
+    decoder: FrameDecoder,
+    inbound: mpsc::Sender<(u64, M)>,
+) {
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "peer accept failed");
+                tokio::time::sleep(REDIAL_DELAY_MIN).await;
+                continue;
+            }
+        };
+        let inbound = inbound.clone();
+        tokio::spawn(async move {
+            if let Err(error) = read_peer(stream, decoder, inbound).await {
+                tracing::debug!(%remote, %error, "peer connection closed");
+            }
+        });
+    }
+}
+
+async fn read_peer<M: DeserializeOwned>(
+    mut stream: TcpStream,
+    decoder: FrameDecoder,
+    inbound: mpsc::Sender<(u64, M)>,
+) -> Result<(), NetworkError> {
+    let mut buffer = BytesMut::with_capacity(64 * 1024);
+    let Some(hello) = read_frame(&mut stream, &mut buffer, &decoder).await? else { return Ok(()) };
+    if hello.len() != 16 || &hello[..8] != HELLO_MAGIC {
+        return Err(NetworkError::Hello("not a Chorus peer, or another protocol version".into()));
+    }
+    let mut id_bytes = [0u8; 8];
+    id_bytes.copy_from_slice(&hello[8..16]);
+    let from = u64::from_le_bytes(id_bytes);
+    while let Some(payload) = read_frame(&mut stream, &mut buffer, &decoder).await? {
+        match postcard::from_bytes::<M>(&payload) {
+            Ok(message) => {
+                if inbound.send((from, message)).await.is_err() {
+                    return Ok(()); // the node is shutting down
+                }
+            }
+            // A frame that passed its checksum but does not decode is a version mismatch or a bug
+            // on the peer: drop that connection rather than guess.
+            Err(error) => return Err(NetworkError::Encode(error.to_string())),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    enum Ping {
+        Hello { text: String },
+        Number(u64),
+    }
+
+    async fn bind() -> (TcpListener, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        (listener, addr)
+    }
+
+    async fn receive(inbox: &mut mpsc::Receiver<(u64, Ping)>) -> (u64, Ping) {
+        tokio::time::timeout(Duration::from_secs(10), inbox.recv()).await.unwrap().unwrap()
+    }
+
+    /// Sends `message` until it arrives (a peer may not be listening yet: delivery is best effort).
+    async fn send_until_received(
+        network: &PeerNetwork<Ping>,
+        to: u64,
+        message: Ping,
+        inbox: &mut mpsc::Receiver<(u64, Ping)>,
+    ) -> (u64, Ping) {
+        for _ in 0..200 {
+            network.send(to, &message);
+            if let Ok(Some(received)) = tokio::time::timeout(Duration::from_millis(50), inbox.recv()).await {
+                return received;
+            }
+        }
+        panic!("message never arrived");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_nodes_exchange_typed_messages_in_order() {
+        let (listener_1, addr_1) = bind().await;
+        let (listener_2, addr_2) = bind().await;
+        let peers: BTreeMap<u64, SocketAddr> = [(1, addr_1), (2, addr_2)].into();
+        let (inbound_1, mut inbox_1) = mpsc::channel(1024);
+        let (inbound_2, mut inbox_2) = mpsc::channel(1024);
+        let config = |node_id| PeerConfig { node_id, peers: peers.clone(), frame_bytes_max: 1 << 20 };
+        let network_1 = PeerNetwork::start(config(1), listener_1, inbound_1);
+        let network_2 = PeerNetwork::start(config(2), listener_2, inbound_2);
+
+        let first = Ping::Hello { text: "hi".into() };
+        assert_eq!(send_until_received(&network_1, 2, first.clone(), &mut inbox_2).await, (1, first));
+        for n in 0..100 {
+            assert!(network_1.send(2, &Ping::Number(n)));
+        }
+        for n in 0..100 {
+            assert_eq!(receive(&mut inbox_2).await, (1, Ping::Number(n)), "in order on one connection");
+        }
+        let back = Ping::Number(7);
+        assert_eq!(send_until_received(&network_2, 1, back.clone(), &mut inbox_1).await, (2, back));
+        assert!(!network_1.send(9, &Ping::Number(0)), "unknown peers are refused");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_that_starts_late_is_reached_once_it_listens() {
+        let (listener_1, addr_1) = bind().await;
+        // Reserve an address for node 2, then free it until node 2 starts.
+        let (placeholder, addr_2) = bind().await;
+        drop(placeholder);
+        let peers: BTreeMap<u64, SocketAddr> = [(1, addr_1), (2, addr_2)].into();
+        let (inbound_1, _inbox_1) = mpsc::channel(16);
+        let network_1 = PeerNetwork::start(
+            PeerConfig { node_id: 1, peers: peers.clone(), frame_bytes_max: 1 << 20 },
+            listener_1,
+            inbound_1,
+        );
+        network_1.send(2, &Ping::Number(1)); // dropped or queued: node 2 is down
+        let listener_2 = TcpListener::bind(addr_2).await.unwrap();
+        let (inbound_2, mut inbox_2) = mpsc::channel(16);
+        let _network_2 =
+            PeerNetwork::start(PeerConfig { node_id: 2, peers, frame_bytes_max: 1 << 20 }, listener_2, inbound_2);
+        let (from, _) = send_until_received(&network_1, 2, Ping::Number(2), &mut inbox_2).await;
+        assert_eq!(from, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stranger_is_disconnected_without_harm() {
+        let (listener, addr) = bind().await;
+        let (inbound, mut inbox) = mpsc::channel::<(u64, Ping)>(16);
+        let peers: BTreeMap<u64, SocketAddr> = [(1, addr)].into();
+        let _network =
+            PeerNetwork::<Ping>::start(PeerConfig { node_id: 1, peers, frame_bytes_max: 1 << 20 }, listener, inbound);
+        let mut stranger = TcpStream::connect(addr).await.unwrap();
+        stranger.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read_to_end(&mut stranger, &mut rest),
+        )
+        .await;
+        assert!(closed.is_ok(), "the node closes a connection that is not a peer");
+        assert!(inbox.try_recv().is_err(), "nothing was delivered");
+    }
+}
