@@ -12,9 +12,11 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod error;
+mod hard_state;
 mod log;
 mod snapshot;
 
 pub use error::StorageError;
+pub use hard_state::{HardState, RollbackRecord, append_rollback, load_hard_state, read_rollback, store_hard_state};
 pub use log::{LogOptions, SegmentedLog};
 pub use snapshot::{SnapshotMeta, load_latest_snapshot, load_snapshot, write_snapshot};
