@@ -35,6 +35,12 @@ pub struct ServerArgs {
     /// Most client connections at once.
     #[arg(long)]
     max_clients: Option<usize>,
+    /// The replication group, etcd style: 1=HOST:PEERPORT,2=HOST:PEERPORT,... (unset: standalone).
+    #[arg(long)]
+    initial_cluster: Option<String>,
+    /// The group's commit rule: async | semi-sync:K | quorum | all.
+    #[arg(long)]
+    durability: Option<String>,
     /// Threads serving client connections (0: half the cores).
     #[arg(long)]
     io_threads: Option<usize>,
@@ -69,6 +75,12 @@ impl ServerArgs {
         }
         if let Some(max_clients) = self.max_clients {
             config.max_clients = max_clients;
+        }
+        if self.initial_cluster.is_some() {
+            config.initial_cluster = self.initial_cluster;
+        }
+        if let Some(durability) = self.durability {
+            config.durability = durability;
         }
         if let Some(io_threads) = self.io_threads {
             config.io_threads = io_threads;

@@ -442,6 +442,30 @@ pub enum KvCommand {
 }
 
 impl KvCommand {
+    /// The first key the command names, if any (a redirect names that key's slot).
+    pub fn first_key(&self) -> Option<&Bytes> {
+        match self {
+            KvCommand::Get { key }
+            | KvCommand::Set { key, .. }
+            | KvCommand::GetSet { key, .. }
+            | KvCommand::GetDel { key }
+            | KvCommand::GetEx { key, .. }
+            | KvCommand::IncrBy { key, .. }
+            | KvCommand::Append { key, .. }
+            | KvCommand::StrLen { key }
+            | KvCommand::GetRange { key, .. }
+            | KvCommand::SetRange { key, .. }
+            | KvCommand::Expire { key, .. }
+            | KvCommand::Ttl { key, .. }
+            | KvCommand::ExpireTime { key, .. }
+            | KvCommand::Persist { key }
+            | KvCommand::Type { key } => Some(key),
+            KvCommand::Delete { keys } | KvCommand::Exists { keys } | KvCommand::MGet { keys } => keys.first(),
+            KvCommand::MSet { pairs, .. } => pairs.first().map(|(key, _)| key),
+            KvCommand::DbSize | KvCommand::Keys { .. } | KvCommand::Scan { .. } | KvCommand::FlushAll => None,
+        }
+    }
+
     /// Whether the command may change the keyspace (followers refuse these, later).
     pub fn is_write(&self) -> bool {
         !matches!(

@@ -134,6 +134,15 @@ pub struct NodeConfig {
     /// When set, clients must `AUTH` (Redis's `requirepass`).
     pub requirepass: Option<String>,
     pub max_clients: usize,
+    /// The replication group, etcd style: `1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103` (node id
+    /// = peer address). Unset: the node runs standalone.
+    pub initial_cluster: Option<String>,
+    /// The group's commit rule: `async`, `semi-sync:K`, `quorum` (default) or `all`.
+    pub durability: String,
+    /// A follower that hears from no leader for a random time in [min, max] starts an election.
+    pub election_timeout_ms_min: u64,
+    pub election_timeout_ms_max: u64,
+    pub heartbeat_interval_ms: u64,
     /// Threads serving client connections; 0 picks half the cores (at least one), leaving the rest to
     /// the log writer, the applier and the kernel's network stack.
     pub io_threads: usize,
@@ -153,6 +162,11 @@ impl Default for NodeConfig {
             requirepass: None,
             max_clients: 10_000,
             io_threads: 0,
+            initial_cluster: None,
+            durability: "quorum".into(),
+            election_timeout_ms_min: 1000,
+            election_timeout_ms_max: 2000,
+            heartbeat_interval_ms: 100,
             limits: LimitsConfig::default(),
             storage: StorageConfig::default(),
         }
@@ -179,6 +193,29 @@ impl NodeConfig {
         Ok(config)
     }
 
+    /// The group's members (node id -> peer address), if the node runs in a replication group.
+    pub fn members(&self) -> Result<Option<std::collections::BTreeMap<u64, SocketAddr>>, ConfigError> {
+        let Some(text) = &self.initial_cluster else { return Ok(None) };
+        let mut members = std::collections::BTreeMap::new();
+        for part in text.split(',').map(str::trim).filter(|part| !part.is_empty()) {
+            let invalid = || ConfigError::Invalid(format!("initial_cluster entry '{part}': expected ID=HOST:PORT"));
+            let (id, addr) = part.split_once('=').ok_or_else(invalid)?;
+            let id: u64 = id.trim().parse().map_err(|_| invalid())?;
+            let addr: SocketAddr = addr.trim().parse().map_err(|_| invalid())?;
+            if members.insert(id, addr).is_some() {
+                return Err(ConfigError::Invalid(format!("initial_cluster names node {id} twice")));
+            }
+        }
+        if !members.contains_key(&self.id) {
+            return Err(ConfigError::Invalid(format!("initial_cluster does not name this node (id {})", self.id)));
+        }
+        Ok(Some(members))
+    }
+
+    pub fn durability(&self) -> Result<chorus_core::raft::Durability, ConfigError> {
+        self.durability.parse().map_err(|error| ConfigError::Invalid(format!("durability: {error}")))
+    }
+
     /// The number of connection threads to run (`io_threads`, or half the cores when 0).
     pub fn io_threads_effective(&self) -> usize {
         if self.io_threads > 0 {
@@ -200,6 +237,16 @@ impl NodeConfig {
             || limits.pending_replies_max == 0
         {
             return Err(ConfigError::Invalid("limits must be positive".into()));
+        }
+        self.members()?;
+        self.durability()?;
+        if self.election_timeout_ms_min == 0 || self.election_timeout_ms_min > self.election_timeout_ms_max {
+            return Err(ConfigError::Invalid("election_timeout_ms_min must be positive and at most the max".into()));
+        }
+        if self.heartbeat_interval_ms == 0 || self.heartbeat_interval_ms >= self.election_timeout_ms_min {
+            return Err(ConfigError::Invalid(
+                "heartbeat_interval_ms must be positive and below the election timeout".into(),
+            ));
         }
         if self.storage.checkpoint_entries == 0 {
             return Err(ConfigError::Invalid("storage.checkpoint_entries must be at least 1".into()));

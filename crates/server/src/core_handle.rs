@@ -8,6 +8,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chorus_core::{Effect, LogEntry, LogIndex, Replica, RequestId};
+use chorus_transport::PeerNetwork;
+
+use crate::peer::PeerMessage;
 use chorus_resp::Reply;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -20,6 +23,13 @@ pub enum LogCommand {
     Append(Vec<LogEntry>),
     /// The state is durable up to here: log segments wholly before it may be deleted.
     Compact(LogIndex),
+    /// Delete entries from `from` on (before any later append), durably; write `discarded` to the
+    /// rollback file.
+    Truncate {
+        from: LogIndex,
+        discarded: Vec<LogEntry>,
+        discards_committed: bool,
+    },
     /// Finish the current round and end the thread (node shutdown).
     Stop,
 }
@@ -42,6 +52,15 @@ pub struct CoreHandle {
     inner: Arc<Mutex<CoreInner>>,
     log_tx: std::sync::mpsc::Sender<LogCommand>,
     apply_tx: std::sync::mpsc::Sender<ApplyCommand>,
+    group: Option<GroupIo>,
+}
+
+/// What a replication-group member needs beyond a standalone node: the peer network and the
+/// directory of its hard state.
+#[derive(Clone)]
+pub struct GroupIo {
+    pub network: PeerNetwork<PeerMessage>,
+    pub hard_state_dir: std::path::PathBuf,
 }
 
 impl CoreHandle {
@@ -49,9 +68,10 @@ impl CoreHandle {
         replica: Replica,
         log_tx: std::sync::mpsc::Sender<LogCommand>,
         apply_tx: std::sync::mpsc::Sender<ApplyCommand>,
+        group: Option<GroupIo>,
     ) -> CoreHandle {
         let inner = CoreInner { replica, connections: HashMap::new() };
-        CoreHandle { inner: Arc::new(Mutex::new(inner)), log_tx, apply_tx }
+        CoreHandle { inner: Arc::new(Mutex::new(inner)), log_tx, apply_tx, group }
     }
 
     fn lock(&self) -> MutexGuard<'_, CoreInner> {
@@ -71,8 +91,33 @@ impl CoreHandle {
         let mut inner = self.lock();
         let result = input(&mut inner);
         let CoreInner { replica, connections, .. } = &mut *inner;
+        let mut storage_failure = None;
         for effect in replica.drain_effects() {
             match effect {
+                Effect::PersistHardState { term, voted_for } => {
+                    let Some(group) = &self.group else { continue };
+                    let state = chorus_storage::HardState { term, voted_for };
+                    if let Err(error) = chorus_storage::store_hard_state(&group.hard_state_dir, &state) {
+                        // Nothing after this effect may be performed: a vote sent without its term
+                        // on disk could be contradicted after a crash.
+                        storage_failure = Some(format!("the hard state cannot be written: {error}"));
+                        break;
+                    }
+                }
+                Effect::TruncateLog { from, discarded, discards_committed } => {
+                    let _ = self.log_tx.send(LogCommand::Truncate { from, discarded, discards_committed });
+                }
+                Effect::Send { to, message } => {
+                    if let Some(group) = &self.group {
+                        group.network.send(to.0, &PeerMessage::Raft(message));
+                    }
+                }
+                Effect::StateDiverged { kept } => {
+                    tracing::error!(%kept, "the applied state holds entries the leader lacks (async failover); it needs a snapshot, which this version cannot install yet");
+                }
+                Effect::SnapshotNeeded { to } => {
+                    tracing::warn!(peer = %to, "a follower needs a snapshot; streaming snapshots is not implemented yet");
+                }
                 Effect::Persist(entries) => {
                     // The writer thread lives as long as the node; if it is gone the node is stopping.
                     let _ = self.log_tx.send(LogCommand::Append(entries));
@@ -89,6 +134,10 @@ impl CoreHandle {
                     }
                 }
             }
+        }
+        if let Some(reason) = storage_failure {
+            tracing::error!(%reason, "refusing commands from now on");
+            replica.fail(&reason);
         }
         result
     }

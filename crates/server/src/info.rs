@@ -99,12 +99,28 @@ fn render_section(context: &NodeContext, section: &str, out: &mut String) {
             status.kv.keyspace_misses,
             ServerStats::get(&stats.protocol_errors),
         ),
-        "replication" => write!(
-            out,
-            "# Replication\r\nrole:master\r\nconnected_slaves:0\r\nmaster_repl_offset:{}\r\nchorus_mode:standalone\r\n\
-             chorus_term:{}\r\nchorus_commit_index:{}\r\n",
-            status.commit_index, status.term, status.commit_index,
-        ),
+        "replication" => {
+            let (redis_role, chorus_role, mode) = match status.role {
+                None => ("master", "standalone", "standalone"),
+                Some(chorus_core::raft::Role::Leader) => ("master", "leader", "single-leader"),
+                Some(chorus_core::raft::Role::Follower) => ("slave", "follower", "single-leader"),
+                Some(_) => ("slave", "candidate", "single-leader"),
+            };
+            let leader = status.leader.map(|leader| leader.to_string()).unwrap_or_default();
+            write!(
+                out,
+                "# Replication\r\nrole:{redis_role}\r\nconnected_slaves:0\r\nmaster_repl_offset:{}\r\n\
+                 chorus_mode:{mode}\r\nchorus_role:{chorus_role}\r\nchorus_leader:{leader}\r\nchorus_term:{}\r\n\
+                 chorus_commit_index:{}\r\nchorus_durability:{}\r\nchorus_discarded_entries:{}\r\n\
+                 chorus_discarded_acknowledged_events:{}\r\n",
+                status.commit_index,
+                status.term,
+                status.commit_index,
+                context.config.durability,
+                status.discarded_entries,
+                status.discarded_committed_events,
+            )
+        }
         "keyspace" => {
             let state_guard = context.state.read();
             let state = &*state_guard;

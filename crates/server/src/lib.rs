@@ -14,10 +14,12 @@ pub mod config;
 pub mod connection;
 pub mod context;
 pub mod core_handle;
+pub mod group;
 pub mod info;
 pub mod metrics_names;
 pub mod node;
 pub mod node_commands;
+pub mod peer;
 pub mod pipeline;
 pub mod shared_state;
 

@@ -14,8 +14,10 @@ use tokio::sync::oneshot;
 use crate::config::NodeConfig;
 use crate::context::{NodeContext, ServerStats, now_millis};
 use crate::core_handle::CoreHandle;
+use crate::core_handle::GroupIo;
 use crate::shared_state::SharedState;
-use crate::{admin, connection, pipeline};
+use crate::{admin, connection, group, pipeline};
+use chorus_transport::{PeerConfig, PeerNetwork};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -85,8 +87,11 @@ pub async fn run(
             log.first_index()
         )));
     }
+    let members = config.members()?;
     let replayed_from = state.applied_index();
-    let applied = pipeline::replay_log(&log, &mut state)?;
+    // Standalone, everything in the log was committed. In a group, entries after the snapshot may
+    // not be: they are re-applied as the group commits them.
+    let applied = if members.is_some() { state.applied_index() } else { pipeline::replay_log(&log, &mut state)? };
     tracing::info!(
         node = config.id,
         snapshot = %replayed_from,
@@ -96,17 +101,36 @@ pub async fn run(
         keys = state.key_count().unwrap_or(0),
         "recovered storage"
     );
-    let state = Arc::new(SharedState::new(state));
-    let recovered = Recovered { last_index: log.last_index(), last_term: log.last_term(), applied_index: applied };
-    let replica = Replica::new(ReplicaConfig::new(NodeId(config.id)), recovered);
-
-    let (log_tx, log_rx) = std::sync::mpsc::channel();
-    let (apply_tx, apply_rx) = std::sync::mpsc::channel();
-    let core = CoreHandle::new(replica, log_tx, apply_tx);
-
     let listener =
         listen(config.client_addr).map_err(io_error(format!("cannot listen for clients on {}", config.client_addr)))?;
     let client_addr = listener.local_addr().map_err(io_error("client listener address"))?;
+
+    let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(65_536);
+    let (replica, group_io) = match &members {
+        None => {
+            let recovered =
+                Recovered { last_index: log.last_index(), last_term: log.last_term(), applied_index: applied };
+            (Replica::new(ReplicaConfig::new(NodeId(config.id)), recovered), None)
+        }
+        Some(members) => {
+            let raft = group::restore_raft(&config, members, &state, &log)?;
+            let peer_listener = TcpListener::bind(config.peer_addr)
+                .await
+                .map_err(io_error(format!("cannot listen for peers on {}", config.peer_addr)))?;
+            let peers = members.clone();
+            let network = PeerNetwork::start(
+                PeerConfig { node_id: config.id, peers, frame_bytes_max: chorus_transport::FRAME_BYTES_MAX_DEFAULT },
+                peer_listener,
+                inbound_tx,
+            );
+            let io = GroupIo { network, hard_state_dir: config.data_dir.clone() };
+            (Replica::in_group(ReplicaConfig::new(NodeId(config.id)), raft, applied), Some(io))
+        }
+    };
+    let state = Arc::new(SharedState::new(state));
+    let (log_tx, log_rx) = std::sync::mpsc::channel();
+    let (apply_tx, apply_rx) = std::sync::mpsc::channel();
+    let core = CoreHandle::new(replica, log_tx, apply_tx, group_io.clone());
     let admin_listener = match config.admin_addr {
         Some(addr) => Some(TcpListener::bind(addr).await.map_err(io_error(format!("cannot listen on admin {addr}")))?),
         None => None,
@@ -114,11 +138,14 @@ pub async fn run(
     let admin_addr = admin_listener.as_ref().and_then(|listener| listener.local_addr().ok());
 
     let fsync = config.fsync;
-    let checkpoint_entries = config.storage.checkpoint_entries;
+    // In a group, snapshots would let the log be compacted past what a lagging follower needs, and
+    // streaming snapshots to followers is not built yet: until it is, a group member keeps its log.
+    let checkpoint_entries = if members.is_some() { u64::MAX } else { config.storage.checkpoint_entries };
     let writer_core = core.clone();
+    let rollback_dir = config.data_dir.clone();
     let writer = std::thread::Builder::new()
         .name("chorus-log-writer".into())
-        .spawn(move || pipeline::run_log_writer(log, log_rx, fsync, writer_core))
+        .spawn(move || pipeline::run_log_writer(log, log_rx, fsync, rollback_dir, writer_core))
         .map_err(io_error("cannot start the log writer thread"))?;
     let applier_core = core.clone();
     let applier_state = Arc::clone(&state);
@@ -149,9 +176,11 @@ pub async fn run(
             }
         })
     });
+    let group_tasks = group_io.map(|io| group::spawn_tasks(Arc::clone(&context), io, inbound_rx, client_addr));
     let ticker_context = Arc::clone(&context);
+    let tick_interval = if members.is_some() { group::TICK_INTERVAL } else { pipeline::TICK_INTERVAL };
     let ticker = tokio::spawn(async move {
-        let mut interval = tokio::time::interval(pipeline::TICK_INTERVAL);
+        let mut interval = tokio::time::interval(tick_interval);
         loop {
             interval.tick().await;
             let state_guard = ticker_context.state.read();
@@ -176,6 +205,10 @@ pub async fn run(
     connections.shutdown().await;
     ticker.abort();
     let _ = ticker.await;
+    for task in group_tasks.into_iter().flatten() {
+        task.abort();
+        let _ = task.await;
+    }
     if let Some(admin) = admin_task {
         admin.abort();
         let _ = admin.await;

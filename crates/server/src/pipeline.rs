@@ -24,7 +24,13 @@ use crate::core_handle::{ApplyCommand, CoreHandle, LogCommand};
 use crate::metrics_names as names;
 use crate::shared_state::SharedState;
 
-pub fn run_log_writer(mut log: SegmentedLog, commands: Receiver<LogCommand>, fsync: FsyncPolicy, core: CoreHandle) {
+pub fn run_log_writer(
+    mut log: SegmentedLog,
+    commands: Receiver<LogCommand>,
+    fsync: FsyncPolicy,
+    rollback_dir: PathBuf,
+    core: CoreHandle,
+) {
     let mut last_sync = Instant::now();
     let mut unsynced = false;
     let fsync_seconds = metrics::histogram!(names::FSYNC_SECONDS);
@@ -58,21 +64,30 @@ pub fn run_log_writer(mut log: SegmentedLog, commands: Receiver<LogCommand>, fsy
         // wait a few microseconds for them rather than pay a whole fsync for a handful of entries.
         if fsync == FsyncPolicy::Always {
             let gathering_since = Instant::now();
-            while round.batch.len() < last_round_entries / 2 && gathering_since.elapsed() < GATHER_WAIT_MAX {
+            while round.entries < last_round_entries / 2 && gathering_since.elapsed() < GATHER_WAIT_MAX {
                 std::thread::yield_now();
                 while let Ok(command) = commands.try_recv() {
                     round.take(command);
                 }
             }
         }
-        let Round { batch, compact_to, stop } = round;
+        let Round { steps, entries, compact_to, stop } = round;
         let result = (|| -> Result<(), chorus_storage::StorageError> {
-            if !batch.is_empty() {
-                log.append(&batch)?;
-                unsynced = true;
+            for step in steps {
+                match step {
+                    Step::Append(batch) => {
+                        log.append(&batch)?;
+                        unsynced = true;
+                    }
+                    Step::Truncate { from, discarded, discards_committed } => {
+                        // Durable on return (the log fsyncs a truncation), before any later append.
+                        log.truncate_suffix(from)?;
+                        record_discarded(&rollback_dir, from, discarded, discards_committed)?;
+                    }
+                }
             }
             let sync_due = match fsync {
-                FsyncPolicy::Always => !batch.is_empty(),
+                FsyncPolicy::Always => entries > 0,
                 _ if stop => unsynced,
                 FsyncPolicy::Periodic(interval) => unsynced && last_sync.elapsed() >= interval,
                 FsyncPolicy::Never => false,
@@ -97,11 +112,11 @@ pub fn run_log_writer(mut log: SegmentedLog, commands: Receiver<LogCommand>, fsy
             core.with_remote(|inner| inner.replica.fail(&format!("the replication log cannot be written: {error}")));
             return;
         }
-        if let Some(last) = batch.last() {
-            last_round_entries = batch.len();
-            group_commit_entries.record(batch.len() as f64);
-            let durable = last.index;
-            core.with_remote(|inner| inner.replica.handle_persisted(durable));
+        if entries > 0 {
+            last_round_entries = entries;
+            group_commit_entries.record(entries as f64);
+            let (durable, term) = (log.last_index(), log.last_term());
+            core.with_remote(|inner| inner.replica.handle_persisted(crate::context::now_millis(), durable, term));
         }
         if stop {
             return;
@@ -175,22 +190,62 @@ pub fn replay_log(log: &SegmentedLog, state: &mut MemoryState) -> Result<LogInde
 /// one fsync, so a lone writer's latency barely moves.
 const GATHER_WAIT_MAX: Duration = Duration::from_micros(100);
 
-/// What one round of the log writer does.
+/// What one round of the log writer does, in order.
 #[derive(Default)]
 struct Round {
-    batch: Vec<LogEntry>,
+    steps: Vec<Step>,
+    entries: usize,
     compact_to: Option<LogIndex>,
     stop: bool,
+}
+
+enum Step {
+    Append(Vec<LogEntry>),
+    Truncate { from: LogIndex, discarded: Vec<LogEntry>, discards_committed: bool },
 }
 
 impl Round {
     fn take(&mut self, command: LogCommand) {
         match command {
-            LogCommand::Append(entries) => self.batch.extend(entries),
+            LogCommand::Append(entries) => {
+                self.entries += entries.len();
+                match self.steps.last_mut() {
+                    Some(Step::Append(batch)) => batch.extend(entries),
+                    _ => self.steps.push(Step::Append(entries)),
+                }
+            }
+            LogCommand::Truncate { from, discarded, discards_committed } => {
+                self.steps.push(Step::Truncate { from, discarded, discards_committed });
+            }
             LogCommand::Compact(index) => self.compact_to = Some(index),
             LogCommand::Stop => self.stop = true,
         }
     }
+}
+
+/// Discarded entries are never silent: they go to the rollback file, and losing acknowledged
+/// writes (possible only under async / semi-sync durability) is logged as a warning.
+fn record_discarded(
+    dir: &Path,
+    from: LogIndex,
+    discarded: Vec<LogEntry>,
+    discards_committed: bool,
+) -> Result<(), chorus_storage::StorageError> {
+    if discards_committed {
+        tracing::warn!(%from, entries = discarded.len(), "a failover discarded acknowledged writes (async / semi-sync durability); see rollback.log");
+    }
+    if discarded.is_empty() {
+        return Ok(());
+    }
+    let replaced_in_term = discarded.last().map(|entry| entry.term).unwrap_or_default();
+    let record = chorus_storage::RollbackRecord {
+        discarded_at_ms: crate::context::now_millis().0,
+        replaced_in_term,
+        entries: discarded,
+    };
+    let path = chorus_storage::append_rollback(dir, &record)?;
+    tracing::warn!(%from, entries = record.entries.len(), path = %path.display(), "discarded log entries written to the rollback file");
+    Ok(())
 }
 
 /// How long the tick loop sleeps between active-expiry rounds.

@@ -39,6 +39,29 @@ pub enum Effect {
     Apply(Vec<LogEntry>),
     /// Send this reply to the client that made the request.
     Reply { request: RequestId, reply: Reply },
+    /// (Replication group) make the term and vote durable before performing any later effect.
+    PersistHardState { term: Term, voted_for: Option<NodeId> },
+    /// (Replication group) delete log entries from `from` on, durably, before later appends; write
+    /// `discarded` to the rollback file; `discards_committed` means acknowledged writes were lost
+    /// (possible only under async / semi-sync durability): count it and warn.
+    TruncateLog { from: LogIndex, discarded: Vec<LogEntry>, discards_committed: bool },
+    /// (Replication group) the applied state holds entries the leader's log lacks (async /
+    /// semi-sync failover); it must be replaced by a snapshot.
+    StateDiverged { kept: LogIndex },
+    /// (Replication group) send `message` to peer `to` (best effort).
+    Send { to: NodeId, message: crate::raft::Message },
+    /// (Replication group) peer `to` needs a snapshot of the state.
+    SnapshotNeeded { to: NodeId },
+}
+
+/// A reply waiting for an index to commit.
+#[derive(Debug)]
+struct HeldReply {
+    index: LogIndex,
+    /// For a write: the term it was proposed in (it counts only if its entry commits in that term).
+    term: Option<Term>,
+    request: RequestId,
+    reply: Reply,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +96,13 @@ pub struct ReplicaStatus {
     pub held_replies: usize,
     pub pending_keys: usize,
     pub kv: KvStats,
+    /// `None` when standalone.
+    pub role: Option<crate::raft::Role>,
+    pub leader: Option<NodeId>,
+    /// Log entries discarded (written to the rollback file) since start.
+    pub discarded_entries: u64,
+    /// Failovers that discarded acknowledged writes (async / semi-sync only).
+    pub discarded_committed_events: u64,
 }
 
 #[derive(Debug)]
@@ -87,8 +117,10 @@ pub struct Replica {
     unapplied: VecDeque<LogEntry>,
     /// Replies waiting for an index to commit, in non-decreasing index order (a reply that read a
     /// pending write waits for the last index proposed before it, which keeps this a queue).
-    held_replies: VecDeque<(LogIndex, RequestId, Reply)>,
+    held_replies: VecDeque<HeldReply>,
     effects: Vec<Effect>,
+    /// The replication group this replica belongs to; `None` when it runs standalone.
+    group: Option<group::Group>,
     /// Set once storage has failed; see [`Replica::fail`].
     failure: Option<String>,
 }
@@ -108,7 +140,23 @@ impl Replica {
             held_replies: VecDeque::new(),
             effects: Vec::new(),
             failure: None,
+            group: None,
         }
+    }
+
+    /// A replica in a replication group run by `raft`, whose state has applied up to
+    /// `applied_index` (its snapshot point: the log after it is re-applied as it commits).
+    pub fn in_group(config: ReplicaConfig, raft: crate::raft::Raft, applied_index: LogIndex) -> Replica {
+        let last_index = raft.last_index();
+        let term = raft.term();
+        let mut replica = Replica::new(
+            config,
+            Recovered { last_index: last_index.max(applied_index), last_term: term, applied_index },
+        );
+        replica.commit_index = applied_index;
+        replica.term = term;
+        replica.group = Some(group::Group::new(raft, applied_index));
+        replica
     }
 
     /// Why the replica refuses commands, if storage has failed.
@@ -135,6 +183,10 @@ impl Replica {
             held_replies: self.held_replies.len(),
             pending_keys: self.kv.pending_keys(),
             kv: self.kv.stats,
+            role: self.group.as_ref().map(group::Group::role),
+            leader: self.group.as_ref().and_then(group::Group::leader),
+            discarded_entries: self.group.as_ref().map_or(0, |group| group.discarded_entries),
+            discarded_committed_events: self.group.as_ref().map_or(0, |group| group.discarded_committed_events),
         }
     }
 
@@ -152,14 +204,22 @@ impl Replica {
             self.effects.push(Effect::Reply { request, reply });
             return;
         }
+        if self.group.is_some() {
+            self.submit_to_group(now, request, command, state);
+            return;
+        }
         let execution = self.kv.execute(now, &command, state);
         let wait_for = if execution.ops.is_empty() { execution.read_barrier } else { self.propose(execution.ops) };
         self.reply_after(wait_for, request, execution.reply);
     }
 
-    /// The log is durable up to `index` (per the fsync policy).
-    pub fn handle_persisted(&mut self, index: LogIndex) {
+    /// The log is durable up to `index`, whose entry has `term` (per the fsync policy).
+    pub fn handle_persisted(&mut self, now: UnixMillis, index: LogIndex, term: Term) {
         if self.failure.is_some() {
+            return;
+        }
+        if self.group.is_some() {
+            self.persisted_in_group(now, index, term);
             return;
         }
         assert!(index <= self.last_index, "persisted an index never proposed");
@@ -167,9 +227,9 @@ impl Replica {
             return;
         }
         self.commit_index = index;
-        while self.held_replies.front().is_some_and(|(index, _, _)| *index <= self.commit_index) {
-            if let Some((_, request, reply)) = self.held_replies.pop_front() {
-                self.effects.push(Effect::Reply { request, reply });
+        while self.held_replies.front().is_some_and(|held| held.index <= self.commit_index) {
+            if let Some(held) = self.held_replies.pop_front() {
+                self.effects.push(Effect::Reply { request: held.request, reply: held.reply });
             }
         }
         let mut committed = Vec::new();
@@ -193,8 +253,8 @@ impl Replica {
             return;
         }
         self.failure = Some(reason.to_string());
-        for (_, request, _) in std::mem::take(&mut self.held_replies) {
-            self.effects.push(Effect::Reply { request, reply: Reply::err(reason) });
+        for held in std::mem::take(&mut self.held_replies) {
+            self.effects.push(Effect::Reply { request: held.request, reply: Reply::err(reason) });
         }
         self.unapplied.retain(|entry| entry.index <= self.commit_index);
         self.last_index = self.commit_index;
@@ -212,12 +272,17 @@ impl Replica {
         }
         self.applied_index = index;
         self.kv.on_applied(index);
+        self.applied_in_group();
     }
 
     /// Time passes: deletes keys whose expiry has come (through the log, so every replica deletes
     /// the same keys at the same point in the log).
     pub fn tick<S: StateView>(&mut self, now: UnixMillis, state: &S) {
         if self.failure.is_some() {
+            return;
+        }
+        self.tick_group(now);
+        if !self.may_propose() {
             return;
         }
         let candidates = match state.expired_keys(now, self.config.expire_keys_per_tick_max) {
@@ -240,7 +305,11 @@ impl Replica {
         }
         if !deletes.is_empty() {
             self.kv.stats.expired_keys += deletes.len() as u64;
-            self.propose(deletes);
+            if self.group.is_some() {
+                self.propose_to_group(now, deletes);
+            } else {
+                self.propose(deletes);
+            }
         }
     }
 
@@ -261,11 +330,18 @@ impl Replica {
             // Waiting for the last proposed index (not just `index`) keeps the queue ordered; it
             // is at most one group commit later.
             let wait_for = self.last_index.max(index);
-            assert!(self.held_replies.back().is_none_or(|(last, _, _)| *last <= wait_for), "held replies out of order");
-            self.held_replies.push_back((wait_for, request, reply));
+            assert!(self.held_replies.back().is_none_or(|held| held.index <= wait_for), "held replies out of order");
+            self.held_replies.push_back(HeldReply { index: wait_for, term: None, request, reply });
         }
+    }
+
+    /// Holds a write's reply until its entry commits in the term it was proposed in.
+    fn hold_write(&mut self, index: LogIndex, term: Term, request: RequestId, reply: Reply) {
+        assert!(self.held_replies.back().is_none_or(|held| held.index <= index), "held replies out of order");
+        self.held_replies.push_back(HeldReply { index, term: Some(term), request, reply });
     }
 }
 
+mod group;
 #[cfg(test)]
 mod tests;

@@ -59,6 +59,12 @@ impl Harness {
                     persist.extend(more_persist);
                     replies.extend(more_replies);
                 }
+                // A one-voter group sends nothing and keeps its hard state in memory here.
+                Effect::PersistHardState { .. }
+                | Effect::TruncateLog { .. }
+                | Effect::StateDiverged { .. }
+                | Effect::Send { .. }
+                | Effect::SnapshotNeeded { .. } => {}
             }
         }
         (persist, replies)
@@ -67,7 +73,7 @@ impl Harness {
     /// Makes everything proposed durable and returns the replies released.
     fn persist_all(&mut self) -> Vec<(RequestId, Reply)> {
         let last = self.replica.status().last_index;
-        self.replica.handle_persisted(last);
+        self.replica.handle_persisted(NOW, last, Term(1));
         self.take().1
     }
 
@@ -303,7 +309,7 @@ fn a_storage_failure_fails_waiting_replies_and_refuses_later_commands() {
     assert_eq!(replies.len(), 2, "both waiting replies are answered");
     assert!(replies.iter().all(|(id, reply)| (*id == pending || *id == barrier) && reply.is_error()));
     // The writer may still report progress it made before failing; it is ignored.
-    harness.replica.handle_persisted(LogIndex(2));
+    harness.replica.handle_persisted(NOW, LogIndex(2), Term(1));
     let later = harness.submit(&["GET", "before"]);
     let (persist, replies) = harness.take();
     assert!(persist.is_empty());
@@ -361,4 +367,56 @@ impl SortedBySlot for Reply {
         });
         Reply::Array(items)
     }
+}
+
+/// A one-voter replication group: the same replica, with the Raft engine deciding commits.
+fn one_voter_group() -> Harness {
+    use crate::raft::{Raft, RaftConfig, RestoredState};
+    let raft = Raft::new(RaftConfig::new(NodeId(1), 7), RestoredState::bootstrap([NodeId(1)]));
+    Harness {
+        replica: Replica::in_group(ReplicaConfig::new(NodeId(1)), raft, LogIndex::ZERO),
+        state: MemoryState::new(),
+        next_sequence: 0,
+    }
+}
+
+impl Harness {
+    /// Persists everything proposed so far with its term, as the log writer does.
+    fn persist_group(&mut self, persisted: &[LogEntry]) -> Vec<(RequestId, Reply)> {
+        let Some(last) = persisted.last() else { return Vec::new() };
+        self.replica.handle_persisted(NOW, last.index, last.term);
+        let (more, replies) = self.take();
+        let mut replies = replies;
+        replies.extend(self.persist_group(&more));
+        replies
+    }
+}
+
+#[test]
+fn a_group_member_serves_nothing_until_it_leads_and_has_applied_its_noop() {
+    let mut harness = one_voter_group();
+    let early = harness.submit(&["SET", "k", "v"]);
+    let (_, replies) = harness.take();
+    assert!(
+        matches!(&replies[..], [(id, Reply::Error(text))] if *id == early && text.starts_with("TRYAGAIN")),
+        "no leader yet: {replies:?}"
+    );
+    // Time passes beyond the election timeout: the lone voter elects itself and appends its no-op.
+    harness.replica.tick(UnixMillis(NOW.0 + 5_000), &harness.state);
+    let (persist, _) = harness.take();
+    assert!(!persist.is_empty(), "the new leader's no-op goes to the log");
+    harness.persist_group(&persist);
+    assert_eq!(harness.replica.status().role, Some(crate::raft::Role::Leader));
+
+    let set = harness.submit(&["SET", "k", "v"]);
+    let (persist, replies) = harness.take();
+    assert!(replies.is_empty(), "the write waits for its commit");
+    let released = harness.persist_group(&persist);
+    assert_eq!(released, vec![(set, Reply::OK)]);
+
+    let get = harness.submit(&["GET", "k"]);
+    let (persist, mut replies) = harness.take();
+    replies.extend(harness.persist_group(&persist));
+    assert_eq!(replies, vec![(get, bulk("v"))], "a one-voter group confirms a read at once");
+    assert_eq!(harness.state.get(b"k").expect("read").map(|stored| stored.value), Some(Bytes::from_static(b"v")));
 }

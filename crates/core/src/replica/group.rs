@@ -1,0 +1,295 @@
+//! The replica in a replication group: the Raft engine decides what commits, the replica keeps the
+//! key-value layer (pending overlay, held replies) and turns engine effects into driver effects.
+//!
+//! Linearizability on the leader rests on three rules:
+//! - a new leader serves nothing until it has applied every entry up to the no-op of its own term
+//!   (then every committed entry of earlier terms is in its state, and everything newer goes
+//!   through its overlay);
+//! - a write's reply leaves when its entry commits *with the term it was proposed in* (an entry
+//!   replaced by a later leader's is reported as not applied);
+//! - a read's reply leaves once a read-index round has confirmed that the node was still the leader
+//!   after the read arrived, and once the pending writes it observed have committed.
+
+use std::collections::BTreeMap;
+
+use chorus_resp::Reply;
+
+use super::{Effect, Replica, RequestId};
+use crate::command::KvCommand;
+use crate::log::{EntryPayload, WriteOp};
+use crate::raft::{self, ProposeError, Raft, Role};
+use crate::slot::Slot;
+use crate::state::StateView;
+use crate::types::{LogIndex, NodeId, Term, UnixMillis};
+
+/// A read executed, waiting for its leadership confirmation.
+#[derive(Debug)]
+struct WaitingRead {
+    read_barrier: LogIndex,
+    request: RequestId,
+    reply: Reply,
+}
+
+/// The replication-group part of a replica.
+#[derive(Debug)]
+pub(super) struct Group {
+    pub(super) raft: Raft,
+    role: Role,
+    leader: Option<NodeId>,
+    /// The leader's no-op of its term: nothing is served before it is applied.
+    leader_noop_index: Option<LogIndex>,
+    leader_ready: bool,
+    reads: BTreeMap<u64, WaitingRead>,
+    next_read_id: u64,
+    /// Committed entries handed to the driver for applying, up to here.
+    apply_requested: LogIndex,
+    /// Where peers serve clients, learnt from their hellos: redirects name the leader's.
+    client_addrs: BTreeMap<NodeId, String>,
+    pub(super) discarded_entries: u64,
+    pub(super) discarded_committed_events: u64,
+}
+
+impl Group {
+    pub(super) fn new(raft: Raft, applied_index: LogIndex) -> Group {
+        Group {
+            role: raft.role(),
+            leader: raft.leader(),
+            raft,
+            leader_noop_index: None,
+            leader_ready: false,
+            reads: BTreeMap::new(),
+            next_read_id: 1,
+            apply_requested: applied_index,
+            client_addrs: BTreeMap::new(),
+            discarded_entries: 0,
+            discarded_committed_events: 0,
+        }
+    }
+
+    pub(super) fn role(&self) -> Role {
+        self.role
+    }
+
+    pub(super) fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    /// The error a node that cannot serve a command answers with: Redis Cluster's `MOVED` naming the
+    /// leader's client address when it is known, so cluster-aware clients follow it by themselves.
+    fn redirect(&self, command: Option<&KvCommand>) -> Reply {
+        let slot = command.and_then(KvCommand::first_key).map_or(Slot(0), |key| Slot::of_key(key));
+        match self.leader.and_then(|leader| self.client_addrs.get(&leader)) {
+            Some(addr) if self.role != Role::Leader => Reply::Error(format!("MOVED {} {addr}", slot.0)),
+            _ if self.role == Role::Leader => Reply::Error("TRYAGAIN the new leader is catching up".into()),
+            _ => Reply::Error("TRYAGAIN no leader is known yet".into()),
+        }
+    }
+}
+
+impl Replica {
+    pub(super) fn submit_to_group<S: StateView>(
+        &mut self,
+        now: UnixMillis,
+        request: RequestId,
+        command: KvCommand,
+        state: &S,
+    ) {
+        let Some(group) = self.group.as_mut() else { return };
+        if group.role != Role::Leader || !group.leader_ready {
+            let reply = group.redirect(Some(&command));
+            self.effects.push(Effect::Reply { request, reply });
+            return;
+        }
+        let execution = self.kv.execute(now, &command, state);
+        if execution.ops.is_empty() {
+            let read_id = group.next_read_id;
+            group.next_read_id += 1;
+            group
+                .reads
+                .insert(read_id, WaitingRead { read_barrier: execution.read_barrier, request, reply: execution.reply });
+            group.raft.read_index(now, read_id);
+        } else {
+            match group.raft.propose(now, EntryPayload::Write(execution.ops.clone())) {
+                Ok(index) => {
+                    let term = group.raft.term();
+                    self.kv.record_pending(index, &execution.ops);
+                    self.hold_write(index, term, request, execution.reply);
+                }
+                Err(error) => {
+                    let reply = match error {
+                        ProposeError::NotLeader { .. } | ProposeError::TransferInProgress { .. } => {
+                            group.redirect(Some(&command))
+                        }
+                        other => Reply::Error(format!("TRYAGAIN {other}")),
+                    };
+                    self.effects.push(Effect::Reply { request, reply });
+                }
+            }
+        }
+        self.pump_group();
+    }
+
+    /// A message from a peer.
+    pub fn handle_peer_message(&mut self, now: UnixMillis, from: NodeId, message: raft::Message) {
+        if let Some(group) = self.group.as_mut() {
+            group.raft.handle_message(now, from, message);
+            self.pump_group();
+        }
+    }
+
+    /// A peer told us where it serves clients.
+    pub fn set_peer_client_addr(&mut self, peer: NodeId, addr: String) {
+        if let Some(group) = self.group.as_mut() {
+            group.client_addrs.insert(peer, addr);
+        }
+    }
+
+    pub(super) fn tick_group(&mut self, now: UnixMillis) {
+        if let Some(group) = self.group.as_mut() {
+            group.raft.tick(now);
+            self.pump_group();
+        }
+    }
+
+    pub(super) fn persisted_in_group(&mut self, now: UnixMillis, index: LogIndex, term: Term) {
+        if let Some(group) = self.group.as_mut() {
+            group.raft.handle_persisted(now, index, term);
+            self.pump_group();
+        }
+    }
+
+    pub(super) fn applied_in_group(&mut self) {
+        let applied = self.applied_index;
+        if let Some(group) = self.group.as_mut()
+            && group.role == Role::Leader
+            && !group.leader_ready
+            && group.leader_noop_index.is_some_and(|noop| applied >= noop)
+        {
+            group.leader_ready = true;
+        }
+    }
+
+    /// Whether this replica may propose on its own (active expiry): a ready leader, or standalone.
+    pub(super) fn may_propose(&self) -> bool {
+        self.group.as_ref().is_none_or(|group| group.role == Role::Leader && group.leader_ready)
+    }
+
+    pub(super) fn propose_to_group(&mut self, now: UnixMillis, ops: Vec<WriteOp>) {
+        let Some(group) = self.group.as_mut() else { return };
+        if let Ok(index) = group.raft.propose(now, EntryPayload::Write(ops.clone())) {
+            self.kv.record_pending(index, &ops);
+        }
+        self.pump_group();
+    }
+
+    /// Turns the engine's effects into the driver's, in order.
+    fn pump_group(&mut self) {
+        let Some(group) = self.group.as_mut() else { return };
+        let effects: Vec<raft::Effect> = group.raft.drain_effects().collect();
+        for effect in effects {
+            match effect {
+                raft::Effect::PersistHardState { term, voted_for } => {
+                    self.effects.push(Effect::PersistHardState { term, voted_for });
+                }
+                raft::Effect::AppendLog { entries } => {
+                    if let Some(last) = entries.last() {
+                        self.last_index = last.index;
+                    }
+                    self.effects.push(Effect::Persist(entries));
+                }
+                raft::Effect::TruncateLog { from, discarded, discards_committed } => {
+                    let Some(group) = self.group.as_mut() else { return };
+                    group.discarded_entries += discarded.len() as u64;
+                    group.discarded_committed_events += u64::from(discards_committed);
+                    self.fail_held_writes_from(from, "the write was replaced by a new leader's log and not applied");
+                    self.kv.discard_pending();
+                    self.last_index = from.0.checked_sub(1).map_or(LogIndex::ZERO, LogIndex);
+                    self.effects.push(Effect::TruncateLog { from, discarded, discards_committed });
+                }
+                raft::Effect::StateDiverged { kept } => {
+                    // Only under async / semi-sync: the applied state holds entries the new leader
+                    // lacks. Serving stops until a snapshot replaces it (not yet implemented: the
+                    // driver logs it loudly).
+                    self.effects.push(Effect::StateDiverged { kept });
+                }
+                raft::Effect::Send { to, message } => self.effects.push(Effect::Send { to, message }),
+                raft::Effect::Committed { index } => self.committed_in_group(index),
+                raft::Effect::ReadReady { read_id, .. } => {
+                    let Some(group) = self.group.as_mut() else { return };
+                    if let Some(read) = group.reads.remove(&read_id) {
+                        self.reply_after(read.read_barrier, read.request, read.reply);
+                    }
+                }
+                raft::Effect::ReadFailed { read_id, leader_hint } => {
+                    let Some(group) = self.group.as_mut() else { return };
+                    group.leader = leader_hint.or(group.leader);
+                    if let Some(read) = group.reads.remove(&read_id) {
+                        let reply = group.redirect(None);
+                        self.effects.push(Effect::Reply { request: read.request, reply });
+                    }
+                }
+                raft::Effect::RoleChanged { role, term, leader } => self.role_changed(role, term, leader),
+                raft::Effect::SendSnapshot { to, .. } => self.effects.push(Effect::SnapshotNeeded { to }),
+            }
+        }
+    }
+
+    fn committed_in_group(&mut self, index: LogIndex) {
+        let Some(group) = self.group.as_mut() else { return };
+        self.commit_index = self.commit_index.max(index);
+        if index > group.apply_requested {
+            let entries = group.raft.entries(group.apply_requested.next(), index);
+            group.apply_requested = index;
+            if !entries.is_empty() {
+                self.effects.push(Effect::Apply(entries));
+            }
+        }
+        while self.held_replies.front().is_some_and(|held| held.index <= self.commit_index) {
+            let Some(held) = self.held_replies.pop_front() else { break };
+            let replaced =
+                held.term.is_some_and(|term| group.raft.term_at(held.index).is_some_and(|kept| kept != term));
+            let reply = if replaced {
+                Reply::err("the write was replaced by a new leader's log and not applied")
+            } else {
+                held.reply
+            };
+            self.effects.push(Effect::Reply { request: held.request, reply });
+        }
+    }
+
+    fn role_changed(&mut self, role: Role, term: Term, leader: Option<NodeId>) {
+        let Some(group) = self.group.as_mut() else { return };
+        let was_leader = group.role == Role::Leader;
+        group.role = role;
+        group.leader = leader;
+        self.term = term;
+        if role == Role::Leader {
+            // The no-op of the new term is the last entry of the log now.
+            group.leader_noop_index = Some(group.raft.last_index());
+            group.leader_ready = false;
+        } else if was_leader {
+            group.leader_ready = false;
+            group.leader_noop_index = None;
+            // Pending writes may still commit under the next leader (their replies wait for that),
+            // but this node no longer answers from its overlay.
+            self.kv.discard_pending();
+            let reads = std::mem::take(&mut group.reads);
+            for (_, read) in reads {
+                let reply = group.redirect(None);
+                self.effects.push(Effect::Reply { request: read.request, reply });
+            }
+        }
+    }
+
+    fn fail_held_writes_from(&mut self, from: LogIndex, reason: &str) {
+        let mut kept = std::collections::VecDeque::new();
+        for held in std::mem::take(&mut self.held_replies) {
+            if held.index >= from && held.term.is_some() {
+                self.effects.push(Effect::Reply { request: held.request, reply: Reply::err(reason) });
+            } else {
+                kept.push_back(held);
+            }
+        }
+        self.held_replies = kept;
+    }
+}
