@@ -1,0 +1,188 @@
+"""Single-leader replication across real processes on loopback: a 3-voter group, kill -9 of the
+leader under write load, failover, no acknowledged write lost under `quorum`, and the old leader
+rejoining as a follower."""
+
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+import redis
+
+from conftest import chorus_bin, free_port, wait_until
+
+ELECTION_TIMEOUT_MAX_S = 2.0  # the node's default election_timeout_ms_max
+
+
+class Group:
+    def __init__(self, tmp_path, size=3, durability="quorum"):
+        self.tmp_path = tmp_path
+        self.ids = list(range(1, size + 1))
+        self.client_ports = {i: free_port() for i in self.ids}
+        self.peer_ports = {i: free_port() for i in self.ids}
+        self.durability = durability
+        self.procs = {}
+        self.logs = {}
+        self.initial_cluster = ",".join(f"{i}=127.0.0.1:{self.peer_ports[i]}" for i in self.ids)
+
+    def start(self, node_id):
+        log_path = self.tmp_path / f"node{node_id}-{len(self.logs.get(node_id, [])) + 1}.log"
+        self.logs.setdefault(node_id, []).append(log_path)
+        args = [
+            str(chorus_bin()), "server", "--id", str(node_id),
+            "--data-dir", str(self.tmp_path / f"data{node_id}"),
+            "--client-addr", f"127.0.0.1:{self.client_ports[node_id]}",
+            "--peer-addr", f"127.0.0.1:{self.peer_ports[node_id]}",
+            "--initial-cluster", self.initial_cluster,
+            "--durability", self.durability,
+        ]
+        env = dict(os.environ, NO_COLOR="1", RUST_LOG=os.environ.get("RUST_LOG", "info"))
+        with open(log_path, "wb") as log:
+            self.procs[node_id] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def start_all(self):
+        for node_id in self.ids:
+            self.start(node_id)
+
+    def client(self, node_id, **kwargs):
+        return redis.Redis(port=self.client_ports[node_id], socket_timeout=5, **kwargs)
+
+    def info(self, node_id):
+        try:
+            return self.client(node_id).info("replication")
+        except redis.exceptions.RedisError:
+            return None
+
+    def leader(self, among=None):
+        """The node that says it leads, once every live node agrees on it."""
+        leaders = set()
+        for node_id in among or self.ids:
+            info = self.info(node_id)
+            if info is None:
+                return None
+            if info.get("chorus_role") == "leader":
+                leaders.add(node_id)
+        return leaders.pop() if len(leaders) == 1 else None
+
+    def kill(self, node_id):
+        self.procs[node_id].send_signal(signal.SIGKILL)
+        self.procs[node_id].wait()
+
+    def stop_all(self):
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def log_tails(self):
+        out = []
+        for node_id, paths in self.logs.items():
+            for path in paths:
+                lines = path.read_text(errors="replace").splitlines()[-20:]
+                out.append(f"--- {path.name}\n" + "\n".join(lines))
+        return "\n".join(out)
+
+
+@pytest.fixture
+def group(tmp_path):
+    g = Group(tmp_path)
+    g.start_all()
+    yield g
+    g.stop_all()
+
+
+def write_anywhere(group, key, value, live):
+    """One SET sent to whichever live node leads; True if acknowledged, False on a definite error,
+    None if the outcome is unknown (connection lost mid-request)."""
+    for node_id in live:
+        try:
+            reply = group.client(node_id).set(key, value)
+            return reply is True
+        except redis.exceptions.ResponseError as error:
+            text = str(error)
+            if text.startswith("MOVED") or text.startswith("TRYAGAIN"):
+                continue
+            if "replaced by a new leader" in text:
+                return False
+            raise
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            continue
+    return False
+
+
+def test_a_group_elects_one_leader_and_replicates_writes(group):
+    leader = wait_until(lambda: group.leader(), 15, "a leader is elected")
+    client = group.client(leader)
+    assert client.set("greeting", "hello") is True
+    assert client.incr("counter") == 1
+    assert client.get("greeting") == b"hello"
+    follower = next(i for i in group.ids if i != leader)
+    with pytest.raises(redis.exceptions.ResponseError, match=f"MOVED .* 127.0.0.1:{group.client_ports[leader]}"):
+        group.client(follower).set("x", "1")
+    # Every member applies the writes (INFO keyspace counts applied keys).
+    for node_id in group.ids:
+        wait_until(lambda: group.client(node_id).info("keyspace").get("db0", {}).get("keys") == 2, 10,
+                   f"node {node_id} applies both writes")
+
+
+def test_kill_9_of_the_leader_under_load_loses_no_acknowledged_write(group):
+    seed = int(os.environ.get("CHORUS_TEST_SEED", "1"))
+    rng = random.Random(seed)
+    leader = wait_until(lambda: group.leader(), 15, "a leader is elected")
+    acknowledged = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+    live = list(group.ids)
+
+    def writer(worker):
+        sequence = 0
+        while not stop.is_set():
+            key = f"w{worker}:{sequence}"
+            value = f"{worker}-{sequence}-{seed}"
+            outcome = write_anywhere(group, key, value, list(live))
+            if outcome:
+                with lock:
+                    acknowledged[key] = value
+            sequence += 1
+
+    threads = [threading.Thread(target=writer, args=(w,), daemon=True) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    kill_after = rng.randint(200, 600)
+    wait_until(lambda: len(acknowledged) >= kill_after, 30, f"{kill_after} writes acknowledged (seed {seed})")
+    group.kill(leader)
+    killed_at = time.monotonic()
+    live.remove(leader)
+    # The first write acknowledged after the kill marks the new leader serving.
+    before = len(acknowledged)
+    new_leader = wait_until(lambda: group.leader(live), 3 * ELECTION_TIMEOUT_MAX_S + 5, f"a new leader (seed {seed})")
+    wait_until(lambda: len(acknowledged) > before, 3 * ELECTION_TIMEOUT_MAX_S, f"writes resume (seed {seed})")
+    failover_s = time.monotonic() - killed_at
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert failover_s < 3 * ELECTION_TIMEOUT_MAX_S, f"failover took {failover_s:.2f} s (seed {seed})"
+
+    client = group.client(new_leader)
+    keys = sorted(acknowledged)
+    values = client.mget(keys)
+    lost = [(key, acknowledged[key]) for key, value in zip(keys, values) if value != acknowledged[key].encode()]
+    assert not lost, f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]} (seed {seed})\n{group.log_tails()}"
+
+    # The old leader restarts on its data dir with no other flags changed and rejoins as a follower.
+    group.start(leader)
+    wait_until(lambda: (group.info(leader) or {}).get("chorus_role") == "follower", 20, "the old leader rejoins")
+    leader_commit = client.info("persistence")["chorus_commit_index"]
+    wait_until(
+        lambda: group.client(leader).info("persistence")["chorus_applied_index"] >= leader_commit,
+        20,
+        "the old leader catches up",
+    )
+    print(f"seed {seed}: {len(acknowledged)} acknowledged writes, failover {failover_s:.2f} s")
