@@ -1,5 +1,6 @@
 //! `chorus up`: a local cluster of `chorus server` processes, each with its own data directory
-//! under `--data-dir`. Today a cluster is one standalone node; replication adds more.
+//! under `--data-dir`: by default a 3-voter single-leader group (`--nodes 1` runs one standalone
+//! node). It is a thin wrapper over `chorus server --initial-cluster ...`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -16,9 +17,15 @@ pub struct UpArgs {
     /// Where the nodes keep their data (one sub-directory per node).
     #[arg(long, default_value = "./chorus-data")]
     data_dir: PathBuf,
-    /// Number of nodes. Until replication lands, only 1 is supported.
-    #[arg(long, default_value_t = 1)]
+    /// Number of voters (1: a standalone node).
+    #[arg(long, default_value_t = 3)]
     nodes: u16,
+    /// Learners (non-voting replicas): not supported yet.
+    #[arg(long, default_value_t = 0)]
+    learners: u16,
+    /// The group's commit rule: async | semi-sync:K | quorum | all.
+    #[arg(long, default_value = "quorum")]
+    durability: String,
     /// First client port; node N listens on base+N-1 (peer ports +100, admin ports +200).
     #[arg(long, default_value_t = 7001)]
     base_port: u16,
@@ -37,28 +44,35 @@ struct NodeProcess {
 }
 
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
-    if args.nodes != 1 {
-        bail!(
-            "--nodes {}: this version runs a single standalone node; replication arrives in a later release",
-            args.nodes
-        );
+    if args.nodes == 0 || args.nodes > 99 {
+        bail!("--nodes must be between 1 and 99");
+    }
+    if args.learners > 0 {
+        bail!("--learners: learners are not supported yet");
     }
     let executable = std::env::current_exe().context("locating the chorus executable")?;
+    let initial_cluster = (1..=args.nodes)
+        .map(|id| format!("{id}={}", SocketAddr::new(args.host, args.base_port + 100 + id - 1)))
+        .collect::<Vec<_>>()
+        .join(",");
     let mut processes = Vec::new();
     for id in 1..=args.nodes {
         let client = SocketAddr::new(args.host, args.base_port + id - 1);
         let peer = SocketAddr::new(args.host, args.base_port + 100 + id - 1);
         let admin = SocketAddr::new(args.host, args.base_port + 200 + id - 1);
         let data_dir = args.data_dir.join(format!("node{id}"));
-        let child = Command::new(&executable)
+        let mut command = Command::new(&executable);
+        command
             .args(["server", "--id", &id.to_string()])
             .arg("--data-dir")
             .arg(&data_dir)
             .args(["--client-addr", &client.to_string(), "--peer-addr", &peer.to_string()])
             .args(["--admin-addr", &admin.to_string(), "--fsync", &args.fsync])
-            .stdin(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting node {id}"))?;
+            .stdin(Stdio::null());
+        if args.nodes > 1 {
+            command.args(["--initial-cluster", &initial_cluster, "--durability", &args.durability]);
+        }
+        let child = command.spawn().with_context(|| format!("starting node {id}"))?;
         println!(
             "node {id}: pid {} client {client} peer {peer} admin http://{admin} data {}",
             child.id(),
@@ -69,11 +83,17 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     for process in &mut processes {
         wait_until_ready(process)?;
     }
-    println!(
-        "cluster ready: node 1 serves clients at {} (redis-cli -p {})",
-        processes[0].client,
-        processes[0].client.port()
-    );
+    if args.nodes == 1 {
+        println!("ready: one standalone node at {} (redis-cli -p {})", processes[0].client, processes[0].client.port());
+    } else {
+        let (leader, leader_addr) = wait_for_leader(&processes)?;
+        println!(
+            "ready: {} voters, durability {}; node {leader} leads at {leader_addr} (redis-cli -c -p {} follows redirects)",
+            args.nodes,
+            args.durability,
+            leader_addr.port()
+        );
+    }
     println!("press Ctrl-C to stop");
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
@@ -111,6 +131,34 @@ async fn supervise(processes: &mut [NodeProcess]) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// Asks every node's INFO until one says it leads (30 s at most).
+fn wait_for_leader(processes: &[NodeProcess]) -> anyhow::Result<(u16, SocketAddr)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for process in processes {
+            if let Ok(info) = command(process.client, b"INFO replication\r\n")
+                && info.contains("chorus_role:leader")
+            {
+                return Ok((process.id, process.client));
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no leader was elected within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Sends one inline command and returns what arrives at once (enough for INFO).
+fn command(addr: SocketAddr, request: &[u8]) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
+    stream.set_read_timeout(Some(Duration::from_millis(500)))?;
+    stream.write_all(request)?;
+    let mut reply = vec![0u8; 64 * 1024];
+    let read = stream.read(&mut reply)?;
+    Ok(String::from_utf8_lossy(&reply[..read]).into_owned())
 }
 
 /// Polls the node with PING until it answers PONG, the process dies, or 30 s pass.

@@ -575,6 +575,7 @@ impl Cluster {
             appends_in_flight_max: 8,
             uncommitted_entries_max: 64,
             snapshot_timeout_ms: 1_000,
+            planted_bug: self.options.engine_bug,
             ..RaftConfig::new(self.nodes[node].id, self.rng.next_u64())
         }
     }

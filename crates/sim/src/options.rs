@@ -5,7 +5,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use chorus_core::raft::Durability;
+use chorus_core::raft::{Durability, PlantedBug};
 
 use crate::SimRng;
 
@@ -149,6 +149,8 @@ pub struct SimOptions {
     /// Record the event trace (costs time; the seed replays it exactly either way).
     pub trace: bool,
     pub driver_bug: Option<DriverBug>,
+    /// A bug planted inside the Raft engine (its test-only `RaftConfig::planted_bug`).
+    pub engine_bug: Option<PlantedBug>,
 }
 
 impl Default for SimOptions {
@@ -163,6 +165,7 @@ impl Default for SimOptions {
             check_steps_max: 2_000_000,
             trace: false,
             driver_bug: None,
+            engine_bug: None,
         }
     }
 }
@@ -180,6 +183,9 @@ impl SimOptions {
         }
         if let Some(bug) = self.driver_bug {
             command.push_str(&format!(" (with planted driver bug {bug:?})"));
+        }
+        if let Some(bug) = self.engine_bug {
+            command.push_str(&format!(" (with planted engine bug {bug:?})"));
         }
         command
     }

@@ -1,13 +1,14 @@
 //! Whole runs of the simulator: determinism, seed sweeps across fault mixes and durability modes,
 //! planted bugs, and the speed benchmark.
 
-use chorus_core::raft::Durability;
+use chorus_core::raft::{Durability, PlantedBug};
 
 use super::*;
 
 /// A development tool, idle unless asked: runs seeds and prints each report (or a summary).
 /// `SIM_EXPLORE=N` seeds from `SIM_FROM` (0), with `SIM_MODE` (quorum), `SIM_FAULTS` (all),
-/// `SIM_BUG` (ack, read, apply), `SIM_BUDGET` (search steps per key), `SIM_TRACE` (print traces),
+/// `SIM_BUG` (ack, read, apply), `SIM_ENGINE_BUG` (commit, vote, lease, apply, term), `SIM_NODES`,
+/// `SIM_BUDGET` (search steps per key), `SIM_TRACE` (print traces),
 /// `SIM_SUMMARY` (totals only):
 /// `SIM_EXPLORE=1000 SIM_SUMMARY=1 cargo test --release -p chorus-sim explore -- --nocapture`.
 #[test]
@@ -23,8 +24,25 @@ fn explore() {
         "read" => DriverBug::ReadWithoutReadIndex,
         _ => DriverBug::ApplyBeforeCommit,
     });
+    let engine_bug = std::env::var("SIM_ENGINE_BUG").ok().map(|bug| match bug.as_str() {
+        "commit" => PlantedBug::CommitWithoutQuorum,
+        "vote" => PlantedBug::DoubleVote,
+        "lease" => PlantedBug::ReadLeaseWithoutClockBound,
+        "apply" => PlantedBug::ApplyBeforeCommit,
+        _ => PlantedBug::SkipTermCheckOnAppend,
+    });
+    let nodes = std::env::var("SIM_NODES").ok().map(|nodes| nodes.parse().expect("a node count"));
     let check_steps_max = std::env::var("SIM_BUDGET").map_or(2_000_000, |b| b.parse().expect("budget"));
-    let options = SimOptions { durability, faults, trace, driver_bug, check_steps_max, ..SimOptions::default() };
+    let options = SimOptions {
+        durability,
+        faults,
+        nodes,
+        trace,
+        driver_bug,
+        engine_bug,
+        check_steps_max,
+        ..SimOptions::default()
+    };
     if std::env::var("SIM_SUMMARY").is_ok() {
         let sweep = run_seeds(first, count, &options);
         println!("{sweep}");
@@ -219,7 +237,13 @@ fn simulation_speed() {
 }
 
 /// Seeds that once failed, with the options that replay them: each stays here for good.
-const REGRESSIONS: &[(u64, &str, &str)] = &[];
+const REGRESSIONS: &[(u64, &str, &str)] = &[
+    // Engine: a follower committed past the new leader's log (async / semi-sync failover) refused the
+    // leader's snapshot, older than its commit index, and the leader dropped its rejections as stale
+    // while streaming; the replicas never converged while quiet. See the test below.
+    (2096, "async", "all"),
+    (2582, "semi-sync:1", "all"),
+];
 
 #[test]
 fn regression_seeds_pass() {
@@ -230,22 +254,112 @@ fn regression_seeds_pass() {
     }
 }
 
-/// Found by this simulator in the Raft engine, not fixed yet (move the seeds to `REGRESSIONS` once
-/// it is). Under `async` / `semi-sync`, a former leader keeps committed entries past the new leader's
-/// log (20 > 18 in seed 2096; 157 > 156 in seed 2582), and the new leader has compacted its log to its
-/// last index. The leader streams a snapshot at 18, which the follower refuses (`snapshot_needed`:
-/// 18 is not past its commit index 20, and it is not awaiting one); its rejections of the heartbeats
-/// (hint 20, past the leader's whole log) are dropped as stale because the follower's progress is in
-/// `ReplicationState::Snapshot`, so the `SnapshotRequired` path is never taken. The replicas never
-/// converge while no new write moves the leader's snapshot past the follower's commit index.
+/// Found by this simulator in the Raft engine, fixed there (the seeds are in `REGRESSIONS` too).
+/// Under `async` / `semi-sync`, a former leader kept committed entries past the new leader's log
+/// (20 > 18 in seed 2096; 157 > 156 in seed 2582), and the new leader had compacted its log to its
+/// last index, so it streamed a snapshot at 18, which the follower refused (`snapshot_needed`: 18 is
+/// not past its commit index 20, and it was not awaiting one). Its rejections of the heartbeats were
+/// dropped as stale because its progress was in `ReplicationState::Snapshot`. Two shapes:
+/// - seed 2096: the follower had compacted to 20, past the leader's whole log (rejection hint 20):
+///   the leader now takes such a rejection even while streaming and sends `SnapshotRequired`;
+/// - seed 2582 (node 3): the follower's log disagreed with the leader's exactly at the snapshot
+///   point 156: `snapshot_needed` now accepts a snapshot whose point conflicts with the log, and
+///   installing it reports the committed entries it replaces (`TruncateLog`, `discards_committed`).
 #[test]
-#[ignore = "engine bug: a follower committed past the leader's snapshot never converges (async, semi-sync)"]
 fn follower_committed_past_the_leaders_snapshot_converges() {
     for (seed, durability) in [(2096, Durability::Async), (2582, Durability::SemiSync(1))] {
         let report = run_seed(seed, &options(durability, Faults::ALL));
         assert!(report.passed(), "{report}");
+        assert!(report.stats.committed_discards > 0, "the failover discarded committed entries: {report}");
     }
 }
+
+/// The first seed (trying at most `seeds_max`) whose run fails with `bug` planted in the engine.
+fn first_engine_catch(bug: PlantedBug, options: SimOptions, seeds_max: u64) -> Option<RunReport> {
+    let options = SimOptions { engine_bug: Some(bug), ..options };
+    (0..seeds_max).map(|seed| run_seed(seed, &options)).find(|report| !report.passed())
+}
+
+/// Whether a failure came from an engine assertion rather than a checker.
+fn panicked(report: &RunReport) -> bool {
+    report.failures.iter().any(|failure| failure.contains(": panic: "))
+}
+
+#[test]
+fn committing_without_a_quorum_is_caught() {
+    // Linearizability (an acknowledged write lost after failover) or state machine safety.
+    let options = options(Durability::Quorum, Faults::ALL);
+    // First caught at seed 3 (state machine safety, acknowledged writes lost).
+    let report = first_engine_catch(PlantedBug::CommitWithoutQuorum, options, 10).expect("caught");
+    assert!(!panicked(&report), "{report}");
+    assert!(
+        report.failures.iter().any(|failure| failure.contains("not linearizable")
+            || failure.contains("state machine safety")
+            || failure.contains("acknowledged writes")),
+        "{report}"
+    );
+}
+
+#[test]
+fn granting_two_votes_in_a_term_is_caught() {
+    // Election safety, from the RoleChanged effects (needs 3+ candidates in one term: 5 nodes).
+    let options = SimOptions { nodes: Some(5), ..options(Durability::Quorum, Faults::ALL) };
+    // First caught at seed 8.
+    let report = first_engine_catch(PlantedBug::DoubleVote, options, 25).expect("caught");
+    assert!(report.failures.iter().any(|failure| failure.contains("election safety")), "{report}");
+}
+
+#[test]
+fn a_lease_read_without_the_clock_bound_is_caught() {
+    // Linearizability: a deposed leader with a slow clock serves a stale read. Needs clock faults.
+    let options = options(Durability::Quorum, Faults::ALL);
+    // First caught at seed 41.
+    let report = first_engine_catch(PlantedBug::ReadLeaseWithoutClockBound, options, 125).expect("caught");
+    assert!(report.failures.iter().any(|failure| failure.contains("not linearizable")), "{report}");
+}
+
+/// Rarely caught: the engine's version only lets the leader count its own unsynced log toward the
+/// commit point (followers commit only what the leader committed, so their early applies are of
+/// entries the group holds). It bites only when the leader crashes before its fsync and a node
+/// without the entry is elected: 14 of seeds 0..3000 (first at 474; 0.8% with crash and disk faults
+/// only), each caught by state machine safety and linearizability. Too slow for the debug suite:
+/// `cargo test --release -p chorus-sim engine -- --ignored`.
+#[test]
+#[ignore = "slow: first caught at seed 474"]
+fn applying_before_commit_is_caught_in_the_engine() {
+    let options = options(Durability::Quorum, Faults::ALL);
+    let report = first_engine_catch(PlantedBug::ApplyBeforeCommit, options, 1_500).expect("caught");
+    assert!(!panicked(&report), "{report}");
+    assert!(
+        report
+            .failures
+            .iter()
+            .any(|failure| failure.contains("not linearizable") || failure.contains("state machine safety")),
+        "{report}"
+    );
+}
+
+/// Not caught within a reasonable bound: 1 of seeds 0..3000 fails (seed 1927), and only by the
+/// convergence check, never yet by a safety checker (0 of 1000 with network and partition faults, or
+/// partition, clock and transfer faults). A deposed leader's append rarely reaches a follower after
+/// the new term starts while still disagreeing with its log, and a truncation it causes must then
+/// also lose the entry on the majority. The checkers need a sharper scenario (say, long-delayed
+/// appends of a deposed leader) before this can be a regular test.
+#[test]
+#[ignore = "not caught within a reasonable bound: first failing seed 1927, by convergence only"]
+fn skipping_the_term_check_on_append_is_caught() {
+    let options = options(Durability::Quorum, Faults::ALL);
+    let report = first_engine_catch(PlantedBug::SkipTermCheckOnAppend, options, 6_000).expect("caught");
+    assert!(!report.failures.is_empty(), "{report}");
+}
+
+const ENGINE_BUGS: [PlantedBug; 5] = [
+    PlantedBug::CommitWithoutQuorum,
+    PlantedBug::DoubleVote,
+    PlantedBug::ReadLeaseWithoutClockBound,
+    PlantedBug::ApplyBeforeCommit,
+    PlantedBug::SkipTermCheckOnAppend,
+];
 
 #[test]
 #[ignore]
@@ -253,5 +367,11 @@ fn first_catching_seeds() {
     for bug in DriverBug::ALL {
         let report = first_catch(bug, 0, 200);
         println!("{bug:?}: {:?}", report.map(|report| (report.seed, report.failures.first().cloned())));
+    }
+    for bug in ENGINE_BUGS {
+        let nodes = (bug == PlantedBug::DoubleVote).then_some(5);
+        let options = SimOptions { nodes, ..options(Durability::Quorum, Faults::ALL) };
+        let report = first_engine_catch(bug, options, 300);
+        println!("{bug:?}: {:?}", report.map(|report| (report.seed, report.failures)));
     }
 }

@@ -62,6 +62,40 @@ use self::rng::SplitMix64;
 use crate::log::{EntryPayload, LogEntry};
 use crate::types::{LogIndex, NodeId, Term, UnixMillis};
 
+/// A bug planted on purpose, for the simulator (`chorus-sim`) to prove its checkers catch it. Never
+/// set outside tests: [`RaftConfig::new`] leaves it `None`. Where an engine assertion guards exactly
+/// the property a bug breaks, the bug bypasses that assertion, so that the checkers (not the engine's
+/// own asserts) must catch it.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// The leader takes its own durable index as the commit point (as if `Durability::Async`),
+    /// whatever the durability mode. Bypasses the assertion that no committed entry is ever discarded
+    /// under `quorum` / `all`: such a discard is handled (and reported) as under `async`.
+    CommitWithoutQuorum,
+    /// A node grants a vote even when it already voted for another candidate in this term (the "one
+    /// vote per term" check is skipped; a candidate still keeps its vote for itself). Bypasses the
+    /// "second vote" and "two leaders in one term" assertions: an append from a second leader of the
+    /// term makes a leader step down and a follower follow it.
+    DoubleVote,
+    /// `read_index` answers `ReadReady` at once, with the current commit index, when the leader heard
+    /// from a majority of voters within the last minimum election timeout *by its own clock* (a lease,
+    /// read from the check-quorum contact times), without any clock-drift bound, without a heartbeat
+    /// round, and without waiting for an entry of its term to commit. (The engine has no lease path
+    /// otherwise: correct reads always take the read-index round.)
+    ReadLeaseWithoutClockBound,
+    /// Followers commit up to `leader_commit.min(last matching appended)`, ignoring their durable
+    /// index, and the leader counts its own log as durable up to its last index: entries may be
+    /// applied and then lost in a crash. Bypasses the "commit beyond the durable log" assertion and
+    /// the one that no committed entry is ever discarded under `quorum` / `all`.
+    ApplyBeforeCommit,
+    /// An `AppendEntries` of an older term is handled as if of the current term (not answered as
+    /// stale) by a non-leader, which follows its sender: a deposed leader's appends are accepted and
+    /// may truncate entries. Bypasses the "two leaders in one term" and "committed entries discarded
+    /// under quorum" assertions.
+    SkipTermCheckOnAppend,
+}
+
 /// Tunables of one engine. Every limit is a limit on something that could otherwise grow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RaftConfig {
@@ -84,6 +118,9 @@ pub struct RaftConfig {
     /// Seeds the election-timeout generator (mixed with the node id, so nodes given the same seed
     /// still draw different timeouts).
     pub seed: u64,
+    /// Test only: a bug planted on purpose (see [`PlantedBug`]). `None` in every real use.
+    #[doc(hidden)]
+    pub planted_bug: Option<PlantedBug>,
 }
 
 impl RaftConfig {
@@ -99,6 +136,7 @@ impl RaftConfig {
             uncommitted_entries_max: 65_536,
             snapshot_timeout_ms: 60_000,
             seed,
+            planted_bug: None,
         }
     }
 
@@ -418,8 +456,11 @@ impl Raft {
                 _ => self.become_follower(now, term, None),
             }
         } else if term < self.term {
-            self.answer_stale(from, &message);
-            return;
+            let planted = self.planted(PlantedBug::SkipTermCheckOnAppend) && self.role != Role::Leader;
+            if !(planted && matches!(message, Message::AppendEntries(_))) {
+                self.answer_stale(from, &message);
+                return;
+            }
         }
         match message {
             Message::PreVote(request) => self.handle_vote_request(now, from, request, true),
@@ -491,6 +532,12 @@ impl Raft {
     /// leader (a heartbeat round acknowledged by a majority of voters) and has committed an entry of
     /// its term; `ReadFailed` on a non-leader or if leadership is lost first.
     pub fn read_index(&mut self, now: UnixMillis, read_id: u64) {
+        if self.planted(PlantedBug::ReadLeaseWithoutClockBound) && self.quorum_active(now) {
+            // The planted bug: a lease by this node's own clock, with no drift bound and no wait for
+            // an entry of its term.
+            self.effects.push(Effect::ReadReady { read_id, index: self.commit_index });
+            return;
+        }
         let Some(lead) = self.lead.as_mut() else {
             self.effects.push(Effect::ReadFailed { read_id, leader_hint: self.leader });
             return;
@@ -548,10 +595,16 @@ impl Raft {
 
     /// Whether a snapshot at `meta` from `from`, leader of `leader_term`, would move this node forward:
     /// it comes from the leader this node follows in its term (fenced like a message), and it is newer
-    /// than anything committed here, or this node discarded committed entries and waits for one.
+    /// than anything committed here, or this node discarded committed entries and waits for one, or
+    /// this node's log holds another entry at the snapshot point. The last happens only under `async`
+    /// / `semi-sync`, after a failover: the leader's log (whose committed prefix the snapshot is)
+    /// disagrees with entries committed here, which installing the snapshot discards and reports.
+    /// A snapshot point this node compacted already cannot be compared; it is refused, and the leader
+    /// learns from the rejected appends that this state reaches past its log (`SnapshotRequired`).
     pub fn snapshot_needed(&self, from: NodeId, leader_term: Term, meta: &SnapshotMeta) -> bool {
         let from_leader = self.role == Role::Follower && leader_term == self.term && self.leader == Some(from);
-        from_leader && (self.awaiting_snapshot || meta.index > self.commit_index)
+        let conflicts = self.log.term_at(meta.index).is_some_and(|term| term != meta.term);
+        from_leader && (self.awaiting_snapshot || meta.index > self.commit_index || conflicts)
     }
 
     /// The driver could not stream the snapshot to `to`; the leader asks again at the next heartbeat.
@@ -683,6 +736,20 @@ impl Raft {
         Ok(())
     }
 
+    fn planted(&self, bug: PlantedBug) -> bool {
+        self.config.planted_bug == Some(bug)
+    }
+
+    /// Whether a planted bug breaks the commit rule, so that entries committed here may be missing
+    /// from a later leader's log even under `quorum` / `all`: the assertions that guard exactly that
+    /// are bypassed, and the engine discards them as it would under `async`.
+    fn commit_rule_planted(&self) -> bool {
+        matches!(
+            self.config.planted_bug,
+            Some(PlantedBug::CommitWithoutQuorum | PlantedBug::ApplyBeforeCommit | PlantedBug::SkipTermCheckOnAppend)
+        )
+    }
+
     fn is_voter(&self) -> bool {
         self.log.membership().is_voter(self.config.node_id)
     }
@@ -690,7 +757,7 @@ impl Raft {
     /// Records a new term (and the vote in it) and asks the driver to make them durable.
     fn set_hard_state(&mut self, term: Term, voted_for: Option<NodeId>) {
         assert!(term >= self.term, "term goes back from {} to {term}", self.term);
-        if term == self.term {
+        if term == self.term && !self.planted(PlantedBug::DoubleVote) {
             // §5.2: at most one vote per term.
             assert!(
                 self.voted_for.is_none() || self.voted_for == voted_for,
@@ -715,7 +782,7 @@ impl Raft {
     fn set_commit_index(&mut self, index: LogIndex) {
         assert!(index > self.commit_index, "commit index goes back from {} to {index}", self.commit_index);
         assert!(
-            index <= self.persisted_index,
+            index <= self.persisted_index || self.planted(PlantedBug::ApplyBeforeCommit),
             "committing {index}, not durable here (durable to {})",
             self.persisted_index
         );

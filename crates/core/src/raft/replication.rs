@@ -5,7 +5,7 @@ use super::log::SnapshotMeta;
 use super::message::{AppendEntries, AppendEntriesResponse, AppendOutcome, Message};
 use super::progress::ReplicationState;
 use super::quorum::{commit_point, majority};
-use super::{Effect, Raft, Role};
+use super::{Effect, PlantedBug, Raft, Role};
 use crate::log::{EntryPayload, LogEntry};
 use crate::types::{LogIndex, NodeId, Term, UnixMillis};
 
@@ -35,7 +35,7 @@ impl Raft {
         }
     }
 
-    fn quorum_active(&self, now: UnixMillis) -> bool {
+    pub(super) fn quorum_active(&self, now: UnixMillis) -> bool {
         let Some(lead) = self.lead.as_ref() else {
             return false;
         };
@@ -168,12 +168,25 @@ impl Raft {
 
     pub(super) fn handle_append_entries(&mut self, now: UnixMillis, from: NodeId, append: AppendEntries) {
         // §5.2 election safety: one leader per term, so an append in this term comes from the leader.
-        assert_ne!(self.role, Role::Leader, "two leaders in term {}: {} and {from}", self.term, self.config.node_id);
+        // (Planted bugs that break it follow the other leader instead, for the checkers to see.)
+        let second_leader_planted =
+            self.planted(PlantedBug::DoubleVote) || self.planted(PlantedBug::SkipTermCheckOnAppend);
+        assert!(
+            self.role != Role::Leader || second_leader_planted,
+            "two leaders in term {}: {} and {from}",
+            self.term,
+            self.config.node_id
+        );
         if self.role != Role::Follower {
             self.become_follower(now, self.term, Some(from));
         }
         if self.leader != Some(from) {
-            assert!(self.leader.is_none(), "two leaders in term {}: {:?} and {from}", self.term, self.leader);
+            assert!(
+                self.leader.is_none() || second_leader_planted,
+                "two leaders in term {}: {:?} and {from}",
+                self.term,
+                self.leader
+            );
             self.leader = Some(from);
             self.follower = Default::default();
             self.report_role();
@@ -287,7 +300,7 @@ impl Raft {
     /// node waits for a snapshot of the leader's state, since its own state applied them.
     fn discard_committed(&mut self, from: LogIndex, state_kept: LogIndex) -> AppendOutcome {
         assert!(
-            self.config.durability.can_lose_committed(),
+            self.config.durability.can_lose_committed() || self.commit_rule_planted(),
             "node {}: committed entries from {from} (commit index {}) conflict with the leader's log under {}",
             self.config.node_id,
             self.commit_index,
@@ -333,7 +346,10 @@ impl Raft {
         if self.awaiting_snapshot {
             return;
         }
-        let point = self.follower.leader_commit.min(self.follower.leader_match_index).min(self.persisted_index);
+        let mut point = self.follower.leader_commit.min(self.follower.leader_match_index);
+        if !self.planted(PlantedBug::ApplyBeforeCommit) {
+            point = point.min(self.persisted_index);
+        }
         if point > self.commit_index {
             self.set_commit_index(point);
         }
@@ -368,6 +384,7 @@ impl Raft {
         }
         let last_index = self.log.last_index();
         let snapshot_index = self.log.snapshot().index;
+        let can_lose_committed = self.config.durability.can_lose_committed();
         let Some(lead) = self.lead.as_mut() else {
             return;
         };
@@ -397,12 +414,16 @@ impl Raft {
                 send_more = true;
             }
             AppendOutcome::Rejected { prev_log_index: rejected, hint_index, hint_term } => {
+                let past_log = hint_index > last_index && can_lose_committed;
                 let stale = match progress.state {
                     ReplicationState::Probe => rejected.next() != progress.next_index,
                     ReplicationState::Replicate => rejected <= progress.match_index,
-                    ReplicationState::Snapshot => true,
+                    // While a snapshot streams, rejections answer earlier appends, except one saying the
+                    // follower's committed state is past this whole log: the follower refuses the
+                    // snapshot (older than its own state) until told to discard what it cannot show.
+                    ReplicationState::Snapshot => !past_log,
                 };
-                if !stale && hint_index > last_index && self.config.durability.can_lose_committed() {
+                if !stale && past_log {
                     // The follower's snapshot point, committed there, is past this whole log: its state
                     // holds entries this leader never had. Only a snapshot can repair it.
                     progress.become_probe(progress.match_index.next());
@@ -454,7 +475,13 @@ impl Raft {
             .filter(|voter| **voter != me)
             .map(|voter| lead.progress.get(voter).map_or(LogIndex::ZERO, |progress| progress.match_index))
             .collect();
-        let point = commit_point(self.config.durability, self.persisted_index, followers);
+        let point = match self.config.planted_bug {
+            Some(PlantedBug::CommitWithoutQuorum) => self.persisted_index,
+            Some(PlantedBug::ApplyBeforeCommit) => {
+                commit_point(self.config.durability, self.log.last_index(), followers)
+            }
+            _ => commit_point(self.config.durability, self.persisted_index, followers),
+        };
         if point > self.commit_index && self.log.term_at(point) == Some(self.term) {
             self.set_commit_index(point);
             self.process_reads();
@@ -517,10 +544,11 @@ impl Raft {
     pub(super) fn install_snapshot(&mut self, _now: UnixMillis, meta: SnapshotMeta) {
         assert_eq!(self.role, Role::Follower, "only a follower installs a snapshot");
         let keep_suffix = !self.awaiting_snapshot && self.log.term_at(meta.index) == Some(meta.term);
-        if keep_suffix {
+        let discards_committed = if keep_suffix {
             self.log.compact_to(meta.index);
             assert_eq!(self.log.snapshot().membership, meta.membership, "snapshot membership differs from the log's");
             self.persisted_index = self.persisted_index.max(meta.index);
+            false
         } else {
             // The log is replaced wholesale. Entries never committed here were never acknowledged by
             // this node, and any the group kept are in the snapshot: they go unreported. Committed
@@ -542,12 +570,23 @@ impl Raft {
                 self.effects.push(Effect::TruncateLog { from, discarded, discards_committed });
             }
             self.persisted_index = meta.index;
-        }
+            // A snapshot at or before the commit index that disagrees with the log there (see
+            // `snapshot_needed`) replaces a state that applied entries the leader's log lacks: the
+            // truncation above reports them. No `StateDiverged`: the state was replaced in this step.
+            discards_committed
+        };
         if meta.index > self.commit_index {
             self.set_commit_index(meta.index);
         } else {
-            // Only after discarding committed entries can the state go back to an earlier point.
-            assert!(self.awaiting_snapshot || meta.index == self.commit_index, "snapshot goes back in time");
+            // Only after discarding committed entries (earlier, or just now) can the state go back to
+            // an earlier point.
+            assert!(
+                self.awaiting_snapshot
+                    || discards_committed
+                    || meta.index == self.commit_index
+                    || self.commit_rule_planted(),
+                "snapshot goes back in time"
+            );
             self.commit_index = meta.index;
             self.effects.push(Effect::Committed { index: meta.index });
         }

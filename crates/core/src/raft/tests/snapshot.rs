@@ -223,3 +223,112 @@ fn a_follower_whose_committed_state_outruns_the_leaders_log_is_told_to_take_a_sn
     );
     assert!(follower.snapshot_needed(n(3), Term(2), &meta(1, 2, &[1, 2, 3])), "any snapshot of the leader's will do");
 }
+
+/// Node 2 under async, restored at `term` with `terms` in its log, committed up to `committed`, and its
+/// state compacted to `compacted`.
+fn async_follower(term: u64, terms: &[u64], committed: u64, compacted: u64) -> Raft {
+    let mut restored = RestoredState::bootstrap([n(1), n(2), n(3)]);
+    restored.hard_state.term = Term(term);
+    restored.entries = entries_with_terms(terms);
+    restored.committed_index = LogIndex(committed);
+    let mut raft = Raft::new(config(2, Durability::Async), restored);
+    raft.compact(LogIndex(compacted));
+    raft
+}
+
+#[test]
+fn a_follower_committed_past_a_conflicting_snapshot_point_takes_the_snapshot() {
+    // Async failover (seed 2582 of the simulator, semi-sync:1): the follower committed 1..=4 under
+    // the leader of term 2; the new leader of term 3 has its own no-op at 3 and compacted its log to
+    // there. Its heartbeats (at the snapshot point) are rejected, and the snapshot it streams is older
+    // than the follower's commit index: it used to be refused forever. The follower's log disagrees
+    // with the snapshot point, so the snapshot is taken, and the committed entries it replaces are
+    // reported.
+    let mut follower = async_follower(3, &[1, 1, 2, 2], 4, 0);
+    follower.handle_message(T0, n(1), append(3, (3, 3), Vec::new(), 3, 0));
+    assert_eq!(
+        take(&mut follower),
+        vec![
+            Effect::RoleChanged { role: Role::Follower, term: Term(3), leader: Some(n(1)) },
+            send(1, rejected(3, 0, 3, (3, 2))),
+        ]
+    );
+    assert!(follower.snapshot_needed(n(1), Term(3), &meta(3, 3, &[1, 2, 3])));
+    assert!(!follower.snapshot_needed(n(1), Term(3), &meta(2, 1, &[1, 2, 3])), "the log agrees at 2");
+    let committed = follower.entries(LogIndex(1), LogIndex(4));
+    follower.handle_snapshot_installed(at(10), n(1), Term(3), meta(3, 3, &[1, 2, 3]));
+    assert_eq!(
+        take(&mut follower),
+        vec![
+            // Nothing was checked against the leader's log: every committed entry is suspect.
+            Effect::TruncateLog { from: LogIndex(1), discarded: committed, discards_committed: true },
+            Effect::Committed { index: LogIndex(3) },
+            send(1, accepted(3, 0, 3, 3)),
+        ]
+    );
+    assert_eq!(
+        (follower.last_index(), follower.commit_index(), follower.term_at(LogIndex(3))),
+        (LogIndex(3), LogIndex(3), Some(Term(3)))
+    );
+    // From there the leader's heartbeats match.
+    follower.handle_message(at(20), n(1), append(3, (3, 3), Vec::new(), 3, 0));
+    assert_eq!(take(&mut follower), vec![send(1, accepted(3, 0, 3, 3))]);
+}
+
+#[test]
+#[should_panic(expected = "snapshot goes back in time")]
+fn under_quorum_a_snapshot_conflicting_with_committed_entries_is_a_safety_violation() {
+    let mut restored = RestoredState::bootstrap([n(1), n(2), n(3)]);
+    restored.hard_state.term = Term(3);
+    restored.entries = entries_with_terms(&[1, 1, 2, 2]);
+    restored.committed_index = LogIndex(4);
+    let mut raft = Raft::new(config(2, Q), restored);
+    raft.handle_message(T0, n(1), append(3, (3, 3), Vec::new(), 3, 0));
+    raft.handle_snapshot_installed(at(10), n(1), Term(3), meta(3, 3, &[1, 2, 3]));
+}
+
+#[test]
+fn a_follower_compacted_past_the_leaders_log_is_repaired_while_a_snapshot_streams() {
+    // Async failover (seed 2096 of the simulator): the follower committed and compacted up to 5 under
+    // the leader of term 1; the new leader of term 2 compacted its log to its last index, 3, so it
+    // streams a snapshot at 3, which the follower refuses (older than its state, and the point is
+    // compacted there: nothing to compare). The follower's rejections of the heartbeats, hint 5, say
+    // its state is past the leader's whole log; they used to be dropped as stale while streaming.
+    let mut leader = with_log(1, &[1, 2, 3], Durability::Async, 1, entries_with_terms(&[1]));
+    campaign(&mut leader, &[1, 2, 3]);
+    leader.propose(T0, write("a")).expect("leader");
+    settle(&mut leader, &[3], T0);
+    assert_eq!((leader.term(), leader.commit_index()), (Term(2), LogIndex(3)));
+    leader.compact(LogIndex(3));
+    leader.tick(at(100));
+    let effects = take(&mut leader);
+    assert!(effects.contains(&Effect::SendSnapshot { to: n(2), leader_term: Term(2), index: LogIndex(3) }));
+
+    let mut follower = async_follower(1, &[1, 1, 1, 1, 1], 5, 5);
+    follower.handle_message(at(100), n(1), append(2, (3, 2), Vec::new(), 3, 0));
+    let answer = sent(&take(&mut follower));
+    assert_eq!(answer, vec![(1, rejected(2, 0, 3, (5, 1)))]);
+    assert!(!follower.snapshot_needed(n(1), Term(2), &meta(3, 2, &[1, 2, 3])), "compacted: cannot compare");
+
+    // The leader, streaming, still hears it.
+    leader.handle_message(at(110), n(2), answer[0].1.clone());
+    assert_eq!(take(&mut leader), vec![send(2, Message::SnapshotRequired { term: Term(2) })]);
+    follower.handle_message(at(120), n(1), Message::SnapshotRequired { term: Term(2) });
+    assert_eq!(
+        take(&mut follower),
+        vec![
+            Effect::TruncateLog { from: LogIndex(1), discarded: vec![], discards_committed: true },
+            Effect::StateDiverged { kept: LogIndex(0) },
+            send(1, needs_snapshot(2)),
+        ]
+    );
+    leader.handle_message(at(130), n(2), needs_snapshot(2));
+    assert_eq!(take(&mut leader), vec![Effect::SendSnapshot { to: n(2), leader_term: Term(2), index: LogIndex(3) }]);
+    assert!(follower.snapshot_needed(n(1), Term(2), &meta(3, 2, &[1, 2, 3])));
+    follower.handle_snapshot_installed(at(140), n(1), Term(2), meta(3, 2, &[1, 2, 3]));
+    let effects = take(&mut follower);
+    assert!(effects.contains(&Effect::Committed { index: LogIndex(3) }), "{effects:?}");
+    assert_eq!(sent(&effects), vec![(1, accepted(2, 0, 3, 3))]);
+    leader.handle_message(at(150), n(2), accepted(2, 0, 3, 3));
+    assert_eq!(leader.status().followers[0].state, ReplicationState::Replicate);
+}
