@@ -119,7 +119,7 @@ fn sweep(first: u64, seeds_per_mix: u64, durability: Durability) -> SweepReport 
 
 #[test]
 fn quorum_runs_are_linearizable_across_fault_mixes() {
-    let total = sweep(0, 60, Durability::Quorum);
+    let total = sweep(0, 180, Durability::Quorum);
     assert!(total.ops_checked > 10_000, "{total}");
     assert!(total.faults_injected > 1_000, "{total}");
     // A handful of keys may exhaust the search budget; more would mean the checker is not checking.
@@ -128,20 +128,20 @@ fn quorum_runs_are_linearizable_across_fault_mixes() {
 
 #[test]
 fn all_runs_are_linearizable_across_fault_mixes() {
-    let total = sweep(100_000, 20, Durability::All);
+    let total = sweep(100_000, 60, Durability::All);
     assert!(total.ops_checked > 2_000, "{total}");
 }
 
 #[test]
 fn async_runs_converge_and_lose_acknowledged_writes_visibly() {
-    let total = sweep(200_000, 40, Durability::Async);
+    let total = sweep(200_000, 120, Durability::Async);
     // Failovers under async discard acknowledged writes: the runs must produce (and count) some.
     assert!(total.acknowledged_writes_lost > 0, "{total}");
 }
 
 #[test]
 fn semi_sync_runs_converge() {
-    sweep(300_000, 20, Durability::SemiSync(1));
+    sweep(300_000, 60, Durability::SemiSync(1));
 }
 
 #[test]
