@@ -186,3 +186,34 @@ def test_kill_9_of_the_leader_under_load_loses_no_acknowledged_write(group):
         "the old leader catches up",
     )
     print(f"seed {seed}: {len(acknowledged)} acknowledged writes, failover {failover_s:.2f} s")
+
+
+def test_read_your_writes_on_a_follower_with_a_session_token(group):
+    """A follower that missed a write (stopped while it committed on the other two) serves it to a
+    READONLY client that carries the writer's session token: the read waits until the follower has
+    applied the token's position."""
+    leader = wait_until(lambda: group.leader(), 15, "a leader is elected")
+    follower = next(i for i in group.ids if i != leader)
+    writer = group.client(leader)
+    assert writer.set("session-key", "v0") is True
+
+    group.procs[follower].send_signal(signal.SIGSTOP)
+    try:
+        assert writer.set("session-key", "v1") is True, "a quorum of two commits the write"
+        token = writer.execute_command("CHORUS.TOKEN")
+    finally:
+        group.procs[follower].send_signal(signal.SIGCONT)
+    assert token >= 2
+
+    reader = group.client(follower)
+    assert reader.execute_command("READONLY") in (True, b"OK")
+    assert reader.execute_command("CHORUS.SESSION", token) in (True, b"OK")
+    assert reader.get("session-key") == b"v1", "read-your-writes across replicas with the token"
+    # Monotonic reads: the follower's token never goes below what the session has seen.
+    assert reader.execute_command("CHORUS.TOKEN") >= token
+    with pytest.raises(redis.exceptions.ReadOnlyError, match="read only replica"):
+        reader.set("session-key", "from-a-follower")
+    # Without READONLY a follower redirects reads to the leader.
+    plain = group.client(follower)
+    with pytest.raises(redis.exceptions.ResponseError, match="MOVED"):
+        plain.get("session-key")

@@ -335,6 +335,50 @@ pub static COMMANDS: &[CommandSpec] = &[
     spec!("config", -2, [], 0, 0, 0, Node, "server", "A container for server configuration commands."),
     spec!("info", -1, [], 0, 0, 0, Node, "server", "Returns information and statistics about the server."),
     spec!("cluster", -2, [], 0, 0, 0, Node, "cluster", "A container for Redis Cluster commands."),
+    spec!(
+        "readonly",
+        1,
+        ["fast"],
+        0,
+        0,
+        0,
+        Node,
+        "cluster",
+        "Enables read-only queries (possibly stale) on a follower for this connection."
+    ),
+    spec!(
+        "readwrite",
+        1,
+        ["fast"],
+        0,
+        0,
+        0,
+        Node,
+        "cluster",
+        "Disables read-only queries on a follower for this connection."
+    ),
+    spec!(
+        "chorus.token",
+        1,
+        ["fast"],
+        0,
+        0,
+        0,
+        Node,
+        "chorus",
+        "Returns a session token: the log position this connection has seen (its writes, or what it read)."
+    ),
+    spec!(
+        "chorus.session",
+        2,
+        ["fast"],
+        0,
+        0,
+        0,
+        Node,
+        "chorus",
+        "Makes later reads on this connection wait until this replica has applied the token's position."
+    ),
     spec!("time", 1, ["fast"], 0, 0, 0, Node, "server", "Returns the server time."),
 ];
 

@@ -32,6 +32,10 @@ pub struct ConnectionState {
     pub peer: String,
     pub local: String,
     pub connected_at: std::time::Instant,
+    /// READONLY: reads on a follower are served from its (possibly stale) state.
+    pub readonly: bool,
+    /// The session position (CHORUS.SESSION): follower reads wait until it is applied.
+    pub session_index: u64,
 }
 
 const READ_CHUNK_BYTES: usize = 16 * 1024;
@@ -54,6 +58,8 @@ pub async fn serve(context: Arc<NodeContext>, mut socket: TcpStream, id: u64) {
         peer,
         local,
         connected_at: std::time::Instant::now(),
+        readonly: false,
+        session_index: 0,
     };
     let (reply_tx, mut reply_rx) = mpsc::unbounded_channel();
     context.core.register(id, reply_tx);
@@ -190,14 +196,14 @@ fn process_requests(
         }
     }
     if !batch.is_empty() {
-        submit_batch(context, connection.id, batch, slots, first_sequence);
+        submit_batch(context, connection, batch, slots, first_sequence);
     }
     closing
 }
 
 fn submit_batch(
     context: &Arc<NodeContext>,
-    connection: u64,
+    connection_state: &ConnectionState,
     batch: Vec<(u64, KvCommand)>,
     slots: &mut VecDeque<Slot>,
     first_sequence: u64,
@@ -208,9 +214,16 @@ fn submit_batch(
     let state_guard = context.state.read();
     let state = &*state_guard;
     let mut ready = Vec::new();
+    let connection = connection_state.id;
+    let session = chorus_core::LogIndex(connection_state.session_index);
     context.core.with(Some(connection), &mut ready, |inner| {
         for (sequence, command) in batch {
-            inner.replica.submit(now, RequestId { connection, sequence }, command, state);
+            let request = RequestId { connection, sequence };
+            if connection_state.readonly {
+                inner.replica.submit_replica_read(now, request, command, state, session);
+            } else {
+                inner.replica.submit(now, request, command, state);
+            }
         }
     });
     for (sequence, reply) in ready {

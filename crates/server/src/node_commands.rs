@@ -76,6 +76,26 @@ fn node_command(
         "config" => config(context, args),
         "info" => info::info_reply(context, connection, &args[1..]),
         "cluster" => cluster(args),
+        "readonly" => {
+            connection.readonly = true;
+            Reply::OK
+        }
+        "readwrite" => {
+            connection.readonly = false;
+            Reply::OK
+        }
+        "chorus.token" => {
+            let position = context.core.inspect(|inner| inner.replica.session_position());
+            connection.session_index = connection.session_index.max(position.0);
+            Reply::Integer(i64::try_from(connection.session_index).unwrap_or(i64::MAX))
+        }
+        "chorus.session" => match std::str::from_utf8(&args[1]).ok().and_then(|text| text.parse::<u64>().ok()) {
+            Some(token) => {
+                connection.session_index = connection.session_index.max(token);
+                Reply::OK
+            }
+            None => Reply::err("invalid session token: expected a log position from CHORUS.TOKEN"),
+        },
         "time" => {
             let micros = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

@@ -54,6 +54,18 @@ pub enum Effect {
     SnapshotNeeded { to: NodeId },
 }
 
+/// How long a follower read waits for the replica to reach its session's position.
+const REPLICA_READ_WAIT_MS_MAX: u64 = 1_000;
+
+/// A read on a follower (READONLY), waiting for the state to reach `min_index`.
+#[derive(Debug)]
+struct ReplicaRead {
+    min_index: LogIndex,
+    deadline: UnixMillis,
+    request: RequestId,
+    command: KvCommand,
+}
+
 /// A reply waiting for an index to commit.
 #[derive(Debug)]
 struct HeldReply {
@@ -123,6 +135,8 @@ pub struct Replica {
     group: Option<group::Group>,
     /// Set once storage has failed; see [`Replica::fail`].
     failure: Option<String>,
+    /// Follower reads waiting until the state reaches their session's position.
+    replica_reads: VecDeque<ReplicaRead>,
 }
 
 impl Replica {
@@ -141,6 +155,7 @@ impl Replica {
             effects: Vec::new(),
             failure: None,
             group: None,
+            replica_reads: VecDeque::new(),
         }
     }
 
@@ -213,6 +228,72 @@ impl Replica {
         self.reply_after(wait_for, request, execution.reply);
     }
 
+    /// A command on a connection in READONLY mode (Redis Cluster's replica reads), with the
+    /// connection's session position `min_index` (from `CHORUS.SESSION`). On a follower a read is
+    /// served from the applied state, possibly stale but never older than `min_index`: it waits
+    /// (at most a second) until the state has applied that far. That gives read-your-writes and
+    /// monotonic reads across replicas to clients that carry their token. A write is refused with
+    /// Redis's `-READONLY`. On the leader, or standalone, it is an ordinary command.
+    pub fn submit_replica_read<S: StateView>(
+        &mut self,
+        now: UnixMillis,
+        request: RequestId,
+        command: KvCommand,
+        state: &S,
+        min_index: LogIndex,
+    ) {
+        let follower = self.group.as_ref().is_some_and(|group| group.role() != crate::raft::Role::Leader);
+        if !follower || self.failure.is_some() {
+            self.submit(now, request, command, state);
+            return;
+        }
+        if command.is_write() {
+            let reply = Reply::Error("READONLY You can't write against a read only replica.".into());
+            self.effects.push(Effect::Reply { request, reply });
+            return;
+        }
+        let read = ReplicaRead { min_index, deadline: UnixMillis(now.0 + REPLICA_READ_WAIT_MS_MAX), request, command };
+        if self.applied_index >= min_index && self.replica_reads.is_empty() {
+            self.serve_replica_read(now, read, state);
+        } else {
+            self.replica_reads.push_back(read);
+        }
+    }
+
+    fn serve_replica_read<S: StateView>(&mut self, now: UnixMillis, read: ReplicaRead, state: &S) {
+        let execution = self.kv.execute(now, &read.command, state);
+        self.effects.push(Effect::Reply { request: read.request, reply: execution.reply });
+    }
+
+    /// Serves the follower reads whose position the state has reached; refuses those that waited too
+    /// long (in order: a connection's replies must not overtake each other).
+    fn serve_waiting_replica_reads<S: StateView>(&mut self, now: UnixMillis, state: &S) {
+        while let Some(read) = self.replica_reads.pop_front() {
+            if self.applied_index >= read.min_index {
+                self.serve_replica_read(now, read, state);
+            } else if now >= read.deadline {
+                let reply = Reply::Error(format!(
+                    "TRYAGAIN this replica has applied up to {} but the session needs {}",
+                    self.applied_index, read.min_index
+                ));
+                self.effects.push(Effect::Reply { request: read.request, reply });
+            } else {
+                self.replica_reads.push_front(read);
+                break;
+            }
+        }
+    }
+
+    /// The position a session token should carry: on the leader the last index proposed (every
+    /// write this connection sent before asking is at or below it, even one still in flight), on a
+    /// follower the applied index (what its reads reflected).
+    pub fn session_position(&self) -> LogIndex {
+        match self.group.as_ref() {
+            Some(group) if group.role() != crate::raft::Role::Leader => self.applied_index,
+            _ => self.last_index,
+        }
+    }
+
     /// The log is durable up to `index`, whose entry has `term` (per the fsync policy).
     pub fn handle_persisted(&mut self, now: UnixMillis, index: LogIndex, term: Term) {
         if self.failure.is_some() {
@@ -282,6 +363,7 @@ impl Replica {
             return;
         }
         self.tick_group(now);
+        self.serve_waiting_replica_reads(now, state);
         if !self.may_propose() {
             return;
         }
