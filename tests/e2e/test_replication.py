@@ -217,3 +217,28 @@ def test_read_your_writes_on_a_follower_with_a_session_token(group):
     plain = group.client(follower)
     with pytest.raises(redis.exceptions.ResponseError, match="MOVED"):
         plain.get("session-key")
+
+
+def test_role_wait_and_chorus_status_describe_the_group(group):
+    leader = wait_until(lambda: group.leader(), 15, "a leader is elected")
+    follower = next(i for i in group.ids if i != leader)
+    client = group.client(leader)
+    assert client.set("k", "v") is True
+    # WAIT: both followers have the write durable within the timeout.
+    assert client.execute_command("WAIT", 2, 5000) == 2
+    role = client.execute_command("ROLE")
+    assert role[0] == b"master"
+    assert sorted(int(entry[1]) for entry in role[2]) == sorted(
+        group.client_ports[i] for i in group.ids if i != leader
+    )
+    follower_role = group.client(follower).execute_command("ROLE")
+    assert follower_role[0] == b"slave"
+    assert follower_role[2] == group.client_ports[leader]
+    info = client.info("replication")
+    assert info["connected_slaves"] == 2
+    table = subprocess.run(
+        [str(chorus_bin()), "status", "--addr", ",".join(f"127.0.0.1:{group.client_ports[i]}" for i in group.ids)],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout
+    roles = [line.split()[2] for line in table.splitlines()[1:] if line.strip()]
+    assert sorted(roles) == ["follower", "follower", "leader"], table

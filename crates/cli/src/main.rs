@@ -3,6 +3,7 @@
 mod bench;
 mod server;
 mod sim;
+mod status;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +25,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Run the deterministic simulator over many seeds, or replay one seed with its trace.
     Sim(sim::SimArgs),
+    /// Show the replication group as a table (role, term, leader, commit and applied index, lag).
+    Status(status::StatusArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,6 +36,7 @@ fn main() -> anyhow::Result<()> {
         Command::Up(args) => up::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Sim(args) => sim::run(args),
+        Command::Status(args) => status::run(args),
     }
 }
 

@@ -335,6 +335,18 @@ pub static COMMANDS: &[CommandSpec] = &[
     spec!("config", -2, [], 0, 0, 0, Node, "server", "A container for server configuration commands."),
     spec!("info", -1, [], 0, 0, 0, Node, "server", "Returns information and statistics about the server."),
     spec!("cluster", -2, [], 0, 0, 0, Node, "cluster", "A container for Redis Cluster commands."),
+    spec!("role", 1, ["fast"], 0, 0, 0, Node, "server", "Returns the replication role."),
+    spec!(
+        "wait",
+        3,
+        [],
+        0,
+        0,
+        0,
+        Kv,
+        "generic",
+        "Blocks until the writes sent before it are durable on the given number of replicas, or the timeout (ms) passes; returns how many are."
+    ),
     spec!(
         "readonly",
         1,
@@ -460,29 +472,98 @@ pub enum GetExOption {
 /// the `now` it is given when it executes the command, and logs only absolute times.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KvCommand {
-    Get { key: Bytes },
-    Set { key: Bytes, value: Bytes, condition: SetCondition, expiry: SetExpiry, return_old: bool, name: &'static str },
-    GetSet { key: Bytes, value: Bytes },
-    GetDel { key: Bytes },
-    GetEx { key: Bytes, option: GetExOption },
-    Delete { keys: Vec<Bytes> },
-    Exists { keys: Vec<Bytes> },
-    IncrBy { key: Bytes, delta: i64 },
-    Append { key: Bytes, value: Bytes },
-    StrLen { key: Bytes },
-    GetRange { key: Bytes, start: i64, end: i64 },
-    SetRange { key: Bytes, offset: i64, value: Bytes },
-    MGet { keys: Vec<Bytes> },
-    MSet { pairs: Vec<(Bytes, Bytes)>, only_if_none_exist: bool },
-    Expire { key: Bytes, at: ExpiryArg, condition: ExpireCondition, name: &'static str },
-    Ttl { key: Bytes, unit_millis: bool },
-    ExpireTime { key: Bytes, unit_millis: bool },
-    Persist { key: Bytes },
-    Type { key: Bytes },
+    Get {
+        key: Bytes,
+    },
+    Set {
+        key: Bytes,
+        value: Bytes,
+        condition: SetCondition,
+        expiry: SetExpiry,
+        return_old: bool,
+        name: &'static str,
+    },
+    GetSet {
+        key: Bytes,
+        value: Bytes,
+    },
+    GetDel {
+        key: Bytes,
+    },
+    GetEx {
+        key: Bytes,
+        option: GetExOption,
+    },
+    Delete {
+        keys: Vec<Bytes>,
+    },
+    Exists {
+        keys: Vec<Bytes>,
+    },
+    IncrBy {
+        key: Bytes,
+        delta: i64,
+    },
+    Append {
+        key: Bytes,
+        value: Bytes,
+    },
+    StrLen {
+        key: Bytes,
+    },
+    GetRange {
+        key: Bytes,
+        start: i64,
+        end: i64,
+    },
+    SetRange {
+        key: Bytes,
+        offset: i64,
+        value: Bytes,
+    },
+    MGet {
+        keys: Vec<Bytes>,
+    },
+    MSet {
+        pairs: Vec<(Bytes, Bytes)>,
+        only_if_none_exist: bool,
+    },
+    Expire {
+        key: Bytes,
+        at: ExpiryArg,
+        condition: ExpireCondition,
+        name: &'static str,
+    },
+    Ttl {
+        key: Bytes,
+        unit_millis: bool,
+    },
+    ExpireTime {
+        key: Bytes,
+        unit_millis: bool,
+    },
+    Persist {
+        key: Bytes,
+    },
+    Type {
+        key: Bytes,
+    },
     DbSize,
-    Keys { pattern: Bytes },
-    Scan { cursor: u64, pattern: Option<Bytes>, count: usize, type_filter: Option<Bytes> },
+    Keys {
+        pattern: Bytes,
+    },
+    Scan {
+        cursor: u64,
+        pattern: Option<Bytes>,
+        count: usize,
+        type_filter: Option<Bytes>,
+    },
     FlushAll,
+    /// WAIT numreplicas timeout-ms (0 = forever): answered by the replica, not the key-value layer.
+    Wait {
+        replicas: u64,
+        timeout_ms: u64,
+    },
 }
 
 impl KvCommand {
@@ -506,7 +587,11 @@ impl KvCommand {
             | KvCommand::Type { key } => Some(key),
             KvCommand::Delete { keys } | KvCommand::Exists { keys } | KvCommand::MGet { keys } => keys.first(),
             KvCommand::MSet { pairs, .. } => pairs.first().map(|(key, _)| key),
-            KvCommand::DbSize | KvCommand::Keys { .. } | KvCommand::Scan { .. } | KvCommand::FlushAll => None,
+            KvCommand::DbSize
+            | KvCommand::Keys { .. }
+            | KvCommand::Scan { .. }
+            | KvCommand::FlushAll
+            | KvCommand::Wait { .. } => None,
         }
     }
 
@@ -525,6 +610,7 @@ impl KvCommand {
                 | KvCommand::DbSize
                 | KvCommand::Keys { .. }
                 | KvCommand::Scan { .. }
+                | KvCommand::Wait { .. }
         )
     }
 
@@ -600,6 +686,13 @@ impl KvCommand {
             "dbsize" => KvCommand::DbSize,
             "keys" => KvCommand::Keys { pattern: key },
             "scan" => parse_scan(args)?,
+            "wait" => {
+                let replicas = parse_i64(&arg(1)).and_then(|n| u64::try_from(n).ok()).ok_or_else(not_an_integer)?;
+                let timeout_ms = parse_i64(&arg(2))
+                    .ok_or_else(not_an_integer)
+                    .and_then(|n| u64::try_from(n).map_err(|_| Reply::err("timeout is negative")))?;
+                KvCommand::Wait { replicas, timeout_ms }
+            }
             "flushall" | "flushdb" => match &args[1..] {
                 [] => KvCommand::FlushAll,
                 [option] if option.eq_ignore_ascii_case(b"async") || option.eq_ignore_ascii_case(b"sync") => {

@@ -107,9 +107,38 @@ fn render_section(context: &NodeContext, section: &str, out: &mut String) {
                 Some(_) => ("slave", "candidate", "single-leader"),
             };
             let leader = status.leader.map(|leader| leader.to_string()).unwrap_or_default();
+            let (group, addrs) = context.core.inspect(|inner| {
+                let group = inner.replica.group_status();
+                let addrs: Vec<Option<String>> = group
+                    .iter()
+                    .flat_map(|group| group.followers.iter().map(|f| inner.replica.peer_client_addr(f.node_id)))
+                    .collect();
+                (group, addrs)
+            });
+            let now = crate::context::now_millis();
+            let mut followers = String::new();
+            let connected = group.as_ref().map_or(0, |group| group.followers.len());
+            for (position, (follower, addr)) in
+                group.iter().flat_map(|group| group.followers.iter()).zip(addrs).enumerate()
+            {
+                let addr = addr.unwrap_or_default();
+                let (ip, port) = addr.rsplit_once(':').unwrap_or((addr.as_str(), "0"));
+                let lag_entries = status.last_index.0.saturating_sub(follower.match_index.0);
+                let lag_ms = follower
+                    .last_contact
+                    .map_or(-1, |at| i64::try_from(now.0.saturating_sub(at.0)).unwrap_or(i64::MAX));
+                let _ = write!(
+                    followers,
+                    "slave{position}:ip={ip},port={port},state=online,offset={},lag={},chorus_node={},chorus_voter={},chorus_lag_entries={lag_entries},chorus_lag_ms={lag_ms}\r\n",
+                    follower.match_index,
+                    lag_ms.max(0) / 1000,
+                    follower.node_id,
+                    u8::from(follower.voter),
+                );
+            }
             write!(
                 out,
-                "# Replication\r\nrole:{redis_role}\r\nconnected_slaves:0\r\nmaster_repl_offset:{}\r\n\
+                "# Replication\r\nrole:{redis_role}\r\nconnected_slaves:{connected}\r\n{followers}master_repl_offset:{}\r\n\
                  chorus_mode:{mode}\r\nchorus_role:{chorus_role}\r\nchorus_leader:{leader}\r\nchorus_term:{}\r\n\
                  chorus_commit_index:{}\r\nchorus_durability:{}\r\nchorus_discarded_entries:{}\r\n\
                  chorus_discarded_acknowledged_events:{}\r\n",

@@ -76,6 +76,7 @@ fn node_command(
         "config" => config(context, args),
         "info" => info::info_reply(context, connection, &args[1..]),
         "cluster" => cluster(args),
+        "role" => role(context),
         "readonly" => {
             connection.readonly = true;
             Reply::OK
@@ -430,6 +431,66 @@ fn config_parameters(context: &NodeContext) -> Vec<(&'static str, String)> {
         ("proto-max-bulk-len", config.limits.bulk_bytes_max.to_string()),
         ("cluster-enabled", "no".into()),
     ]
+}
+
+/// ROLE, in Redis's shape: a leader is a `master` listing its followers (address and the index
+/// each has durable), a follower a `slave` of the leader's client address.
+fn role(context: &NodeContext) -> Reply {
+    let (status, addrs) = context.core.inspect(|inner| {
+        let status = inner.replica.group_status();
+        let addrs: Vec<(chorus_core::NodeId, Option<String>)> = status
+            .iter()
+            .flat_map(|status| status.followers.iter().map(|f| f.node_id).chain(status.leader).collect::<Vec<_>>())
+            .map(|node| (node, inner.replica.peer_client_addr(node)))
+            .collect();
+        (status, addrs)
+    });
+    let address_of =
+        |node: chorus_core::NodeId| addrs.iter().find(|(id, _)| *id == node).and_then(|(_, addr)| addr.clone());
+    let split = |addr: Option<String>| -> (String, i64) {
+        let addr = addr.unwrap_or_default();
+        match addr.rsplit_once(':') {
+            Some((host, port)) => (host.to_string(), port.parse().unwrap_or(0)),
+            None => (addr, 0),
+        }
+    };
+    let Some(status) = status else {
+        let offset = context.core.inspect(|inner| inner.replica.status().commit_index);
+        return Reply::Array(vec![
+            Reply::bulk("master"),
+            Reply::Integer(i64::try_from(offset.0).unwrap_or(i64::MAX)),
+            Reply::Array(Vec::new()),
+        ]);
+    };
+    if status.role == chorus_core::raft::Role::Leader {
+        let followers = status
+            .followers
+            .iter()
+            .map(|follower| {
+                let (host, port) = split(address_of(follower.node_id));
+                Reply::Array(vec![
+                    Reply::Bulk(Bytes::from(host)),
+                    Reply::Bulk(Bytes::from(port.to_string())),
+                    Reply::Bulk(Bytes::from(follower.match_index.0.to_string())),
+                ])
+            })
+            .collect();
+        Reply::Array(vec![
+            Reply::bulk("master"),
+            Reply::Integer(i64::try_from(status.commit_index.0).unwrap_or(i64::MAX)),
+            Reply::Array(followers),
+        ])
+    } else {
+        let (host, port) = split(status.leader.and_then(address_of));
+        let state = if status.leader.is_some() { "connected" } else { "connect" };
+        Reply::Array(vec![
+            Reply::bulk("slave"),
+            Reply::Bulk(Bytes::from(host)),
+            Reply::Integer(port),
+            Reply::bulk(state),
+            Reply::Integer(i64::try_from(status.commit_index.0).unwrap_or(i64::MAX)),
+        ])
+    }
 }
 
 fn cluster(args: &[Bytes]) -> Reply {

@@ -428,6 +428,7 @@ fn run<S: StateView>(txn: &mut Txn<'_, S>, command: &KvCommand) -> Result<Reply,
             txn.ops.push(WriteOp::Clear);
             Reply::OK
         }
+        KvCommand::Wait { .. } => return Err(Reply::err("internal error: WAIT reached the key-value layer")),
         KvCommand::DbSize => Reply::Integer(i64::try_from(txn.key_count().map_err(storage_error)?).unwrap_or(i64::MAX)),
         KvCommand::Keys { pattern } => txn.keys(pattern).map_err(storage_error)?,
         KvCommand::Scan { cursor, pattern, count, type_filter } => {

@@ -74,6 +74,10 @@ impl Group {
         self.leader
     }
 
+    pub(super) fn client_addr(&self, peer: NodeId) -> Option<String> {
+        self.client_addrs.get(&peer).cloned()
+    }
+
     /// The error a node that cannot serve a command answers with: Redis Cluster's `MOVED` naming the
     /// leader's client address when it is known, so cluster-aware clients follow it by themselves.
     fn redirect(&self, command: Option<&KvCommand>) -> Reply {
@@ -235,6 +239,8 @@ impl Replica {
     }
 
     fn committed_in_group(&mut self, index: LogIndex) {
+        // Followers' acknowledgements move the commit index: a good moment to answer WAITs.
+        self.answer_waits_after_commit();
         let Some(group) = self.group.as_mut() else { return };
         self.commit_index = self.commit_index.max(index);
         if index > group.apply_requested {
@@ -278,6 +284,14 @@ impl Replica {
                 let reply = group.redirect(None);
                 self.effects.push(Effect::Reply { request: read.request, reply });
             }
+        }
+    }
+
+    fn answer_waits_after_commit(&mut self) {
+        if !self.waits.is_empty() {
+            // Deadlines are checked on ticks; here only satisfied WAITs are answered.
+            let now = UnixMillis(0);
+            self.answer_waits(now);
         }
     }
 

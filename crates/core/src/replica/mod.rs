@@ -66,6 +66,15 @@ struct ReplicaRead {
     command: KvCommand,
 }
 
+/// A WAIT: `replicas` followers must have `index` durable before `deadline` (None: no deadline).
+#[derive(Debug)]
+struct Wait {
+    index: LogIndex,
+    replicas: u64,
+    deadline: Option<UnixMillis>,
+    request: RequestId,
+}
+
 /// A reply waiting for an index to commit.
 #[derive(Debug)]
 struct HeldReply {
@@ -137,6 +146,8 @@ pub struct Replica {
     failure: Option<String>,
     /// Follower reads waiting until the state reaches their session's position.
     replica_reads: VecDeque<ReplicaRead>,
+    /// WAIT commands waiting for followers to acknowledge an index.
+    waits: Vec<Wait>,
 }
 
 impl Replica {
@@ -156,6 +167,7 @@ impl Replica {
             failure: None,
             group: None,
             replica_reads: VecDeque::new(),
+            waits: Vec::new(),
         }
     }
 
@@ -219,6 +231,12 @@ impl Replica {
             self.effects.push(Effect::Reply { request, reply });
             return;
         }
+        if let KvCommand::Wait { replicas, timeout_ms } = command {
+            let deadline = (timeout_ms > 0).then(|| UnixMillis(now.0.saturating_add(timeout_ms)));
+            self.waits.push(Wait { index: self.last_index, replicas, deadline, request });
+            self.answer_waits(now);
+            return;
+        }
         if self.group.is_some() {
             self.submit_to_group(now, request, command, state);
             return;
@@ -243,7 +261,7 @@ impl Replica {
         min_index: LogIndex,
     ) {
         let follower = self.group.as_ref().is_some_and(|group| group.role() != crate::raft::Role::Leader);
-        if !follower || self.failure.is_some() {
+        if !follower || self.failure.is_some() || matches!(command, KvCommand::Wait { .. }) {
             self.submit(now, request, command, state);
             return;
         }
@@ -282,6 +300,42 @@ impl Replica {
                 break;
             }
         }
+    }
+
+    /// Followers (voters and learners) that have `index` durable: what WAIT counts. Standalone: none.
+    fn replicas_at(&self, index: LogIndex) -> u64 {
+        self.group_status()
+            .map_or(0, |status| status.followers.iter().filter(|follower| follower.match_index >= index).count() as u64)
+    }
+
+    /// Answers the WAITs that are satisfied or past their deadline (Redis: the count reached so far).
+    fn answer_waits(&mut self, now: UnixMillis) {
+        if self.waits.is_empty() {
+            return;
+        }
+        let waits = std::mem::take(&mut self.waits);
+        for wait in waits {
+            let acknowledged = self.replicas_at(wait.index);
+            let expired = wait.deadline.is_some_and(|deadline| now >= deadline);
+            // A standalone node or a follower has no replicas to wait for: answer at once.
+            let nothing_to_wait_for = self.group_status().is_none_or(|status| status.followers.is_empty());
+            if acknowledged >= wait.replicas || expired || nothing_to_wait_for {
+                let reply = Reply::Integer(i64::try_from(acknowledged).unwrap_or(i64::MAX));
+                self.effects.push(Effect::Reply { request: wait.request, reply });
+            } else {
+                self.waits.push(wait);
+            }
+        }
+    }
+
+    /// The replication engine's picture (INFO, ROLE, WAIT), when in a group.
+    pub fn group_status(&self) -> Option<crate::raft::RaftStatus> {
+        self.group.as_ref().map(|group| group.raft.status())
+    }
+
+    /// Where a peer serves clients, if it has said.
+    pub fn peer_client_addr(&self, peer: NodeId) -> Option<String> {
+        self.group.as_ref().and_then(|group| group.client_addr(peer))
     }
 
     /// The position a session token should carry: on the leader the last index proposed (every
@@ -364,6 +418,7 @@ impl Replica {
         }
         self.tick_group(now);
         self.serve_waiting_replica_reads(now, state);
+        self.answer_waits(now);
         if !self.may_propose() {
             return;
         }
