@@ -14,7 +14,7 @@ pub struct StatusArgs {
 }
 
 /// Fetches INFO over RESP and returns its `field:value` lines.
-fn info(addr: SocketAddr) -> anyhow::Result<Vec<(String, String)>> {
+pub fn info(addr: SocketAddr) -> anyhow::Result<Vec<(String, String)>> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     stream.write_all(b"*1\r\n$4\r\nINFO\r\n")?;

@@ -138,8 +138,8 @@ fn wait_for_leader(processes: &[NodeProcess]) -> anyhow::Result<(u16, SocketAddr
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         for process in processes {
-            if let Ok(info) = command(process.client, b"INFO replication\r\n")
-                && info.contains("chorus_role:leader")
+            if let Ok(fields) = crate::status::info(process.client)
+                && fields.iter().any(|(key, value)| key == "chorus_role" && value == "leader")
             {
                 return Ok((process.id, process.client));
             }
@@ -149,16 +149,6 @@ fn wait_for_leader(processes: &[NodeProcess]) -> anyhow::Result<(u16, SocketAddr
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// Sends one inline command and returns what arrives at once (enough for INFO).
-fn command(addr: SocketAddr, request: &[u8]) -> anyhow::Result<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
-    stream.set_read_timeout(Some(Duration::from_millis(500)))?;
-    stream.write_all(request)?;
-    let mut reply = vec![0u8; 64 * 1024];
-    let read = stream.read(&mut reply)?;
-    Ok(String::from_utf8_lossy(&reply[..read]).into_owned())
 }
 
 /// Polls the node with PING until it answers PONG, the process dies, or 30 s pass.
