@@ -242,3 +242,43 @@ def test_role_wait_and_chorus_status_describe_the_group(group):
     ).stdout
     roles = [line.split()[2] for line in table.splitlines()[1:] if line.strip()]
     assert sorted(roles) == ["follower", "follower", "leader"], table
+
+
+def test_an_async_failover_discards_acknowledged_writes_into_the_rollback_file(tmp_path):
+    """Under `async` a write is acknowledged once the leader alone has it durable. Killing both
+    followers, writing, killing the leader and restarting the followers (who elect a new leader
+    without those writes) discards acknowledged writes; when the old leader rejoins they must not
+    vanish silently: its rollback file lists them."""
+    group = Group(tmp_path, durability="async")
+    group.start_all()
+    try:
+        leader = wait_until(lambda: group.leader(), 15, "a leader is elected")
+        followers = [i for i in group.ids if i != leader]
+        client = group.client(leader)
+        assert client.set("kept", "1") is True
+        wait_until(lambda: all((group.info(i) or {}).get("chorus_commit_index", 0) >= 1 for i in followers), 10,
+                   "followers have the first write")
+        # The followers die (their logs end at the first write); the leader, alone, still leads
+        # until check-quorum notices, and under async acknowledges writes on its own fsync.
+        for follower in followers:
+            group.kill(follower)
+        acknowledged = [f"doomed-{i}" for i in range(5)]
+        for key in acknowledged:
+            assert client.set(key, "v") is True, "async acknowledges on the leader's own fsync"
+        group.kill(leader)
+        for follower in followers:
+            group.start(follower)
+        new_leader = wait_until(lambda: group.leader(followers), 20, "the followers elect a new leader")
+        assert group.client(new_leader).set("after", "1") is True
+        assert group.client(new_leader).get("doomed-0") is None, "the new leader never had the writes"
+
+        group.start(leader)
+        rollback = tmp_path / f"data{leader}" / "rollback.log"
+        wait_until(lambda: rollback.exists() and rollback.stat().st_size > 0, 20, "the rollback file is written")
+        content = rollback.read_bytes()
+        for key in acknowledged:
+            assert key.encode() in content, f"{key} is missing from the rollback file"
+        info = wait_until(lambda: group.info(leader), 10, "the old leader answers INFO")
+        assert info["chorus_discarded_entries"] >= len(acknowledged)
+    finally:
+        group.stop_all()
