@@ -282,3 +282,53 @@ def test_an_async_failover_discards_acknowledged_writes_into_the_rollback_file(t
         assert info["chorus_discarded_entries"] >= len(acknowledged)
     finally:
         group.stop_all()
+
+
+def test_a_leader_transfer_under_write_load_fails_no_client_write(group):
+    """CHORUS.LEADER TRANSFER hands leadership over for a rolling restart: writers that follow
+    redirects see no write fail, and every acknowledged write is on the new leader."""
+    leader = wait_until(lambda: group.leader(), 15, "a leader is elected")
+    target = next(i for i in group.ids if i != leader)
+    acknowledged, failures = {}, []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def writer(worker):
+        sequence = 0
+        while not stop.is_set():
+            key, value = f"t{worker}:{sequence}", f"{worker}-{sequence}"
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    outcome = write_anywhere(group, key, value, list(group.ids))
+                except redis.exceptions.RedisError as error:
+                    with lock:
+                        failures.append((key, repr(error)))
+                    break
+                if outcome:
+                    with lock:
+                        acknowledged[key] = value
+                    break
+                if time.monotonic() > deadline:
+                    with lock:
+                        failures.append((key, "not acknowledged within 10 s"))
+                    break
+                time.sleep(0.01)
+            sequence += 1
+
+    threads = [threading.Thread(target=writer, args=(w,), daemon=True) for w in range(6)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: len(acknowledged) >= 200, 30, "writes flowing")
+    reply = group.client(leader).execute_command("CHORUS.LEADER", "TRANSFER", target)
+    assert f"node {target}".encode() in reply
+    wait_until(lambda: group.leader() == target, 15, f"node {target} leads")
+    before = len(acknowledged)
+    wait_until(lambda: len(acknowledged) >= before + 200, 30, "writes flow through the new leader")
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not failures, f"client writes failed during the transfer: {failures[:5]}"
+    keys = sorted(acknowledged)
+    values = group.client(target).mget(keys)
+    assert all(value == acknowledged[key].encode() for key, value in zip(keys, values))

@@ -337,6 +337,17 @@ pub static COMMANDS: &[CommandSpec] = &[
     spec!("cluster", -2, [], 0, 0, 0, Node, "cluster", "A container for Redis Cluster commands."),
     spec!("role", 1, ["fast"], 0, 0, 0, Node, "server", "Returns the replication role."),
     spec!(
+        "chorus.leader",
+        -2,
+        [],
+        0,
+        0,
+        0,
+        Node,
+        "chorus",
+        "CHORUS.LEADER TRANSFER [node]: hands leadership to a caught-up voter (the most caught-up one by default)."
+    ),
+    spec!(
         "wait",
         3,
         [],

@@ -77,6 +77,7 @@ fn node_command(
         "info" => info::info_reply(context, connection, &args[1..]),
         "cluster" => cluster(args),
         "role" => role(context),
+        "chorus.leader" => leader_command(context, args),
         "readonly" => {
             connection.readonly = true;
             Reply::OK
@@ -431,6 +432,25 @@ fn config_parameters(context: &NodeContext) -> Vec<(&'static str, String)> {
         ("proto-max-bulk-len", config.limits.bulk_bytes_max.to_string()),
         ("cluster-enabled", "no".into()),
     ]
+}
+
+/// CHORUS.LEADER TRANSFER [node].
+fn leader_command(context: &NodeContext, args: &[Bytes]) -> Reply {
+    if !args[1].eq_ignore_ascii_case(b"transfer") || args.len() > 3 {
+        return Reply::err("syntax: CHORUS.LEADER TRANSFER [node-id]");
+    }
+    let target = match args.get(2) {
+        None => None,
+        Some(id) => match std::str::from_utf8(id).ok().and_then(|id| id.parse::<u64>().ok()) {
+            Some(id) => Some(chorus_core::NodeId(id)),
+            None => return Reply::err("node id must be a number"),
+        },
+    };
+    let now = crate::context::now_millis();
+    match context.core.with_remote(|inner| inner.replica.transfer_leadership(now, target)) {
+        Ok(target) => Reply::StatusOwned(format!("OK transferring to node {target}")),
+        Err(reason) => Reply::err(reason),
+    }
 }
 
 /// ROLE, in Redis's shape: a leader is a `master` listing its followers (address and the index

@@ -141,6 +141,31 @@ impl Replica {
         }
     }
 
+    /// Hands leadership to `target`, or to the most caught-up voter: the leader stops taking writes,
+    /// brings the target up to date and tells it to campaign at once (for rolling restarts).
+    pub fn transfer_leadership(&mut self, now: UnixMillis, target: Option<NodeId>) -> Result<NodeId, String> {
+        let Some(group) = self.group.as_mut() else {
+            return Err("this node runs standalone: there is no leadership to transfer".into());
+        };
+        let status = group.raft.status();
+        if status.role != Role::Leader {
+            return Err(format!("not the leader (leader: {:?})", status.leader.map(|leader| leader.0)));
+        }
+        let target = match target {
+            Some(target) => target,
+            None => status
+                .followers
+                .iter()
+                .filter(|follower| follower.voter)
+                .max_by_key(|follower| follower.match_index)
+                .map(|follower| follower.node_id)
+                .ok_or_else(|| "there is no other voter".to_string())?,
+        };
+        group.raft.transfer_leadership(now, target).map_err(|error| error.to_string())?;
+        self.pump_group();
+        Ok(target)
+    }
+
     /// A peer told us where it serves clients.
     pub fn set_peer_client_addr(&mut self, peer: NodeId, addr: String) {
         if let Some(group) = self.group.as_mut() {
