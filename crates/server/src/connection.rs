@@ -132,8 +132,37 @@ pub async fn serve(context: Arc<NodeContext>, mut socket: TcpStream, id: u64) {
             else => break,
         }
     }
+    if closing && !peer_closed {
+        linger(&mut socket).await;
+    }
     context.core.unregister(id);
     context.stats.connected_clients.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// How long, and how many bytes, a connection the node closes (QUIT, a broken frame) keeps reading
+/// and discarding before it goes.
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+const LINGER_BYTES_MAX: usize = 1024 * 1024;
+
+/// Closing a socket with unread input makes the kernel send a reset, which can destroy the reply
+/// just written (the error explaining why) before the client reads it. So the node sends its FIN
+/// first, then discards what the client still sends, bounded in time and bytes, until the client
+/// closes too: a lingering close, as HTTP servers do.
+async fn linger(socket: &mut TcpStream) {
+    if socket.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        let mut discarded = 0usize;
+        while discarded < LINGER_BYTES_MAX {
+            match socket.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => discarded += read,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }
 
 fn fill(slots: &mut VecDeque<Slot>, first_sequence: u64, sequence: u64, reply: Reply) {
