@@ -136,19 +136,8 @@ impl<S: StateView> Txn<'_, S> {
     /// Keys in the latest view: the applied state with pending writes laid over it (DBSIZE counts
     /// expired keys not yet deleted, as Redis does).
     fn key_count(&mut self) -> Result<u64, StateError> {
-        let (mut count, pending_clear) = match self.kv.pending_clear {
-            Some(clear) => {
-                self.read_barrier = self.read_barrier.max(clear);
-                (0i64, true)
-            }
-            None => (i64::try_from(self.state.key_count()?).unwrap_or(i64::MAX), false),
-        };
-        for (key, pending) in &self.kv.overlay {
-            self.read_barrier = self.read_barrier.max(pending.index);
-            let before = !pending_clear && self.state.get(key)?.is_some();
-            count += i64::from(pending.value.is_some()) - i64::from(before);
-        }
-        Ok(u64::try_from(count).unwrap_or(0))
+        self.read_barrier = self.read_barrier.max(self.kv.pending_barrier());
+        self.kv.key_count(self.state)
     }
 
     fn keys(&mut self, pattern: &Bytes) -> Result<Reply, StateError> {

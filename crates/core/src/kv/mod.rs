@@ -20,7 +20,7 @@ use bytes::Bytes;
 
 use crate::log::WriteOp;
 use crate::slot::Slot;
-use crate::state::StoredValue;
+use crate::state::{StateError, StateView, StoredValue};
 use crate::types::LogIndex;
 
 pub use exec::Execution;
@@ -131,29 +131,39 @@ impl KvMachine {
     }
 
     /// Keys in the latest view (applied state plus pending writes): what DBSIZE answers, for INFO.
-    pub fn key_count<S: crate::state::StateView>(&self, state: &S) -> Result<u64, crate::state::StateError> {
-        let mut count =
-            if self.pending_clear.is_some() { 0 } else { i64::try_from(state.key_count()?).unwrap_or(i64::MAX) };
+    pub fn key_count<S: StateView>(&self, state: &S) -> Result<u64, StateError> {
+        self.latest_count(state, state.key_count()?, |stored| stored.is_some())
+    }
+
+    /// Keys with an expiry in the latest view (INFO's `expires`).
+    pub fn expiring_key_count<S: StateView>(&self, state: &S) -> Result<u64, StateError> {
+        self.latest_count(state, state.expiring_key_count()?, |stored| {
+            stored.is_some_and(|stored| stored.expire_at.is_some())
+        })
+    }
+
+    /// Counts the keys for which `counted` holds in the latest view: the applied state's count
+    /// (`applied_count`, or none under a pending FLUSHALL) corrected by each pending write.
+    fn latest_count<S: StateView>(
+        &self,
+        state: &S,
+        applied_count: u64,
+        counted: impl Fn(Option<&StoredValue>) -> bool,
+    ) -> Result<u64, StateError> {
+        let cleared = self.pending_clear.is_some();
+        let mut count = if cleared { 0 } else { i64::try_from(applied_count).unwrap_or(i64::MAX) };
         for (key, pending) in &self.overlay {
-            let before = self.pending_clear.is_none() && state.get(key)?.is_some();
-            count += i64::from(pending.value.is_some()) - i64::from(before);
+            let before = !cleared && counted(state.get(key)?.as_ref());
+            count += i64::from(counted(pending.value.as_ref())) - i64::from(before);
         }
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
-    /// Keys with an expiry in the latest view (INFO's `expires`).
-    pub fn expiring_key_count<S: crate::state::StateView>(&self, state: &S) -> Result<u64, crate::state::StateError> {
-        let expiring = |stored: Option<&StoredValue>| stored.is_some_and(|stored| stored.expire_at.is_some());
-        let mut count = if self.pending_clear.is_some() {
-            0
-        } else {
-            i64::try_from(state.expiring_key_count()?).unwrap_or(i64::MAX)
-        };
-        for (key, pending) in &self.overlay {
-            let before = self.pending_clear.is_none() && expiring(state.get(key)?.as_ref());
-            count += i64::from(expiring(pending.value.as_ref())) - i64::from(before);
-        }
-        Ok(u64::try_from(count).unwrap_or(0))
+    /// The highest index of any pending write (and of a pending FLUSHALL): a reply computed from the
+    /// whole latest view may leave only once it has committed.
+    fn pending_barrier(&self) -> LogIndex {
+        let overlay = self.overlay.values().map(|pending| pending.index).max().unwrap_or(LogIndex::ZERO);
+        overlay.max(self.pending_clear.unwrap_or(LogIndex::ZERO))
     }
 
     /// Number of keys with a write in flight (INFO).

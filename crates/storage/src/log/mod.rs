@@ -483,6 +483,15 @@ impl SegmentedLog {
         self.segments.clear();
         remove_segments(&self.dir, &bases)?;
         let base = after.next();
+        self.start_segment(base)?;
+        meta.reset_pending = false;
+        meta.write(&self.dir)?;
+        self.meta = meta;
+        Ok(())
+    }
+
+    /// Creates an empty segment whose first entry will be `base`, and makes it the active one.
+    fn start_segment(&mut self, base: LogIndex) -> Result<(), StorageError> {
         let (path, file) = create_segment_file(&self.dir, base)?;
         self.segments.push(Segment {
             base,
@@ -491,9 +500,6 @@ impl SegmentedLog {
             record_offsets: Vec::new(),
             len_bytes: SEGMENT_HEADER_BYTES as u64,
         });
-        meta.reset_pending = false;
-        meta.write(&self.dir)?;
-        self.meta = meta;
         Ok(())
     }
 
@@ -502,14 +508,7 @@ impl SegmentedLog {
         let active = self.active_segment();
         active.file.sync_data().map_err(|error| StorageError::io(format!("fsync {}", active.path.display()), error))?;
         let base = self.last_index().next();
-        let (path, file) = create_segment_file(&self.dir, base)?;
-        self.segments.push(Segment {
-            base,
-            path,
-            file,
-            record_offsets: Vec::new(),
-            len_bytes: SEGMENT_HEADER_BYTES as u64,
-        });
+        self.start_segment(base)?;
         Ok(())
     }
 
