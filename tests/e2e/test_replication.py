@@ -18,12 +18,14 @@ ELECTION_TIMEOUT_MAX_S = 2.0  # the node's default election_timeout_ms_max
 
 
 class Group:
-    def __init__(self, tmp_path, size=3, durability="quorum"):
+    def __init__(self, tmp_path, size=3, durability="quorum", extra_args=()):
         self.tmp_path = tmp_path
         self.ids = list(range(1, size + 1))
         self.client_ports = {i: free_port() for i in self.ids}
         self.peer_ports = {i: free_port() for i in self.ids}
         self.durability = durability
+        self.extra_args = list(extra_args)
+        self.learners = set()
         self.procs = {}
         self.logs = {}
         self.initial_cluster = ",".join(f"{i}=127.0.0.1:{self.peer_ports[i]}" for i in self.ids)
@@ -38,10 +40,23 @@ class Group:
             "--peer-addr", f"127.0.0.1:{self.peer_ports[node_id]}",
             "--initial-cluster", self.initial_cluster,
             "--durability", self.durability,
+            *self.extra_args,
         ]
+        if node_id in self.learners:
+            args.append("--learner")
         env = dict(os.environ, NO_COLOR="1", RUST_LOG=os.environ.get("RUST_LOG", "info"))
         with open(log_path, "wb") as log:
             self.procs[node_id] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def add_learner(self, node_id):
+        """Starts node `node_id` as a learner joining the group (it still has to be added on the
+        leader with CHORUS.MEMBER ADD); returns its peer address."""
+        self.client_ports[node_id] = free_port()
+        self.peer_ports[node_id] = free_port()
+        self.learners.add(node_id)
+        self.ids.append(node_id)
+        self.start(node_id)
+        return f"127.0.0.1:{self.peer_ports[node_id]}"
 
     def start_all(self):
         for node_id in self.ids:

@@ -1,6 +1,7 @@
 //! `chorus`: run a node, start a local cluster, or load one with traffic.
 
 mod bench;
+mod member;
 mod server;
 mod sim;
 mod status;
@@ -27,6 +28,8 @@ enum Command {
     Sim(sim::SimArgs),
     /// Show the replication group as a table (role, term, leader, commit and applied index, lag).
     Status(status::StatusArgs),
+    /// Add, remove or promote members of the replication group, or list them.
+    Member(member::MemberArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Sim(args) => sim::run(args),
         Command::Status(args) => status::run(args),
+        Command::Member(args) => member::run(args),
     }
 }
 

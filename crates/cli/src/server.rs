@@ -44,6 +44,19 @@ pub struct ServerArgs {
     /// Threads serving client connections (0: half the cores).
     #[arg(long)]
     io_threads: Option<usize>,
+    /// Join an existing group as a learner: add it first with `chorus member add` (or
+    /// CHORUS.MEMBER ADD on the leader); --initial-cluster names the members to reach.
+    #[arg(long)]
+    learner: bool,
+    /// Follower reads (READONLY) are refused when the leader was last heard from longer ago.
+    #[arg(long)]
+    replica_read_staleness_max_ms: Option<u64>,
+    /// Allow CHORUS.DEBUG (fault injection: ISOLATE ON|OFF drops every peer message).
+    #[arg(long)]
+    enable_debug_commands: bool,
+    /// Applied entries between snapshots of the state (the log is compacted after each).
+    #[arg(long)]
+    checkpoint_entries: Option<u64>,
 }
 
 impl ServerArgs {
@@ -84,6 +97,18 @@ impl ServerArgs {
         }
         if let Some(io_threads) = self.io_threads {
             config.io_threads = io_threads;
+        }
+        if self.learner {
+            config.learner = true;
+        }
+        if self.replica_read_staleness_max_ms.is_some() {
+            config.replica_read_staleness_max_ms = self.replica_read_staleness_max_ms;
+        }
+        if self.enable_debug_commands {
+            config.debug_commands = true;
+        }
+        if let Some(entries) = self.checkpoint_entries {
+            config.storage.checkpoint_entries = entries;
         }
         config.validate()?;
         Ok(config)

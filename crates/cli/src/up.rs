@@ -20,7 +20,7 @@ pub struct UpArgs {
     /// Number of voters (1: a standalone node).
     #[arg(long, default_value_t = 3)]
     nodes: u16,
-    /// Learners (non-voting replicas): not supported yet.
+    /// Learners (non-voting, asynchronous read replicas) added after the voters elect a leader.
     #[arg(long, default_value_t = 0)]
     learners: u16,
     /// The group's commit rule: async | semi-sync:K | quorum | all.
@@ -47,8 +47,11 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     if args.nodes == 0 || args.nodes > 99 {
         bail!("--nodes must be between 1 and 99");
     }
-    if args.learners > 0 {
-        bail!("--learners: learners are not supported yet");
+    if args.learners > 0 && args.nodes == 1 {
+        bail!("--learners needs a replication group: use --nodes 2 or more");
+    }
+    if u32::from(args.nodes) + u32::from(args.learners) > 99 {
+        bail!("at most 99 nodes in all");
     }
     let executable = std::env::current_exe().context("locating the chorus executable")?;
     let initial_cluster = (1..=args.nodes)
@@ -57,28 +60,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         .join(",");
     let mut processes = Vec::new();
     for id in 1..=args.nodes {
-        let client = SocketAddr::new(args.host, args.base_port + id - 1);
-        let peer = SocketAddr::new(args.host, args.base_port + 100 + id - 1);
-        let admin = SocketAddr::new(args.host, args.base_port + 200 + id - 1);
-        let data_dir = args.data_dir.join(format!("node{id}"));
-        let mut command = Command::new(&executable);
-        command
-            .args(["server", "--id", &id.to_string()])
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--client-addr", &client.to_string(), "--peer-addr", &peer.to_string()])
-            .args(["--admin-addr", &admin.to_string(), "--fsync", &args.fsync])
-            .stdin(Stdio::null());
-        if args.nodes > 1 {
-            command.args(["--initial-cluster", &initial_cluster, "--durability", &args.durability]);
-        }
-        let child = command.spawn().with_context(|| format!("starting node {id}"))?;
-        println!(
-            "node {id}: pid {} client {client} peer {peer} admin http://{admin} data {}",
-            child.id(),
-            data_dir.display()
-        );
-        processes.push(NodeProcess { id, child, client });
+        processes.push(start_node(&args, &executable, id, &initial_cluster, false)?);
     }
     for process in &mut processes {
         wait_until_ready(process)?;
@@ -86,10 +68,28 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     if args.nodes == 1 {
         println!("ready: one standalone node at {} (redis-cli -p {})", processes[0].client, processes[0].client.port());
     } else {
-        let (leader, leader_addr) = wait_for_leader(&processes)?;
+        let (mut leader, mut leader_addr) = wait_for_leader(&processes)?;
+        for id in args.nodes + 1..=args.nodes + args.learners {
+            let mut learner = start_node(&args, &executable, id, &initial_cluster, true)?;
+            wait_until_ready(&mut learner)?;
+            processes.push(learner);
+            let peer = SocketAddr::new(args.host, args.base_port + 100 + id - 1);
+            let add = ["CHORUS.MEMBER", "ADD", &id.to_string(), &peer.to_string(), "LEARNER"].map(String::from);
+            match crate::member::on_leader(leader_addr, &add, Duration::from_secs(30))? {
+                chorus_resp::Reply::Error(message) if message.contains("already a member") => {
+                    println!("node {id}: a learner already (restarted)");
+                }
+                chorus_resp::Reply::Error(message) => bail!("adding learner {id}: {message}"),
+                _ => println!("node {id}: added as a learner"),
+            }
+        }
+        if args.learners > 0 {
+            (leader, leader_addr) = wait_for_leader(&processes)?;
+        }
         println!(
-            "ready: {} voters, durability {}; node {leader} leads at {leader_addr} (redis-cli -c -p {} follows redirects)",
+            "ready: {} voters{}, durability {}; node {leader} leads at {leader_addr} (redis-cli -c -p {} follows redirects)",
             args.nodes,
+            if args.learners > 0 { format!(" and {} learners", args.learners) } else { String::new() },
             args.durability,
             leader_addr.port()
         );
@@ -109,6 +109,42 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     println!("stopped");
     Ok(())
+}
+
+/// Starts node `id` (a learner joins the group formed by the voters of `initial_cluster`).
+fn start_node(
+    args: &UpArgs,
+    executable: &std::path::Path,
+    id: u16,
+    initial_cluster: &str,
+    learner: bool,
+) -> anyhow::Result<NodeProcess> {
+    let client = SocketAddr::new(args.host, args.base_port + id - 1);
+    let peer = SocketAddr::new(args.host, args.base_port + 100 + id - 1);
+    let admin = SocketAddr::new(args.host, args.base_port + 200 + id - 1);
+    let data_dir = args.data_dir.join(format!("node{id}"));
+    let mut command = Command::new(executable);
+    command
+        .args(["server", "--id", &id.to_string()])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .args(["--client-addr", &client.to_string(), "--peer-addr", &peer.to_string()])
+        .args(["--admin-addr", &admin.to_string(), "--fsync", &args.fsync])
+        .stdin(Stdio::null());
+    if args.nodes > 1 {
+        command.args(["--initial-cluster", initial_cluster, "--durability", &args.durability]);
+    }
+    if learner {
+        command.arg("--learner");
+    }
+    let child = command.spawn().with_context(|| format!("starting node {id}"))?;
+    println!(
+        "node {id}: pid {} client {client} peer {peer} admin http://{admin} data {}{}",
+        child.id(),
+        data_dir.display(),
+        if learner { " (learner)" } else { "" }
+    );
+    Ok(NodeProcess { id, child, client })
 }
 
 /// Waits for Ctrl-C or SIGTERM, or for a node to exit on its own (then the cluster stops too).

@@ -348,6 +348,28 @@ pub static COMMANDS: &[CommandSpec] = &[
         "CHORUS.LEADER TRANSFER [node]: hands leadership to a caught-up voter (the most caught-up one by default)."
     ),
     spec!(
+        "chorus.debug",
+        -2,
+        [],
+        0,
+        0,
+        0,
+        Node,
+        "chorus",
+        "CHORUS.DEBUG ISOLATE ON|OFF: drop every message from peers (fault injection; needs --enable-debug-commands)."
+    ),
+    spec!(
+        "chorus.member",
+        -2,
+        [],
+        0,
+        0,
+        0,
+        Node,
+        "chorus",
+        "CHORUS.MEMBER ADD id peer-addr [LEARNER|VOTER] | REMOVE id | PROMOTE id | LIST: changes the group one node at a time (on the leader; replies once committed)."
+    ),
+    spec!(
         "wait",
         3,
         [],

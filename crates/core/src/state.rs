@@ -72,6 +72,10 @@ pub struct MemoryState {
     key_count: u64,
     applied_index: LogIndex,
     applied_term: crate::types::Term,
+    /// The replication group's configuration as of the applied index (the latest membership entry
+    /// applied); `None` until one is, when the group runs on its bootstrap configuration. Kept with
+    /// the state so a snapshot carries it and a restart after compaction still knows its peers.
+    membership: Option<crate::raft::Membership>,
 }
 
 /// A value as the state holds it: one exact-size allocation, no reference count. Redis keeps about
@@ -97,6 +101,7 @@ impl Default for MemoryState {
             key_count: 0,
             applied_index: LogIndex::ZERO,
             applied_term: crate::types::Term(0),
+            membership: None,
         }
     }
 }
@@ -109,6 +114,16 @@ impl MemoryState {
     /// A state restored from a snapshot taken at `applied_index`.
     pub fn restored(applied_index: LogIndex, applied_term: crate::types::Term) -> MemoryState {
         MemoryState { applied_index, applied_term, ..MemoryState::default() }
+    }
+
+    /// The group configuration as of the applied index (see the field).
+    pub fn membership(&self) -> Option<&crate::raft::Membership> {
+        self.membership.as_ref()
+    }
+
+    /// Restores the configuration a snapshot recorded.
+    pub fn set_membership(&mut self, membership: Option<crate::raft::Membership>) {
+        self.membership = membership;
     }
 
     /// The term of the last applied entry: with the applied index, the point a snapshot stands for.
@@ -127,10 +142,14 @@ impl MemoryState {
                 continue;
             }
             assert_eq!(entry.index, self.applied_index.next(), "log applied with a gap");
-            if let crate::EntryPayload::Write(ops) = &entry.payload {
-                for op in ops {
-                    self.apply_op(op);
+            match &entry.payload {
+                crate::EntryPayload::Write(ops) => {
+                    for op in ops {
+                        self.apply_op(op);
+                    }
                 }
+                crate::EntryPayload::Membership(membership) => self.membership = Some(membership.clone()),
+                crate::EntryPayload::Noop => {}
             }
             self.applied_index = entry.index;
             self.applied_term = entry.term;

@@ -139,6 +139,16 @@ pub struct NodeConfig {
     pub initial_cluster: Option<String>,
     /// The group's commit rule: `async`, `semi-sync:K`, `quorum` (default) or `all`.
     pub durability: String,
+    /// Join an existing group as a learner (added with `CHORUS.MEMBER ADD` on its leader): the node
+    /// starts knowing no configuration and learns it, and the data, from the leader. Remembered in
+    /// the data directory, so a restart needs no flag.
+    pub learner: bool,
+    /// Bounded staleness for follower reads (READONLY): a follower that has not heard from a leader
+    /// for longer than this refuses them. Unset: no bound.
+    pub replica_read_staleness_max_ms: Option<u64>,
+    /// Allow `CHORUS.DEBUG` (fault injection for tests and demos). Off by default, like Redis's
+    /// `enable-debug-command`.
+    pub debug_commands: bool,
     /// A follower that hears from no leader for a random time in [min, max] starts an election.
     pub election_timeout_ms_min: u64,
     pub election_timeout_ms_max: u64,
@@ -164,6 +174,9 @@ impl Default for NodeConfig {
             io_threads: 0,
             initial_cluster: None,
             durability: "quorum".into(),
+            learner: false,
+            replica_read_staleness_max_ms: None,
+            debug_commands: false,
             election_timeout_ms_min: 1000,
             election_timeout_ms_max: 2000,
             heartbeat_interval_ms: 100,
@@ -206,7 +219,7 @@ impl NodeConfig {
                 return Err(ConfigError::Invalid(format!("initial_cluster names node {id} twice")));
             }
         }
-        if !members.contains_key(&self.id) {
+        if !members.contains_key(&self.id) && !self.learner {
             return Err(ConfigError::Invalid(format!("initial_cluster does not name this node (id {})", self.id)));
         }
         Ok(Some(members))

@@ -183,7 +183,7 @@ fn process_requests(
     first_sequence: u64,
     limits: &chorus_resp::Limits,
 ) -> bool {
-    let mut batch: Vec<(u64, KvCommand)> = Vec::new();
+    let mut batch: Vec<(u64, Submission)> = Vec::new();
     let mut closing = false;
     let pending_max = context.config.limits.pending_replies_max;
     while slots.len() < pending_max {
@@ -215,7 +215,11 @@ fn process_requests(
             Dispatch::Reply(reply) => slots.push_back((connection.protocol, Some(reply))),
             Dispatch::Kv(command) => {
                 slots.push_back((connection.protocol, None));
-                batch.push((sequence, command));
+                batch.push((sequence, Submission::Kv(command)));
+            }
+            Dispatch::Member { change, address } => {
+                slots.push_back((connection.protocol, None));
+                batch.push((sequence, Submission::Member { change, address }));
             }
             Dispatch::Close(reply) => {
                 slots.push_back((connection.protocol, Some(reply)));
@@ -230,10 +234,16 @@ fn process_requests(
     closing
 }
 
+/// A request for the replica.
+enum Submission {
+    Kv(KvCommand),
+    Member { change: chorus_core::raft::MembershipChange, address: Option<String> },
+}
+
 fn submit_batch(
     context: &Arc<NodeContext>,
     connection_state: &ConnectionState,
-    batch: Vec<(u64, KvCommand)>,
+    batch: Vec<(u64, Submission)>,
     slots: &mut VecDeque<Slot>,
     first_sequence: u64,
 ) {
@@ -246,12 +256,16 @@ fn submit_batch(
     let connection = connection_state.id;
     let session = chorus_core::LogIndex(connection_state.session_index);
     context.core.with(Some(connection), &mut ready, |inner| {
-        for (sequence, command) in batch {
+        for (sequence, submission) in batch {
             let request = RequestId { connection, sequence };
-            if connection_state.readonly {
-                inner.replica.submit_replica_read(now, request, command, state, session);
-            } else {
-                inner.replica.submit(now, request, command, state);
+            match submission {
+                Submission::Member { change, address } => {
+                    inner.replica.change_membership(now, request, change, address);
+                }
+                Submission::Kv(command) if connection_state.readonly => {
+                    inner.replica.submit_replica_read(now, request, command, state, session);
+                }
+                Submission::Kv(command) => inner.replica.submit(now, request, command, state),
             }
         }
     });

@@ -4,10 +4,13 @@
 //! then performs the effects it produced *before releasing the lock*, so entries reach the log writer
 //! and the applier in index order even when many connections propose at once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use chorus_core::{Effect, LogEntry, LogIndex, Replica, RequestId};
+use chorus_core::raft::Membership;
+use chorus_core::state::MemoryState;
+use chorus_core::{Effect, LogEntry, LogIndex, NodeId, Replica, RequestId};
 use chorus_transport::PeerNetwork;
 
 use crate::peer::PeerMessage;
@@ -30,6 +33,12 @@ pub enum LogCommand {
         discarded: Vec<LogEntry>,
         discards_committed: bool,
     },
+    /// A snapshot, durable already, covers the log up to `after` (whose term is `term`): keep the
+    /// log after it if it agrees there, else start the log over after it.
+    Restart {
+        after: LogIndex,
+        term: chorus_core::Term,
+    },
     /// Finish the current round and end the thread (node shutdown).
     Stop,
 }
@@ -38,6 +47,8 @@ pub enum LogCommand {
 #[derive(Debug)]
 pub enum ApplyCommand {
     Apply(Vec<LogEntry>),
+    /// Swap in a state received from the leader, after applying what came before.
+    Replace(Box<MemoryState>),
     /// End the thread (node shutdown).
     Stop,
 }
@@ -45,6 +56,9 @@ pub enum ApplyCommand {
 pub struct CoreInner {
     pub replica: Replica,
     connections: HashMap<u64, ReplySender>,
+    /// A snapshot received from the leader, offered to the replica: its `ReplaceState` effect
+    /// hands it to the applier. Always empty outside one `with` call.
+    pub offered_state: Option<MemoryState>,
 }
 
 #[derive(Clone)]
@@ -61,6 +75,19 @@ pub struct CoreHandle {
 pub struct GroupIo {
     pub network: PeerNetwork<PeerMessage>,
     pub hard_state_dir: std::path::PathBuf,
+    /// Peers named by `--initial-cluster`: dialled at their address there unless the replicated
+    /// configuration gives another.
+    pub initial_peers: std::collections::BTreeMap<u64, std::net::SocketAddr>,
+    /// Snapshot transfers to start (to, leader term, least index): see `group::snapshot_sender`.
+    pub snapshot_requests: tokio::sync::mpsc::UnboundedSender<SnapshotRequest>,
+}
+
+/// A follower needs a snapshot of this node's state.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotRequest {
+    pub to: NodeId,
+    pub leader_term: chorus_core::Term,
+    pub index: LogIndex,
 }
 
 impl CoreHandle {
@@ -70,7 +97,7 @@ impl CoreHandle {
         apply_tx: std::sync::mpsc::Sender<ApplyCommand>,
         group: Option<GroupIo>,
     ) -> CoreHandle {
-        let inner = CoreInner { replica, connections: HashMap::new() };
+        let inner = CoreInner { replica, connections: HashMap::new(), offered_state: None };
         CoreHandle { inner: Arc::new(Mutex::new(inner)), log_tx, apply_tx, group }
     }
 
@@ -90,7 +117,7 @@ impl CoreHandle {
     ) -> T {
         let mut inner = self.lock();
         let result = input(&mut inner);
-        let CoreInner { replica, connections, .. } = &mut *inner;
+        let CoreInner { replica, connections, offered_state } = &mut *inner;
         let mut storage_failure = None;
         for effect in replica.drain_effects() {
             match effect {
@@ -113,10 +140,28 @@ impl CoreHandle {
                     }
                 }
                 Effect::StateDiverged { kept } => {
-                    tracing::error!(%kept, "the applied state holds entries the leader lacks (async failover); it needs a snapshot, which this version cannot install yet");
+                    tracing::warn!(%kept, "the applied state holds writes the new leader discarded (async failover); follower reads stop until the leader's snapshot replaces it");
                 }
-                Effect::SnapshotNeeded { to } => {
-                    tracing::warn!(peer = %to, "a follower needs a snapshot; streaming snapshots is not implemented yet");
+                Effect::SnapshotNeeded { to, leader_term, index } => {
+                    if let Some(group) = &self.group {
+                        let _ = group.snapshot_requests.send(SnapshotRequest { to, leader_term, index });
+                    }
+                }
+                Effect::MembershipChanged(membership) => {
+                    if let Some(group) = &self.group {
+                        let peers = peer_addresses(&membership, &group.initial_peers);
+                        tracing::info!(%membership, "group configuration changed");
+                        group.network.set_peers(&peers);
+                    }
+                }
+                Effect::ReplaceState { index, term } => {
+                    let _ = self.log_tx.send(LogCommand::Restart { after: index, term });
+                    match offered_state.take() {
+                        Some(state) => {
+                            let _ = self.apply_tx.send(ApplyCommand::Replace(Box::new(state)));
+                        }
+                        None => storage_failure = Some("a snapshot was installed without its state".to_string()),
+                    }
                 }
                 Effect::Persist(entries) => {
                     // The writer thread lives as long as the node; if it is gone the node is stopping.
@@ -174,4 +219,20 @@ impl CoreHandle {
     pub fn compact_log(&self, up_to: LogIndex) {
         let _ = self.log_tx.send(LogCommand::Compact(up_to));
     }
+}
+
+/// Whom a member dials: every member of `membership`, at the address the configuration records or
+/// else the one `--initial-cluster` gave. A node that knows no configuration yet (a learner before
+/// its first contact) dials the initial cluster, so its answers reach the leader.
+pub fn peer_addresses(membership: &Membership, initial_peers: &BTreeMap<u64, SocketAddr>) -> BTreeMap<u64, SocketAddr> {
+    if membership.voters.is_empty() {
+        return initial_peers.clone();
+    }
+    membership
+        .members()
+        .filter_map(|node| {
+            let recorded = membership.addresses.get(&node).and_then(|address| address.parse::<SocketAddr>().ok());
+            recorded.or_else(|| initial_peers.get(&node.0).copied()).map(|address| (node.0, address))
+        })
+        .collect()
 }

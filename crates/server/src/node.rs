@@ -106,6 +106,7 @@ pub async fn run(
     let client_addr = listener.local_addr().map_err(io_error("client listener address"))?;
 
     let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(65_536);
+    let (snapshot_tx, snapshot_rx) = tokio::sync::mpsc::unbounded_channel();
     let (replica, group_io) = match &members {
         None => {
             let recovered =
@@ -117,14 +118,21 @@ pub async fn run(
             let peer_listener = TcpListener::bind(config.peer_addr)
                 .await
                 .map_err(io_error(format!("cannot listen for peers on {}", config.peer_addr)))?;
-            let peers = members.clone();
+            let peers = crate::core_handle::peer_addresses(raft.membership(), members);
             let network = PeerNetwork::start(
                 PeerConfig { node_id: config.id, peers, frame_bytes_max: chorus_transport::FRAME_BYTES_MAX_DEFAULT },
                 peer_listener,
                 inbound_tx,
             );
-            let io = GroupIo { network, hard_state_dir: config.data_dir.clone() };
-            (Replica::in_group(ReplicaConfig::new(NodeId(config.id)), raft, applied), Some(io))
+            let io = GroupIo {
+                network,
+                hard_state_dir: config.data_dir.clone(),
+                initial_peers: members.clone(),
+                snapshot_requests: snapshot_tx,
+            };
+            let mut replica_config = ReplicaConfig::new(NodeId(config.id));
+            replica_config.replica_read_staleness_max_ms = config.replica_read_staleness_max_ms;
+            (Replica::in_group(replica_config, raft, applied), Some(io))
         }
     };
     let state = Arc::new(SharedState::new(state));
@@ -138,9 +146,8 @@ pub async fn run(
     let admin_addr = admin_listener.as_ref().and_then(|listener| listener.local_addr().ok());
 
     let fsync = config.fsync;
-    // In a group, snapshots would let the log be compacted past what a lagging follower needs, and
-    // streaming snapshots to followers is not built yet: until it is, a group member keeps its log.
-    let checkpoint_entries = if members.is_some() { u64::MAX } else { config.storage.checkpoint_entries };
+    // In a group too: a follower the compacted log no longer reaches is sent a snapshot.
+    let checkpoint_entries = config.storage.checkpoint_entries;
     let writer_core = core.clone();
     let rollback_dir = config.data_dir.clone();
     let writer = std::thread::Builder::new()
@@ -166,6 +173,7 @@ pub async fn run(
         started,
         run_id: run_id.chars().take(40).collect(),
         client_port: client_addr.port(),
+        isolated: std::sync::atomic::AtomicBool::new(false),
     });
 
     let admin_task = admin_listener.map(|admin_listener| {
@@ -176,7 +184,9 @@ pub async fn run(
             }
         })
     });
-    let group_tasks = group_io.map(|io| group::spawn_tasks(Arc::clone(&context), io, inbound_rx, client_addr));
+    let network = group_io.as_ref().map(|io| io.network.clone());
+    let group_tasks =
+        group_io.map(|io| group::spawn_tasks(Arc::clone(&context), io, inbound_rx, snapshot_rx, client_addr));
     let ticker_context = Arc::clone(&context);
     let tick_interval = if members.is_some() { group::TICK_INTERVAL } else { pipeline::TICK_INTERVAL };
     let ticker = tokio::spawn(async move {
@@ -208,6 +218,9 @@ pub async fn run(
     for task in group_tasks.into_iter().flatten() {
         task.abort();
         let _ = task.await;
+    }
+    if let Some(network) = network {
+        network.shut_down();
     }
     if let Some(admin) = admin_task {
         admin.abort();

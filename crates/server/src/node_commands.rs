@@ -8,6 +8,7 @@ use bytes::Bytes;
 use chorus_core::Slot;
 use chorus_core::command::{self, CommandKind, CommandSpec, KvCommand};
 use chorus_core::kv::glob::glob_match;
+use chorus_core::raft::MembershipChange;
 use chorus_resp::{Protocol, Reply};
 
 use crate::connection::ConnectionState;
@@ -20,6 +21,11 @@ pub enum Dispatch {
     Kv(KvCommand),
     /// Reply, then close the connection (QUIT).
     Close(Reply),
+    /// A membership change for the replica (CHORUS.MEMBER), answered once it commits.
+    Member {
+        change: MembershipChange,
+        address: Option<String>,
+    },
 }
 
 /// The Redis version Chorus reports: the command set and replies follow Redis 7.2.
@@ -78,6 +84,8 @@ fn node_command(
         "cluster" => cluster(args),
         "role" => role(context),
         "chorus.leader" => leader_command(context, args),
+        "chorus.member" => return member_command(context, args),
+        "chorus.debug" => debug_command(context, args),
         "readonly" => {
             connection.readonly = true;
             Reply::OK
@@ -451,6 +459,87 @@ fn leader_command(context: &NodeContext, args: &[Bytes]) -> Reply {
         Ok(target) => Reply::StatusOwned(format!("OK transferring to node {target}")),
         Err(reason) => Reply::err(reason),
     }
+}
+
+/// CHORUS.DEBUG ISOLATE ON|OFF: fault injection for tests and demos.
+fn debug_command(context: &NodeContext, args: &[Bytes]) -> Reply {
+    if !context.config.debug_commands {
+        return Reply::err("CHORUS.DEBUG is disabled: start the node with --enable-debug-commands");
+    }
+    let on = match (args.get(1), args.get(2), args.len()) {
+        (Some(sub), Some(flag), 3) if sub.eq_ignore_ascii_case(b"isolate") => {
+            if flag.eq_ignore_ascii_case(b"on") {
+                true
+            } else if flag.eq_ignore_ascii_case(b"off") {
+                false
+            } else {
+                return Reply::err("syntax: CHORUS.DEBUG ISOLATE ON|OFF");
+            }
+        }
+        _ => return Reply::err("syntax: CHORUS.DEBUG ISOLATE ON|OFF"),
+    };
+    context.isolated.store(on, std::sync::atomic::Ordering::Relaxed);
+    tracing::warn!(isolated = on, "CHORUS.DEBUG ISOLATE");
+    Reply::OK
+}
+
+/// CHORUS.MEMBER ADD id peer-addr [LEARNER|VOTER] | REMOVE id | PROMOTE id | LIST.
+fn member_command(context: &NodeContext, args: &[Bytes]) -> Dispatch {
+    const SYNTAX: &str = "syntax: CHORUS.MEMBER ADD id peer-addr [LEARNER|VOTER] | REMOVE id | PROMOTE id | LIST";
+    let word = |index: usize| args.get(index).map(|arg| String::from_utf8_lossy(arg).to_ascii_lowercase());
+    let node = |index: usize| {
+        args.get(index)
+            .and_then(|arg| std::str::from_utf8(arg).ok())
+            .and_then(|id| id.parse::<u64>().ok())
+            .filter(|&id| id > 0)
+            .map(chorus_core::NodeId)
+    };
+    let Some(sub) = word(1) else { return Dispatch::Reply(Reply::err(SYNTAX)) };
+    let change = match (sub.as_str(), args.len()) {
+        ("list", 2) => return Dispatch::Reply(member_list(context)),
+        ("add", 4 | 5) => {
+            let Some(id) = node(2) else { return Dispatch::Reply(Reply::err("node id must be a positive number")) };
+            let Some(address) = args.get(3).and_then(|arg| std::str::from_utf8(arg).ok()) else {
+                return Dispatch::Reply(Reply::err(SYNTAX));
+            };
+            if address.parse::<std::net::SocketAddr>().is_err() {
+                return Dispatch::Reply(Reply::err(format!("peer address '{address}' is not HOST:PORT")));
+            }
+            let change = match word(4).as_deref() {
+                None | Some("learner") => MembershipChange::AddLearner(id),
+                Some("voter") => MembershipChange::AddVoter(id),
+                Some(_) => return Dispatch::Reply(Reply::err(SYNTAX)),
+            };
+            return Dispatch::Member { change, address: Some(address.to_string()) };
+        }
+        ("remove", 3) => node(2).map(MembershipChange::RemoveNode),
+        ("promote", 3) => node(2).map(MembershipChange::PromoteLearner),
+        _ => return Dispatch::Reply(Reply::err(SYNTAX)),
+    };
+    match change {
+        Some(change) => Dispatch::Member { change, address: None },
+        None => Dispatch::Reply(Reply::err("node id must be a positive number")),
+    }
+}
+
+/// CHORUS.MEMBER LIST: one entry per member: id, role (voter / learner), peer address if recorded.
+fn member_list(context: &NodeContext) -> Reply {
+    let Some(membership) = context.core.inspect(|inner| inner.replica.membership().cloned()) else {
+        return Reply::err("this node runs standalone");
+    };
+    let rows = membership
+        .members()
+        .map(|node| {
+            let role = if membership.is_voter(node) { "voter" } else { "learner" };
+            let address = membership.addresses.get(&node).cloned().unwrap_or_default();
+            Reply::Array(vec![
+                Reply::Integer(i64::try_from(node.0).unwrap_or(i64::MAX)),
+                Reply::Bulk(Bytes::from(role)),
+                Reply::Bulk(Bytes::from(address)),
+            ])
+        })
+        .collect();
+    Reply::Array(rows)
 }
 
 /// ROLE, in Redis's shape: a leader is a `master` listing its followers (address and the index

@@ -84,6 +84,15 @@ pub fn run_log_writer(
                         log.truncate_suffix(from)?;
                         record_discarded(&rollback_dir, from, discarded, discards_committed)?;
                     }
+                    Step::Restart { after, term } => {
+                        // A snapshot (already durable) now covers the log up to `after`. A log that
+                        // agrees there keeps its suffix; any other starts over after the snapshot.
+                        if log.term_at(after)? == Some(term) {
+                            log.compact_prefix(after)?;
+                        } else {
+                            log.reset(after, term)?;
+                        }
+                    }
                 }
             }
             let sync_due = match fsync {
@@ -135,25 +144,36 @@ pub fn run_applier(
     let mut stop = false;
     while !stop {
         let mut batch = Vec::new();
-        let mut take = |command: ApplyCommand| match command {
-            ApplyCommand::Apply(entries) => batch.extend(entries),
-            ApplyCommand::Stop => stop = true,
-        };
-        match commands.recv() {
-            Ok(command) => take(command),
+        let command = match commands.recv() {
+            Ok(command) => command,
             Err(_) => return,
+        };
+        let mut next = Some(command);
+        // Take applies in one batch, up to a state replacement (which must not be reordered).
+        while let Some(command) = next.take() {
+            match command {
+                ApplyCommand::Apply(entries) => batch.extend(entries),
+                ApplyCommand::Stop => stop = true,
+                ApplyCommand::Replace(replacement) => {
+                    apply_batch(&state, &mut batch, &core);
+                    let index = replacement.applied_index();
+                    state.replace(*replacement);
+                    snapshotted = index;
+                    core.with_remote(|inner| inner.replica.handle_state_replaced(index));
+                    tracing::info!(%index, "state replaced by the leader's snapshot");
+                }
+            }
+            if !stop {
+                next = commands.try_recv().ok();
+            }
         }
-        while let Ok(command) = commands.try_recv() {
-            take(command);
-        }
-        let Some(last) = batch.last().map(|entry| entry.index) else { continue };
-        state.apply(&batch);
-        core.with_remote(|inner| inner.replica.handle_applied(last));
-        if last.0 - snapshotted.0 >= checkpoint_entries {
+        let Some(last) = apply_batch(&state, &mut batch, &core) else { continue };
+        if last.0.saturating_sub(snapshotted.0) >= checkpoint_entries {
             match checkpoint(&state, &snapshot_dir) {
                 Ok(index) => {
                     snapshotted = index;
                     core.compact_log(index);
+                    core.with_remote(|inner| inner.replica.compact_group_log(index));
                 }
                 Err(error) => tracing::warn!(%error, "snapshot failed; the log keeps its prefix"),
             }
@@ -161,10 +181,20 @@ pub fn run_applier(
     }
 }
 
+/// Applies `batch` (emptying it) and reports how far the state got.
+fn apply_batch(state: &SharedState, batch: &mut Vec<LogEntry>, core: &CoreHandle) -> Option<LogIndex> {
+    let last = batch.last().map(|entry| entry.index)?;
+    state.apply(batch);
+    batch.clear();
+    core.with_remote(|inner| inner.replica.handle_applied(last));
+    Some(last)
+}
+
 /// Writes a snapshot of the applied state (readers go on meanwhile; applying waits) and returns the
 /// index it covers, up to which the log may be compacted.
 pub fn checkpoint(state: &SharedState, snapshot_dir: &Path) -> Result<LogIndex, chorus_storage::StorageError> {
     let started = Instant::now();
+    let _exclusive = state.checkpoint_guard();
     let guard = state.read();
     let meta = chorus_storage::write_snapshot(snapshot_dir, &guard)?;
     drop(guard);
@@ -202,6 +232,7 @@ struct Round {
 enum Step {
     Append(Vec<LogEntry>),
     Truncate { from: LogIndex, discarded: Vec<LogEntry>, discards_committed: bool },
+    Restart { after: LogIndex, term: chorus_core::Term },
 }
 
 impl Round {
@@ -217,6 +248,7 @@ impl Round {
             LogCommand::Truncate { from, discarded, discards_committed } => {
                 self.steps.push(Step::Truncate { from, discarded, discards_committed });
             }
+            LogCommand::Restart { after, term } => self.steps.push(Step::Restart { after, term }),
             LogCommand::Compact(index) => self.compact_to = Some(index),
             LogCommand::Stop => self.stop = true,
         }

@@ -10,11 +10,14 @@ use chorus_core::{LogEntry, LogIndex, ScanFrom, StateError, StateView, StoredVal
 #[derive(Debug)]
 pub struct SharedState {
     inner: RwLock<MemoryState>,
+    /// Held while a snapshot file is written: the applier's checkpoints and a leader's snapshot for
+    /// a follower would otherwise write the same temporary file.
+    checkpoint: std::sync::Mutex<()>,
 }
 
 impl SharedState {
     pub fn new(state: MemoryState) -> SharedState {
-        SharedState { inner: RwLock::new(state) }
+        SharedState { inner: RwLock::new(state), checkpoint: std::sync::Mutex::new(()) }
     }
 
     /// A panic while holding the lock can only come from a bug in applying (an assert); the state is
@@ -25,6 +28,16 @@ impl SharedState {
 
     fn write(&self) -> RwLockWriteGuard<'_, MemoryState> {
         self.inner.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Exclusive right to write a snapshot file of this state.
+    pub fn checkpoint_guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.checkpoint.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Swaps in a whole new state (a snapshot received from the leader; the applier thread only).
+    pub fn replace(&self, state: MemoryState) {
+        *self.write() = state;
     }
 
     /// Applies committed entries in order (the applier thread only). Each call is atomic for readers.

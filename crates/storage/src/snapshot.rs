@@ -7,7 +7,7 @@
 //! ```text
 //! dir/snapshot-00000000000000001234.snap
 //!   "CHSNAP" version(u8)
-//!   frame: header  { applied_index, applied_term, key_count }
+//!   frame: header  { applied_index, applied_term, key_count, membership }   (version 1: no membership)
 //!   frame: records (up to RECORDS_PER_FRAME keys each) ...
 //!   frame: trailer { record_count }
 //! frame = [payload length u32 LE][crc32 of payload u32 LE][postcard payload]
@@ -22,6 +22,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use chorus_core::raft::Membership;
 use chorus_core::state::MemoryState;
 use chorus_core::{LogIndex, StateView, Term, UnixMillis};
 use serde::{Deserialize, Serialize};
@@ -29,16 +30,28 @@ use serde::{Deserialize, Serialize};
 use crate::error::StorageError;
 
 const MAGIC: &[u8; 6] = b"CHSNAP";
-const FORMAT_VERSION: u8 = 1;
+const FORMAT_VERSION: u8 = 2;
+/// Snapshots written before the group configuration was kept in them; still readable.
+const FORMAT_VERSION_WITHOUT_MEMBERSHIP: u8 = 1;
 const RECORDS_PER_FRAME: usize = 4096;
 /// No frame we write comes near this; a larger length is corruption, refused before allocating.
 const FRAME_BYTES_MAX: usize = 1 << 30;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotMeta {
     pub applied_index: LogIndex,
     pub applied_term: Term,
     pub key_count: u64,
+    /// The replication group's configuration at `applied_index` (`None`: the bootstrap one).
+    pub membership: Option<Membership>,
+}
+
+/// The header of a version 1 snapshot.
+#[derive(Deserialize)]
+struct SnapshotMetaWithoutMembership {
+    applied_index: LogIndex,
+    applied_term: Term,
+    key_count: u64,
 }
 
 /// One key as written: borrowed from the state, so a snapshot copies nothing but into its buffer.
@@ -102,6 +115,7 @@ pub fn write_snapshot(dir: &Path, state: &MemoryState) -> Result<SnapshotMeta, S
         applied_index: state.applied_index(),
         applied_term: state.applied_term(),
         key_count: state.key_count().map_err(|error| StorageError::Encode(error.0))?,
+        membership: state.membership().cloned(),
     };
     let final_path = dir.join(file_name(meta.applied_index));
     let temp_path = dir.join(format!("{}.tmp", file_name(meta.applied_index)));
@@ -151,8 +165,35 @@ fn sync_dir(dir: &Path) -> Result<(), StorageError> {
         .map_err(|error| StorageError::io(format!("syncing directory {}", dir.display()), error))
 }
 
+/// The newest snapshot file in `dir` and the index it stands at (to stream it to a follower).
+/// Unlike loading, this leaves temporary files alone: a checkpoint may be writing one.
+pub fn latest_snapshot_file(dir: &Path) -> Result<Option<(LogIndex, PathBuf)>, StorageError> {
+    Ok(scan_snapshots(dir, false)?.pop())
+}
+
+/// Moves a snapshot received from the leader (written and fsynced at `received`, outside the
+/// snapshot directory's naming) into `dir` as the snapshot at `index`, durably, and deletes older
+/// ones. The caller has verified it with [`load_snapshot`].
+pub fn adopt_snapshot_file(dir: &Path, received: &Path, index: LogIndex) -> Result<(), StorageError> {
+    fs::create_dir_all(dir).map_err(|e| StorageError::io(format!("creating {}", dir.display()), e))?;
+    let final_path = dir.join(file_name(index));
+    fs::rename(received, &final_path)
+        .map_err(|error| StorageError::io(format!("renaming {} into place", received.display()), error))?;
+    sync_dir(dir)?;
+    for (older, path) in scan_snapshots(dir, false)? {
+        if older < index {
+            let _ = fs::remove_file(path);
+        }
+    }
+    Ok(())
+}
+
 /// Snapshot files in `dir`, oldest first. Leftover temporary files are removed.
 fn list_snapshots(dir: &Path) -> Result<Vec<(LogIndex, PathBuf)>, StorageError> {
+    scan_snapshots(dir, true)
+}
+
+fn scan_snapshots(dir: &Path, remove_temporary: bool) -> Result<Vec<(LogIndex, PathBuf)>, StorageError> {
     let mut found = Vec::new();
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -163,7 +204,9 @@ fn list_snapshots(dir: &Path) -> Result<Vec<(LogIndex, PathBuf)>, StorageError> 
         let entry = entry.map_err(|error| StorageError::io(format!("listing {}", dir.display()), error))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.ends_with(".tmp") {
-            let _ = fs::remove_file(entry.path());
+            if remove_temporary {
+                let _ = fs::remove_file(entry.path());
+            }
         } else if let Some(index) = parse_file_name(&name) {
             found.push((index, entry.path()));
         }
@@ -224,11 +267,24 @@ pub fn load_snapshot(path: &Path) -> Result<MemoryState, StorageError> {
         FrameReader { input: BufReader::with_capacity(1 << 20, file), path: path.to_path_buf(), offset: 0 };
     let mut magic = [0u8; 7];
     reader.read_exact(&mut magic)?;
-    if &magic[..6] != MAGIC || magic[6] != FORMAT_VERSION {
-        return Err(reader.corrupt("not a Chorus snapshot (bad magic or version)"));
+    if &magic[..6] != MAGIC {
+        return Err(reader.corrupt("not a Chorus snapshot (bad magic)"));
     }
-    let meta: SnapshotMeta = reader.frame()?;
+    let meta: SnapshotMeta = match magic[6] {
+        FORMAT_VERSION => reader.frame()?,
+        FORMAT_VERSION_WITHOUT_MEMBERSHIP => {
+            let old: SnapshotMetaWithoutMembership = reader.frame()?;
+            SnapshotMeta {
+                applied_index: old.applied_index,
+                applied_term: old.applied_term,
+                key_count: old.key_count,
+                membership: None,
+            }
+        }
+        other => return Err(reader.corrupt(format!("unknown snapshot format version {other}"))),
+    };
     let mut state = MemoryState::restored(meta.applied_index, meta.applied_term);
+    state.set_membership(meta.membership.clone());
     let mut record_count = 0u64;
     while record_count < meta.key_count {
         let records: Vec<RecordIn> = reader.frame()?;
@@ -272,12 +328,21 @@ mod tests {
             })
             .collect();
         state.apply(&entries);
+        let membership = Membership::with_voters([chorus_core::NodeId(1), chorus_core::NodeId(2)])
+            .with_address(chorus_core::NodeId(2), "127.0.0.1:7102".into());
+        state.apply(&[LogEntry {
+            index: LogIndex(keys + 1),
+            term: Term(2),
+            payload: EntryPayload::Membership(membership.clone()),
+        }]);
+        assert_eq!(state.membership(), Some(&membership));
         state
     }
 
     fn assert_same(a: &MemoryState, b: &MemoryState) {
         assert_eq!(a.applied_index(), b.applied_index());
         assert_eq!(a.applied_term(), b.applied_term());
+        assert_eq!(a.membership(), b.membership());
         assert_eq!(a.key_count().unwrap(), b.key_count().unwrap());
         assert!(a.iter().eq(b.iter()), "same keys and values in the same order");
         assert_eq!(
@@ -294,7 +359,7 @@ mod tests {
         write_snapshot(dir.path(), &small).unwrap();
         let large = sample_state(10_000);
         let meta = write_snapshot(dir.path(), &large).unwrap();
-        assert_eq!(meta.applied_index, LogIndex(10_000));
+        assert_eq!(meta.applied_index, LogIndex(10_001));
         assert_eq!(list_snapshots(dir.path()).unwrap().len(), 1, "the older snapshot is gone");
         assert_same(&load_latest_snapshot(dir.path()).unwrap().unwrap(), &large);
     }
@@ -330,7 +395,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_snapshot(dir.path(), &sample_state(3)).unwrap();
         fs::write(dir.path().join("snapshot-00000000000000000009.snap.tmp"), b"half written").unwrap();
-        assert_eq!(load_latest_snapshot(dir.path()).unwrap().unwrap().applied_index(), LogIndex(3));
+        assert_eq!(load_latest_snapshot(dir.path()).unwrap().unwrap().applied_index(), LogIndex(4));
         assert!(!dir.path().join("snapshot-00000000000000000009.snap.tmp").exists());
     }
 }

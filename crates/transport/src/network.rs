@@ -46,16 +46,31 @@ pub enum NetworkError {
     Hello(String),
 }
 
+/// One peer this node dials: where, and the queue its dialling task drains.
+struct Link {
+    addr: SocketAddr,
+    queue: mpsc::Sender<BytesMut>,
+}
+
 /// The sending half: cheap to clone, never blocks.
 pub struct PeerNetwork<M> {
     node_id: u64,
-    outbound: Arc<BTreeMap<u64, mpsc::Sender<BytesMut>>>,
+    /// Replaced wholesale when the group's configuration changes (rarely); read on every send.
+    links: Arc<std::sync::RwLock<BTreeMap<u64, Link>>>,
+    runtime: tokio::runtime::Handle,
+    accept_task: Arc<tokio::task::AbortHandle>,
     _message: PhantomData<fn(M)>,
 }
 
 impl<M> Clone for PeerNetwork<M> {
     fn clone(&self) -> Self {
-        PeerNetwork { node_id: self.node_id, outbound: Arc::clone(&self.outbound), _message: PhantomData }
+        PeerNetwork {
+            node_id: self.node_id,
+            links: Arc::clone(&self.links),
+            runtime: self.runtime.clone(),
+            accept_task: Arc::clone(&self.accept_task),
+            _message: PhantomData,
+        }
     }
 }
 
@@ -63,24 +78,52 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> PeerNetwork<M> {
     /// Starts dialling every peer and accepting peers on `listener`; messages received are delivered
     /// to `inbound` as (sender id, message). Must be called inside a tokio runtime.
     pub fn start(config: PeerConfig, listener: TcpListener, inbound: mpsc::Sender<(u64, M)>) -> PeerNetwork<M> {
-        let mut outbound = BTreeMap::new();
-        for (&peer, &addr) in &config.peers {
-            if peer == config.node_id {
+        let decoder = FrameDecoder { frame_bytes_max: config.frame_bytes_max };
+        let accept_task = tokio::spawn(accept_loop(listener, decoder, inbound)).abort_handle();
+        let network = PeerNetwork {
+            node_id: config.node_id,
+            links: Arc::new(std::sync::RwLock::new(BTreeMap::new())),
+            runtime: tokio::runtime::Handle::current(),
+            accept_task: Arc::new(accept_task),
+            _message: PhantomData,
+        };
+        network.set_peers(&config.peers);
+        network
+    }
+
+    /// Makes `peers` the set this node dials: new peers (or peers at a new address) get a dialling
+    /// task, peers no longer listed are disconnected. This node's own id is skipped.
+    pub fn set_peers(&self, peers: &BTreeMap<u64, SocketAddr>) {
+        let mut links = self.links.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Dropping a link's queue ends its dialling task.
+        links.retain(|id, link| peers.get(id) == Some(&link.addr));
+        for (&peer, &addr) in peers {
+            if peer == self.node_id || links.contains_key(&peer) {
                 continue;
             }
-            let (sender, receiver) = mpsc::channel(PEER_QUEUE_MAX);
-            outbound.insert(peer, sender);
-            tokio::spawn(dial_loop(config.node_id, peer, addr, receiver));
+            let (queue, receiver) = mpsc::channel(PEER_QUEUE_MAX);
+            links.insert(peer, Link { addr, queue });
+            self.runtime.spawn(dial_loop(self.node_id, peer, addr, receiver));
         }
-        let decoder = FrameDecoder { frame_bytes_max: config.frame_bytes_max };
-        tokio::spawn(accept_loop(listener, decoder, inbound));
-        PeerNetwork { node_id: config.node_id, outbound: Arc::new(outbound), _message: PhantomData }
+    }
+
+    /// The peers this node dials, with their addresses.
+    pub fn peers(&self) -> BTreeMap<u64, SocketAddr> {
+        let links = self.links.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        links.iter().map(|(&id, link)| (id, link.addr)).collect()
+    }
+
+    /// Stops accepting and dialling peers (node shutdown); sends are dropped from now on.
+    pub fn shut_down(&self) {
+        self.accept_task.abort();
+        self.links.write().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
     }
 
     /// Queues `message` for `to`. Returns false when it was dropped (unknown peer, queue full, or
     /// encoding failed — the last is a bug, and is logged).
     pub fn send(&self, to: u64, message: &M) -> bool {
-        let Some(queue) = self.outbound.get(&to) else { return false };
+        let links = self.links.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(link) = links.get(&to) else { return false };
         let payload = match postcard::to_allocvec(message) {
             Ok(payload) => payload,
             Err(error) => {
@@ -90,7 +133,7 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> PeerNetwork<M> {
         };
         let mut frame = BytesMut::with_capacity(payload.len() + 8);
         encode_frame(&payload, &mut frame);
-        queue.try_send(frame).is_ok()
+        link.queue.try_send(frame).is_ok()
     }
 }
 
@@ -98,6 +141,9 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> PeerNetwork<M> {
 async fn dial_loop(node_id: u64, peer: u64, addr: SocketAddr, mut queue: mpsc::Receiver<BytesMut>) {
     let mut delay = REDIAL_DELAY_MIN;
     loop {
+        if queue.is_closed() {
+            return; // the peer left the group, or the node is shutting down
+        }
         let stream = match TcpStream::connect(addr).await {
             Ok(stream) => stream,
             Err(error) => {
@@ -272,6 +318,34 @@ mod tests {
             PeerNetwork::start(PeerConfig { node_id: 2, peers, frame_bytes_max: 1 << 20 }, listener_2, inbound_2);
         let (from, _) = send_until_received(&network_1, 2, Ping::Number(2), &mut inbox_2).await;
         assert_eq!(from, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn peers_can_be_added_and_removed_while_running() {
+        let (listener_1, addr_1) = bind().await;
+        let (listener_2, addr_2) = bind().await;
+        let (inbound_1, _inbox_1) = mpsc::channel(16);
+        let (inbound_2, mut inbox_2) = mpsc::channel(16);
+        let alone: BTreeMap<u64, SocketAddr> = [(1, addr_1)].into();
+        let network_1 = PeerNetwork::start(
+            PeerConfig { node_id: 1, peers: alone.clone(), frame_bytes_max: 1 << 20 },
+            listener_1,
+            inbound_1,
+        );
+        let _network_2 = PeerNetwork::<Ping>::start(
+            PeerConfig { node_id: 2, peers: alone.clone(), frame_bytes_max: 1 << 20 },
+            listener_2,
+            inbound_2,
+        );
+        assert!(!network_1.send(2, &Ping::Number(0)), "node 2 is not a peer yet");
+        network_1.set_peers(&[(1, addr_1), (2, addr_2)].into());
+        assert_eq!(network_1.peers(), [(2, addr_2)].into());
+        let (from, _) = send_until_received(&network_1, 2, Ping::Number(1), &mut inbox_2).await;
+        assert_eq!(from, 1);
+        network_1.set_peers(&alone);
+        assert!(network_1.peers().is_empty());
+        assert!(!network_1.send(2, &Ping::Number(2)), "node 2 was removed");
+        network_1.shut_down();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,7 @@
 //! receive the log but never vote and are never counted. Changes go one server at a time (Raft
 //! dissertation section 4.1), so any two consecutive configurations share a majority.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -14,6 +14,11 @@ use crate::types::NodeId;
 pub struct Membership {
     pub voters: BTreeSet<NodeId>,
     pub learners: BTreeSet<NodeId>,
+    /// Where members listen for peers, as the driver spells it (opaque to the engine). Replicated
+    /// with the configuration so that every node, and every later leader, can reach a member added
+    /// online; members started from `--initial-cluster` may have none here.
+    #[serde(default)]
+    pub addresses: BTreeMap<NodeId, String>,
 }
 
 /// One single-server change.
@@ -49,7 +54,13 @@ pub enum MembershipError {
 impl Membership {
     /// A group of voters and no learners.
     pub fn with_voters(voters: impl IntoIterator<Item = NodeId>) -> Membership {
-        Membership { voters: voters.into_iter().collect(), learners: BTreeSet::new() }
+        Membership { voters: voters.into_iter().collect(), learners: BTreeSet::new(), addresses: BTreeMap::new() }
+    }
+
+    /// The same configuration, recording that `node` listens for peers at `address`.
+    pub fn with_address(mut self, node: NodeId, address: String) -> Membership {
+        self.addresses.insert(node, address);
+        self
     }
 
     pub fn is_voter(&self, node: NodeId) -> bool {
@@ -89,6 +100,7 @@ impl Membership {
                 }
                 next.voters.remove(&node);
                 next.learners.remove(&node);
+                next.addresses.remove(&node);
             }
             MembershipChange::PromoteLearner(node) => {
                 if !next.learners.remove(&node) {
@@ -132,7 +144,7 @@ mod tests {
 
     #[test]
     fn invalid_changes_are_refused() {
-        let base = Membership { voters: ids(&[1]), learners: ids(&[2]) };
+        let base = Membership { voters: ids(&[1]), learners: ids(&[2]), ..Membership::default() };
         assert_eq!(base.apply(MembershipChange::AddVoter(NodeId(2))), Err(MembershipError::AlreadyMember(NodeId(2))));
         assert_eq!(base.apply(MembershipChange::AddLearner(NodeId(1))), Err(MembershipError::AlreadyMember(NodeId(1))));
         assert_eq!(base.apply(MembershipChange::RemoveNode(NodeId(9))), Err(MembershipError::NotMember(NodeId(9))));

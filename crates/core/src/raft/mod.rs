@@ -496,6 +496,17 @@ impl Raft {
         now: UnixMillis,
         change: MembershipChange,
     ) -> Result<LogIndex, ProposeError> {
+        self.propose_membership_change_with_address(now, change, None)
+    }
+
+    /// [`Raft::propose_membership_change`], recording where an added node listens for peers in the
+    /// configuration (so every member, and every later leader, can reach it).
+    pub fn propose_membership_change_with_address(
+        &mut self,
+        now: UnixMillis,
+        change: MembershipChange,
+        address: Option<String>,
+    ) -> Result<LogIndex, ProposeError> {
         self.check_can_propose()?;
         let lead = self.lead.as_ref().ok_or(ProposeError::NotLeader { leader_hint: self.leader })?;
         // Dissertation §4.1 (and its 2015 erratum): one change at a time, and only once an entry of
@@ -506,7 +517,12 @@ impl Raft {
         if change == MembershipChange::RemoveNode(self.config.node_id) {
             return Err(MembershipError::RemovingLeader(self.config.node_id).into());
         }
-        let next = self.log.membership().apply(change)?;
+        let mut next = self.log.membership().apply(change)?;
+        if let (MembershipChange::AddVoter(node) | MembershipChange::AddLearner(node), Some(address)) =
+            (change, address)
+        {
+            next = next.with_address(node, address);
+        }
         let index = self.append_as_leader(EntryPayload::Membership(next));
         self.sync_progress_with_membership(now);
         self.broadcast_append(now);

@@ -17,10 +17,14 @@ use chorus_resp::Reply;
 use super::{Effect, Replica, RequestId};
 use crate::command::KvCommand;
 use crate::log::{EntryPayload, WriteOp};
-use crate::raft::{self, ProposeError, Raft, Role};
+use crate::raft::{self, Membership, MembershipChange, ProposeError, Raft, Role, SnapshotMeta};
 use crate::slot::Slot;
 use crate::state::StateView;
 use crate::types::{LogIndex, NodeId, Term, UnixMillis};
+
+/// Why follower reads are refused after an async failover left this state ahead of the leader's log.
+const STATE_DIVERGED: &str =
+    "this replica's state holds writes the new leader discarded; it waits for the leader's snapshot";
 
 /// A read executed, waiting for its leadership confirmation.
 #[derive(Debug)]
@@ -47,7 +51,15 @@ pub(super) struct Group {
     client_addrs: BTreeMap<NodeId, String>,
     pub(super) discarded_entries: u64,
     pub(super) discarded_committed_events: u64,
+    /// The configuration last reported to the driver (`MembershipChanged`).
+    reported_membership: Membership,
+    /// When a message from the leader this node follows last arrived (bounded staleness).
+    last_leader_contact: Option<UnixMillis>,
 }
+
+/// How far behind the leader's log a learner may be when promoted: within one heartbeat's worth of
+/// writes, so the group does not wait on a voter that is still catching up.
+const PROMOTE_LAG_ENTRIES_MAX: u64 = 1_000;
 
 impl Group {
     pub(super) fn new(raft: Raft, applied_index: LogIndex) -> Group {
@@ -63,6 +75,8 @@ impl Group {
             client_addrs: BTreeMap::new(),
             discarded_entries: 0,
             discarded_committed_events: 0,
+            reported_membership: Membership::default(),
+            last_leader_contact: None,
         }
     }
 
@@ -137,7 +151,157 @@ impl Replica {
     pub fn handle_peer_message(&mut self, now: UnixMillis, from: NodeId, message: raft::Message) {
         if let Some(group) = self.group.as_mut() {
             group.raft.handle_message(now, from, message);
+            if group.raft.role() == Role::Follower && group.raft.leader() == Some(from) {
+                group.last_leader_contact = Some(now);
+            }
             self.pump_group();
+        }
+    }
+
+    /// A single-server membership change (`CHORUS.MEMBER`), on the leader: the reply (`+OK`) leaves
+    /// once the change has committed in this term. `address` is where an added node listens for
+    /// peers. A learner is promoted only once it has caught up.
+    pub fn change_membership(
+        &mut self,
+        now: UnixMillis,
+        request: RequestId,
+        change: MembershipChange,
+        address: Option<String>,
+    ) {
+        let Some(group) = self.group.as_mut() else {
+            let reply = Reply::err("this node runs standalone: start it with --initial-cluster to form a group");
+            self.effects.push(Effect::Reply { request, reply });
+            return;
+        };
+        if group.role != Role::Leader {
+            let reply = group.redirect(None);
+            self.effects.push(Effect::Reply { request, reply });
+            return;
+        }
+        if let MembershipChange::PromoteLearner(node) = change {
+            let last = group.raft.last_index();
+            let status = group.raft.status();
+            let matched = status.followers.iter().find(|follower| follower.node_id == node).map(|f| f.match_index);
+            if let Some(matched) = matched
+                && matched.0 + PROMOTE_LAG_ENTRIES_MAX < last.0
+            {
+                let behind = last.0 - matched.0;
+                let reply = Reply::Error(format!(
+                    "TRYAGAIN node {node} is {behind} entries behind; promote it once it has caught up"
+                ));
+                self.effects.push(Effect::Reply { request, reply });
+                return;
+            }
+        }
+        match group.raft.propose_membership_change_with_address(now, change, address) {
+            Ok(index) => {
+                let term = group.raft.term();
+                self.hold_write(index, term, request, Reply::OK);
+            }
+            Err(ProposeError::NotLeader { .. } | ProposeError::TransferInProgress { .. }) => {
+                let reply = group.redirect(None);
+                self.effects.push(Effect::Reply { request, reply });
+            }
+            Err(error @ ProposeError::MembershipChangePending) => {
+                self.effects.push(Effect::Reply { request, reply: Reply::Error(format!("TRYAGAIN {error}")) });
+            }
+            Err(error) => self.effects.push(Effect::Reply { request, reply: Reply::err(error.to_string()) }),
+        }
+        self.pump_group();
+    }
+
+    /// The configuration in force, when in a group.
+    pub fn membership(&self) -> Option<&Membership> {
+        self.group.as_ref().map(|group| group.raft.membership())
+    }
+
+    /// Whether a snapshot at `meta` streamed by `from` (leader of `leader_term`) should be installed
+    /// (see `Raft::snapshot_needed`). The driver asks before making it durable, and again through
+    /// [`Replica::install_snapshot`].
+    pub fn snapshot_needed(&self, from: NodeId, leader_term: Term, meta: &SnapshotMeta) -> bool {
+        self.group.as_ref().is_some_and(|group| group.raft.snapshot_needed(from, leader_term, meta))
+    }
+
+    /// The driver holds a durable snapshot at `meta` from `from`, leader of `leader_term`. If it is
+    /// still needed, the engine adopts it and `ReplaceState` tells the driver to swap the state and
+    /// restart the log after it; returns whether it was taken. Follower reads wait until the driver
+    /// reports the swap (`handle_state_replaced`).
+    pub fn install_snapshot(&mut self, now: UnixMillis, from: NodeId, leader_term: Term, meta: SnapshotMeta) -> bool {
+        let Some(group) = self.group.as_mut() else { return false };
+        if !group.raft.snapshot_needed(from, leader_term, &meta) {
+            return false;
+        }
+        let (index, term) = (meta.index, meta.term);
+        group.raft.handle_snapshot_installed(now, from, leader_term, meta);
+        // The state is replaced wholesale: anything asked of the applier before is moot, and applying
+        // resumes after the snapshot.
+        group.apply_requested = index;
+        self.commit_index = index;
+        self.state_unusable = Some(super::STATE_BEING_REPLACED);
+        self.kv.discard_pending();
+        // The engine's truncation (if any) comes first, then the swap, then any commits after it.
+        let effects: Vec<raft::Effect> = group.raft.drain_effects().collect();
+        let (before, after): (Vec<_>, Vec<_>) =
+            effects.into_iter().partition(|effect| matches!(effect, raft::Effect::TruncateLog { .. }));
+        self.translate(before);
+        self.effects.push(Effect::ReplaceState { index, term });
+        if let Some(group) = self.group.as_ref() {
+            self.last_index = group.raft.last_index();
+        }
+        self.translate(after);
+        self.report_membership();
+        true
+    }
+
+    /// The metadata of a snapshot of the state applied up to `index`, for streaming it to a
+    /// follower (`None` if `index` is not committed or no longer in the engine's log).
+    pub fn snapshot_meta(&self, index: LogIndex) -> Option<SnapshotMeta> {
+        self.group.as_ref()?.raft.snapshot_meta(index)
+    }
+
+    /// Streaming a snapshot to `to` failed: the leader asks again at its next heartbeat.
+    pub fn snapshot_failed(&mut self, now: UnixMillis, to: NodeId) {
+        if let Some(group) = self.group.as_mut() {
+            group.raft.handle_snapshot_failed(now, to);
+            self.pump_group();
+        }
+    }
+
+    /// The driver swapped in the snapshot at `index` (after `ReplaceState`): follower reads resume.
+    pub fn handle_state_replaced(&mut self, index: LogIndex) {
+        if self.failure.is_some() {
+            return;
+        }
+        self.state_unusable = None;
+        self.applied_index = index;
+        self.kv.on_applied(index);
+    }
+
+    /// The state is durable in a snapshot at `index`: the engine drops its in-memory log up to there
+    /// (followers that need older entries are sent a snapshot).
+    pub fn compact_group_log(&mut self, index: LogIndex) {
+        if let Some(group) = self.group.as_mut() {
+            let index = index.min(group.raft.commit_index()).min(self.applied_index);
+            group.raft.compact(index);
+        }
+    }
+
+    /// Why a follower read must be refused now (bounded staleness, or a state that cannot be used).
+    pub(super) fn replica_read_refusal(&self, now: UnixMillis) -> Option<String> {
+        if let Some(reason) = self.state_unusable
+            && reason != super::STATE_BEING_REPLACED
+        {
+            return Some(reason.to_string());
+        }
+        let bound = self.config.replica_read_staleness_max_ms?;
+        let group = self.group.as_ref()?;
+        match group.last_leader_contact {
+            Some(contact) if now.0.saturating_sub(contact.0) <= bound => None,
+            Some(contact) => Some(format!(
+                "this replica last heard from the leader {} ms ago, more than the staleness bound of {bound} ms",
+                now.0.saturating_sub(contact.0)
+            )),
+            None => Some("this replica has not heard from a leader yet (staleness bound)".into()),
         }
     }
 
@@ -215,6 +379,20 @@ impl Replica {
     fn pump_group(&mut self) {
         let Some(group) = self.group.as_mut() else { return };
         let effects: Vec<raft::Effect> = group.raft.drain_effects().collect();
+        self.translate(effects);
+        self.report_membership();
+    }
+
+    /// Tells the driver when the configuration in force has changed since it was last told.
+    fn report_membership(&mut self) {
+        let Some(group) = self.group.as_mut() else { return };
+        if group.raft.membership() != &group.reported_membership {
+            group.reported_membership = group.raft.membership().clone();
+            self.effects.push(Effect::MembershipChanged(group.reported_membership.clone()));
+        }
+    }
+
+    fn translate(&mut self, effects: Vec<raft::Effect>) {
         for effect in effects {
             match effect {
                 raft::Effect::PersistHardState { term, voted_for } => {
@@ -237,8 +415,8 @@ impl Replica {
                 }
                 raft::Effect::StateDiverged { kept } => {
                     // Only under async / semi-sync: the applied state holds entries the new leader
-                    // lacks. Serving stops until a snapshot replaces it (not yet implemented: the
-                    // driver logs it loudly).
+                    // lacks. Follower reads stop until the snapshot the leader sends replaces it.
+                    self.state_unusable = Some(STATE_DIVERGED);
                     self.effects.push(Effect::StateDiverged { kept });
                 }
                 raft::Effect::Send { to, message } => self.effects.push(Effect::Send { to, message }),
@@ -258,7 +436,9 @@ impl Replica {
                     }
                 }
                 raft::Effect::RoleChanged { role, term, leader } => self.role_changed(role, term, leader),
-                raft::Effect::SendSnapshot { to, .. } => self.effects.push(Effect::SnapshotNeeded { to }),
+                raft::Effect::SendSnapshot { to, leader_term, index } => {
+                    self.effects.push(Effect::SnapshotNeeded { to, leader_term, index });
+                }
             }
         }
     }

@@ -50,9 +50,20 @@ pub enum Effect {
     StateDiverged { kept: LogIndex },
     /// (Replication group) send `message` to peer `to` (best effort).
     Send { to: NodeId, message: crate::raft::Message },
-    /// (Replication group) peer `to` needs a snapshot of the state.
-    SnapshotNeeded { to: NodeId },
+    /// (Replication group) peer `to` needs a snapshot of the state at `index` or later (see
+    /// `raft::Effect::SendSnapshot`), stamped with `leader_term`.
+    SnapshotNeeded { to: NodeId, leader_term: Term, index: LogIndex },
+    /// (Replication group) the configuration in force changed (a membership entry was appended or
+    /// truncated, or a snapshot installed): the driver updates whom it dials.
+    MembershipChanged(crate::raft::Membership),
+    /// (Replication group) replace the applied state with the snapshot the driver received and
+    /// made durable at `index` (after applying what it was sent before), then report with
+    /// `handle_state_replaced`; drop log entries up to `index` and start the log after it.
+    ReplaceState { index: LogIndex, term: Term },
 }
+
+/// Why follower reads wait while a received snapshot replaces the state.
+const STATE_BEING_REPLACED: &str = "this replica is installing a snapshot from the leader";
 
 /// How long a follower read waits for the replica to reach its session's position.
 const REPLICA_READ_WAIT_MS_MAX: u64 = 1_000;
@@ -90,11 +101,14 @@ pub struct ReplicaConfig {
     pub node_id: NodeId,
     /// Most keys active expiry deletes per tick, so one tick never stalls the node.
     pub expire_keys_per_tick_max: usize,
+    /// Bounded staleness for follower reads: a follower that has not heard from a leader for longer
+    /// than this refuses them (`None`: no bound, a partitioned follower serves what it has).
+    pub replica_read_staleness_max_ms: Option<u64>,
 }
 
 impl ReplicaConfig {
     pub fn new(node_id: NodeId) -> ReplicaConfig {
-        ReplicaConfig { node_id, expire_keys_per_tick_max: 200 }
+        ReplicaConfig { node_id, expire_keys_per_tick_max: 200, replica_read_staleness_max_ms: None }
     }
 }
 
@@ -148,6 +162,9 @@ pub struct Replica {
     replica_reads: VecDeque<ReplicaRead>,
     /// WAIT commands waiting for followers to acknowledge an index.
     waits: Vec<Wait>,
+    /// Why follower reads cannot be served from the applied state right now: it holds entries the
+    /// leader's log lacks (async failover), or a snapshot is replacing it.
+    state_unusable: Option<&'static str>,
 }
 
 impl Replica {
@@ -168,6 +185,7 @@ impl Replica {
             group: None,
             replica_reads: VecDeque::new(),
             waits: Vec::new(),
+            state_unusable: None,
         }
     }
 
@@ -270,8 +288,12 @@ impl Replica {
             self.effects.push(Effect::Reply { request, reply });
             return;
         }
+        if let Some(reason) = self.replica_read_refusal(now) {
+            self.effects.push(Effect::Reply { request, reply: Reply::Error(format!("TRYAGAIN {reason}")) });
+            return;
+        }
         let read = ReplicaRead { min_index, deadline: UnixMillis(now.0 + REPLICA_READ_WAIT_MS_MAX), request, command };
-        if self.applied_index >= min_index && self.replica_reads.is_empty() {
+        if self.applied_index >= min_index && self.replica_reads.is_empty() && self.state_unusable.is_none() {
             self.serve_replica_read(now, read, state);
         } else {
             self.replica_reads.push_back(read);
@@ -287,7 +309,7 @@ impl Replica {
     /// long (in order: a connection's replies must not overtake each other).
     fn serve_waiting_replica_reads<S: StateView>(&mut self, now: UnixMillis, state: &S) {
         while let Some(read) = self.replica_reads.pop_front() {
-            if self.applied_index >= read.min_index {
+            if self.applied_index >= read.min_index && self.state_unusable.is_none() {
                 self.serve_replica_read(now, read, state);
             } else if now >= read.deadline {
                 let reply = Reply::Error(format!(
@@ -399,6 +421,10 @@ impl Replica {
     /// The key-value state has applied every entry up to `index`.
     pub fn handle_applied(&mut self, index: LogIndex) {
         if self.failure.is_some() {
+            return;
+        }
+        if self.state_unusable == Some(STATE_BEING_REPLACED) {
+            // Applies sent before a snapshot install, to the state being replaced.
             return;
         }
         assert!(index <= self.commit_index, "applied an entry that is not committed");

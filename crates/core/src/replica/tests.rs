@@ -64,7 +64,9 @@ impl Harness {
                 | Effect::TruncateLog { .. }
                 | Effect::StateDiverged { .. }
                 | Effect::Send { .. }
-                | Effect::SnapshotNeeded { .. } => {}
+                | Effect::SnapshotNeeded { .. }
+                | Effect::MembershipChanged(_)
+                | Effect::ReplaceState { .. } => {}
             }
         }
         (persist, replies)

@@ -68,7 +68,8 @@ fn all_waits_for_every_voter() {
 
 #[test]
 fn learners_are_never_counted() {
-    let membership = Membership { voters: [n(1), n(2), n(3)].into(), learners: [n(4), n(5)].into() };
+    let membership =
+        Membership { voters: [n(1), n(2), n(3)].into(), learners: [n(4), n(5)].into(), ..Membership::default() };
     let restored =
         RestoredState { snapshot: SnapshotMeta { membership, ..SnapshotMeta::default() }, ..RestoredState::default() };
     let mut raft = Raft::new(config(1, Durability::Quorum), restored);

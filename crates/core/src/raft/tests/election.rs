@@ -254,7 +254,11 @@ fn learners_never_campaign() {
         config(4, Q),
         RestoredState {
             snapshot: SnapshotMeta {
-                membership: Membership { voters: [n(1), n(2), n(3)].into(), learners: [n(4)].into() },
+                membership: Membership {
+                    voters: [n(1), n(2), n(3)].into(),
+                    learners: [n(4)].into(),
+                    ..Membership::default()
+                },
                 ..SnapshotMeta::default()
             },
             ..RestoredState::default()
@@ -270,7 +274,8 @@ fn learners_never_campaign() {
 #[test]
 fn a_learners_vote_does_not_count() {
     // Only voters of the candidate's configuration count toward its majority.
-    let membership = Membership { voters: [n(1), n(2), n(3)].into(), learners: [n(4), n(5)].into() };
+    let membership =
+        Membership { voters: [n(1), n(2), n(3)].into(), learners: [n(4), n(5)].into(), ..Membership::default() };
     let restored =
         RestoredState { snapshot: SnapshotMeta { membership, ..SnapshotMeta::default() }, ..RestoredState::default() };
     let mut raft = Raft::new(config(1, Q), restored);
