@@ -68,6 +68,7 @@ def test_a_learner_added_under_load_catches_up_from_a_snapshot_and_serves_token_
         stop.set()
         loader.join()
 
+    assert group.info(4)["chorus_member"] == "learner"
     assert any("installed a snapshot from the leader" in path.read_text() for path in group.logs[4]), \
         "the learner was sent a snapshot (the leader's log was compacted)\n" + group.log_tails()
     token = writer.execute_command("CHORUS.TOKEN")
@@ -81,9 +82,23 @@ def test_a_learner_added_under_load_catches_up_from_a_snapshot_and_serves_token_
         assert reader.get(key) == value.encode(), f"{key} on the learner (seed {SEED})"
     assert reader.execute_command("CHORUS.TOKEN") >= token, "monotonic: the session never goes back"
 
+    # Restarted after a crash with no flags beyond its addresses (not even --learner), the learner
+    # rejoins from its data directory and catches up with writes made while it was down.
+    group.kill(4)
+    group.learners.discard(4)
+    for i in range(100):
+        assert writer.set(f"while-down:{i}", str(i)) is True
+    group.start(4)
+    token = writer.execute_command("CHORUS.TOKEN")
+    wait_until(lambda: applied_index(group, 4) >= token, 30, "the restarted learner catches up")
+    reader = group.client(4)
+    reader.execute_command("READONLY")
+    assert reader.get("while-down:99") == b"99"
+
     # A learner does not vote or count toward commits; promoted once caught up, it does.
     assert writer.execute_command("CHORUS.MEMBER", "PROMOTE", 4) in (True, b"OK")
     assert member_list(writer)[4][0] == "voter"
+    wait_until(lambda: (group.info(4) or {}).get("chorus_member") == "voter", 10, "node 4 learns it votes")
     assert writer.set("after-promotion", "1") is True
     assert writer.execute_command("CHORUS.MEMBER", "REMOVE", 4) in (True, b"OK")
     assert 4 not in member_list(writer)

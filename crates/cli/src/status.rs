@@ -69,7 +69,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
             "{:<22} {:>5} {:<11} {:>6} {:>7} {:>10} {:>10} {:>10}  {}",
             addr.to_string(),
             get("chorus_node_id"),
-            get("chorus_role"),
+            if get("chorus_member") == "learner" { "learner" } else { get("chorus_role") },
             get("chorus_term"),
             get("chorus_leader"),
             get("chorus_commit_index"),

@@ -118,6 +118,10 @@ impl Default for StorageConfig {
     }
 }
 
+/// Marks a data directory whose node joined an existing group (`--learner`), so that a restart,
+/// with or without the flag, still waits for the leader instead of bootstrapping a group.
+pub const JOINED_MARKER: &str = "JOINED_AS_LEARNER";
+
 /// Everything a node needs to start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -219,10 +223,16 @@ impl NodeConfig {
                 return Err(ConfigError::Invalid(format!("initial_cluster names node {id} twice")));
             }
         }
-        if !members.contains_key(&self.id) && !self.learner {
+        if !members.contains_key(&self.id) && !self.joins_as_learner() {
             return Err(ConfigError::Invalid(format!("initial_cluster does not name this node (id {})", self.id)));
         }
         Ok(Some(members))
+    }
+
+    /// Whether this node joins (or joined, as its data directory remembers) an existing group as a
+    /// learner, rather than being one of the voters that bootstrap it.
+    pub fn joins_as_learner(&self) -> bool {
+        self.learner || self.data_dir.join(JOINED_MARKER).exists()
     }
 
     pub fn durability(&self) -> Result<chorus_core::raft::Durability, ConfigError> {

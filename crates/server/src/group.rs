@@ -16,7 +16,7 @@ use chorus_storage::SegmentedLog;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::config::NodeConfig;
+use crate::config::{JOINED_MARKER, NodeConfig};
 use crate::context::{NodeContext, now_millis};
 use crate::core_handle::{GroupIo, SnapshotRequest};
 use crate::node::NodeError;
@@ -28,9 +28,6 @@ pub const TICK_INTERVAL: Duration = Duration::from_millis(10);
 const HELLO_INTERVAL: Duration = Duration::from_secs(1);
 /// Bytes of a snapshot file per peer message.
 const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
-/// Marks a data directory whose node joined an existing group (`--learner`), so that a restart
-/// before the node has learnt the configuration still waits for the leader instead of bootstrapping.
-const JOINED_MARKER: &str = "JOINED_AS_LEARNER";
 /// Where a snapshot from the leader is assembled (outside the snapshot directory's naming).
 const INCOMING_SNAPSHOT: &str = "incoming-snapshot.partial";
 
@@ -80,7 +77,7 @@ fn joined_as_learner(config: &NodeConfig) -> Result<bool, NodeError> {
             .and_then(|()| std::fs::File::open(&config.data_dir)?.sync_all())
             .map_err(|source| NodeError::Io { context: format!("cannot write {}", marker.display()), source })?;
     }
-    Ok(config.learner || marker.exists())
+    Ok(config.joins_as_learner())
 }
 
 /// The engine draws its election timeouts from a seed given as an input; the node seeds it from the

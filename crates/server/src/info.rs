@@ -107,13 +107,20 @@ fn render_section(context: &NodeContext, section: &str, out: &mut String) {
                 Some(_) => ("slave", "candidate", "single-leader"),
             };
             let leader = status.leader.map(|leader| leader.to_string()).unwrap_or_default();
-            let (group, addrs) = context.core.inspect(|inner| {
+            let own_id = chorus_core::NodeId(context.config.id);
+            let (group, addrs, member) = context.core.inspect(|inner| {
+                let member = match inner.replica.membership() {
+                    None => "standalone",
+                    Some(membership) if membership.is_voter(own_id) => "voter",
+                    Some(membership) if membership.is_member(own_id) => "learner",
+                    Some(_) => "none",
+                };
                 let group = inner.replica.group_status();
                 let addrs: Vec<Option<String>> = group
                     .iter()
                     .flat_map(|group| group.followers.iter().map(|f| inner.replica.peer_client_addr(f.node_id)))
                     .collect();
-                (group, addrs)
+                (group, addrs, member)
             });
             let now = crate::context::now_millis();
             let mut followers = String::new();
@@ -139,7 +146,7 @@ fn render_section(context: &NodeContext, section: &str, out: &mut String) {
             write!(
                 out,
                 "# Replication\r\nrole:{redis_role}\r\nconnected_slaves:{connected}\r\n{followers}master_repl_offset:{}\r\n\
-                 chorus_mode:{mode}\r\nchorus_role:{chorus_role}\r\nchorus_leader:{leader}\r\nchorus_term:{}\r\n\
+                 chorus_mode:{mode}\r\nchorus_role:{chorus_role}\r\nchorus_member:{member}\r\nchorus_leader:{leader}\r\nchorus_term:{}\r\n\
                  chorus_commit_index:{}\r\nchorus_applied_index:{}\r\nchorus_durability:{}\r\nchorus_discarded_entries:{}\r\n\
                  chorus_discarded_acknowledged_events:{}\r\n",
                 status.commit_index,
