@@ -150,3 +150,52 @@ def test_debug_commands_are_refused_unless_enabled(tmp_path):
             client.execute_command("CHORUS.DEBUG", "ISOLATE", "ON")
     finally:
         group.stop_all()
+
+
+def test_an_async_leader_cut_off_converges_by_snapshot_after_its_writes_are_discarded(tmp_path):
+    """Under `async` a leader cut off from its peers still acknowledges writes (its own fsync is
+    enough) and applies them. The others elect a new leader without them. When the old leader hears
+    from the group again its state holds writes the group discarded: it refuses follower reads, lists
+    the writes in its rollback file, and converges by installing the new leader's snapshot."""
+    group = Group(tmp_path, durability="async", extra_args=["--enable-debug-commands"])
+    group.start_all()
+    try:
+        leader = wait_until(lambda: group.leader(), 20, "a leader is elected")
+        followers = [i for i in group.ids if i != leader]
+        client = group.client(leader)
+        assert client.set("kept", "1") is True
+        token = client.execute_command("CHORUS.TOKEN")
+        wait_until(lambda: all(applied_index(group, i) >= token for i in followers), 10, "followers have it")
+
+        assert client.execute_command("CHORUS.DEBUG", "ISOLATE", "ON") in (True, b"OK")
+        doomed = []
+        for i in range(5):
+            try:
+                if client.set(f"doomed-{i}", "v") is True:
+                    doomed.append(f"doomed-{i}")
+            except redis.exceptions.ResponseError:
+                break  # check-quorum deposed it already
+        assert doomed, "an async leader acknowledges on its own fsync"
+        new_leader = wait_until(lambda: group.leader(followers), 20, "the others elect a new leader")
+        assert group.client(new_leader).set("after", "1") is True
+        assert client.execute_command("CHORUS.DEBUG", "ISOLATE", "OFF") in (True, b"OK")
+
+        reader = group.client(leader)
+        reader.execute_command("READONLY")
+
+        def converged():
+            try:
+                return reader.get("after") == b"1" and all(reader.get(key) is None for key in doomed)
+            except redis.exceptions.ResponseError:
+                return False  # TRYAGAIN while the diverged state waits for the snapshot
+
+        wait_until(converged, 30, "the old leader converges on the new leader's state")
+        assert reader.get("kept") == b"1"
+        assert any("installed a snapshot from the leader" in path.read_text() for path in group.logs[leader]), \
+            group.log_tails()
+        content = (tmp_path / f"data{leader}" / "rollback.log").read_bytes()
+        for key in doomed:
+            assert key.encode() in content, f"{key} is missing from the rollback file"
+        assert group.info(leader)["chorus_discarded_acknowledged_events"] >= 1
+    finally:
+        group.stop_all()

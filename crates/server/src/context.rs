@@ -36,9 +36,9 @@ pub struct NodeContext {
     pub run_id: String,
     /// The port clients actually reached (differs from the configured one when that was port 0).
     pub client_port: u16,
-    /// Fault injection (`CHORUS.DEBUG ISOLATE`, with `debug_commands` on): drop every message
-    /// from peers, as if the network cut this node off, while clients can still reach it.
-    pub isolated: std::sync::atomic::AtomicBool,
+    /// Fault injection (`CHORUS.DEBUG ISOLATE`, with `debug_commands` on): drop every message to
+    /// and from peers, as if the network cut this node off, while clients can still reach it.
+    pub isolated: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The wall clock, read at the edge and handed to the core as an input.

@@ -80,6 +80,8 @@ pub struct GroupIo {
     pub initial_peers: std::collections::BTreeMap<u64, std::net::SocketAddr>,
     /// Snapshot transfers to start (to, leader term, least index): see `group::snapshot_sender`.
     pub snapshot_requests: tokio::sync::mpsc::UnboundedSender<SnapshotRequest>,
+    /// `CHORUS.DEBUG ISOLATE`: send nothing to peers (the receiving side drops what arrives).
+    pub isolated: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A follower needs a snapshot of this node's state.
@@ -135,7 +137,9 @@ impl CoreHandle {
                     let _ = self.log_tx.send(LogCommand::Truncate { from, discarded, discards_committed });
                 }
                 Effect::Send { to, message } => {
-                    if let Some(group) = &self.group {
+                    if let Some(group) = &self.group
+                        && !group.isolated.load(std::sync::atomic::Ordering::Relaxed)
+                    {
                         group.network.send(to.0, &PeerMessage::Raft(message));
                     }
                 }

@@ -105,6 +105,7 @@ pub async fn run(
         listen(config.client_addr).map_err(io_error(format!("cannot listen for clients on {}", config.client_addr)))?;
     let client_addr = listener.local_addr().map_err(io_error("client listener address"))?;
 
+    let isolated = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(65_536);
     let (snapshot_tx, snapshot_rx) = tokio::sync::mpsc::unbounded_channel();
     let (replica, group_io) = match &members {
@@ -129,6 +130,7 @@ pub async fn run(
                 hard_state_dir: config.data_dir.clone(),
                 initial_peers: members.clone(),
                 snapshot_requests: snapshot_tx,
+                isolated: Arc::clone(&isolated),
             };
             let mut replica_config = ReplicaConfig::new(NodeId(config.id));
             replica_config.replica_read_staleness_max_ms = config.replica_read_staleness_max_ms;
@@ -173,7 +175,7 @@ pub async fn run(
         started,
         run_id: run_id.chars().take(40).collect(),
         client_port: client_addr.port(),
-        isolated: std::sync::atomic::AtomicBool::new(false),
+        isolated,
     });
 
     let admin_task = admin_listener.map(|admin_listener| {

@@ -422,3 +422,51 @@ fn a_group_member_serves_nothing_until_it_leads_and_has_applied_its_noop() {
     assert_eq!(replies, vec![(get, bulk("v"))], "a one-voter group confirms a read at once");
     assert_eq!(harness.state.get(b"k").expect("read").map(|stored| stored.value), Some(Bytes::from_static(b"v")));
 }
+
+#[test]
+fn a_membership_change_is_acknowledged_once_committed_and_reported_with_its_address() {
+    use crate::raft::MembershipChange;
+    let mut harness = one_voter_group();
+    harness.replica.tick(UnixMillis(NOW.0 + 5_000), &harness.state);
+    let (persist, _) = harness.take();
+    harness.persist_group(&persist);
+    let request = RequestId { connection: 1, sequence: 99 };
+    let address = "127.0.0.1:7104".to_string();
+    harness.replica.change_membership(NOW, request, MembershipChange::AddLearner(NodeId(2)), Some(address.clone()));
+    let effects: Vec<Effect> = harness.replica.drain_effects().collect();
+    let reported = effects.iter().find_map(|effect| match effect {
+        Effect::MembershipChanged(membership) => Some(membership.clone()),
+        _ => None,
+    });
+    let reported = reported.expect("the new configuration is reported as soon as it is appended");
+    assert!(reported.learners.contains(&NodeId(2)) && !reported.is_voter(NodeId(2)));
+    assert_eq!(reported.addresses.get(&NodeId(2)), Some(&address));
+    assert!(!effects.iter().any(|effect| matches!(effect, Effect::Reply { .. })), "no reply before the commit");
+    let persist: Vec<LogEntry> = effects
+        .into_iter()
+        .flat_map(|effect| match effect {
+            Effect::Persist(entries) => entries,
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(harness.persist_group(&persist), vec![(request, Reply::OK)]);
+    assert_eq!(harness.replica.membership().map(|m| m.learners.len()), Some(1));
+
+    // One change at a time is fine now; removing the leader itself never is.
+    let remove_self = RequestId { connection: 1, sequence: 100 };
+    harness.replica.change_membership(NOW, remove_self, MembershipChange::RemoveNode(NodeId(1)), None);
+    let (_, replies) = harness.take();
+    assert!(
+        matches!(&replies[..], [(id, Reply::Error(text))] if *id == remove_self && text.contains("transfer leadership")),
+        "{replies:?}"
+    );
+}
+
+#[test]
+fn a_standalone_node_refuses_membership_changes() {
+    let mut harness = Harness::new();
+    let request = RequestId { connection: 1, sequence: 1 };
+    harness.replica.change_membership(NOW, request, crate::raft::MembershipChange::AddLearner(NodeId(2)), None);
+    let (_, replies) = harness.take();
+    assert!(matches!(&replies[..], [(_, Reply::Error(text))] if text.contains("standalone")), "{replies:?}");
+}
