@@ -79,6 +79,8 @@ class Group:
             if info is None:
                 return None
             if info.get("chorus_role") == "leader":
+                if not info.get("chorus_leader_ready"):
+                    return None  # elected, but still applying its no-op: it answers TRYAGAIN
                 leaders.add(node_id)
         return leaders.pop() if len(leaders) == 1 else None
 

@@ -176,6 +176,7 @@ fn wait_for_leader(processes: &[NodeProcess]) -> anyhow::Result<(u16, SocketAddr
         for process in processes {
             if let Ok(fields) = crate::status::info(process.client)
                 && fields.iter().any(|(key, value)| key == "chorus_role" && value == "leader")
+                && fields.iter().any(|(key, value)| key == "chorus_leader_ready" && value == "1")
             {
                 return Ok((process.id, process.client));
             }

@@ -146,10 +146,11 @@ fn render_section(context: &NodeContext, section: &str, out: &mut String) {
             write!(
                 out,
                 "# Replication\r\nrole:{redis_role}\r\nconnected_slaves:{connected}\r\n{followers}master_repl_offset:{}\r\n\
-                 chorus_mode:{mode}\r\nchorus_role:{chorus_role}\r\nchorus_member:{member}\r\nchorus_leader:{leader}\r\nchorus_term:{}\r\n\
+                 chorus_mode:{mode}\r\nchorus_role:{chorus_role}\r\nchorus_member:{member}\r\nchorus_leader_ready:{}\r\nchorus_leader:{leader}\r\nchorus_term:{}\r\n\
                  chorus_commit_index:{}\r\nchorus_applied_index:{}\r\nchorus_durability:{}\r\nchorus_discarded_entries:{}\r\n\
                  chorus_discarded_acknowledged_events:{}\r\n",
                 status.commit_index,
+                u8::from(status.leader_ready),
                 status.term,
                 status.commit_index,
                 status.applied_index,

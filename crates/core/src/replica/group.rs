@@ -43,8 +43,14 @@ pub(super) struct Group {
     /// The leader's no-op of its term: nothing is served before it is applied.
     leader_noop_index: Option<LogIndex>,
     leader_ready: bool,
-    reads: BTreeMap<u64, WaitingRead>,
+    /// Read-index rounds in flight, each confirming a batch of reads.
+    reads: BTreeMap<u64, Vec<WaitingRead>>,
     next_read_id: u64,
+    /// Reads that arrived while a round was in flight: they need a round that starts after them,
+    /// so they wait for the current one to end and share the next (one heartbeat per batch).
+    next_read_batch: Vec<WaitingRead>,
+    /// The latest time an input brought (for starting a read round from an engine effect).
+    last_now: UnixMillis,
     /// Committed entries handed to the driver for applying, up to here.
     apply_requested: LogIndex,
     /// Where peers serve clients, learnt from their hellos: redirects name the leader's.
@@ -71,6 +77,8 @@ impl Group {
             leader_ready: false,
             reads: BTreeMap::new(),
             next_read_id: 1,
+            next_read_batch: Vec::new(),
+            last_now: UnixMillis(0),
             apply_requested: applied_index,
             client_addrs: BTreeMap::new(),
             discarded_entries: 0,
@@ -84,12 +92,32 @@ impl Group {
         self.role
     }
 
+    pub(super) fn leader_ready(&self) -> bool {
+        self.role == Role::Leader && self.leader_ready
+    }
+
     pub(super) fn leader(&self) -> Option<NodeId> {
         self.leader
     }
 
     pub(super) fn client_addr(&self, peer: NodeId) -> Option<String> {
         self.client_addrs.get(&peer).cloned()
+    }
+
+    /// Starts a read-index round confirming `batch` (the engine answers `ReadReady` / `ReadFailed`).
+    fn start_read_round(&mut self, batch: Vec<WaitingRead>) {
+        let read_id = self.next_read_id;
+        self.next_read_id += 1;
+        self.reads.insert(read_id, batch);
+        self.raft.read_index(self.last_now, read_id);
+    }
+
+    /// After a round ends: the reads that waited for it get the next one.
+    fn start_next_read_round(&mut self) {
+        if self.reads.is_empty() && !self.next_read_batch.is_empty() {
+            let batch = std::mem::take(&mut self.next_read_batch);
+            self.start_read_round(batch);
+        }
     }
 
     /// The error a node that cannot serve a command answers with: Redis Cluster's `MOVED` naming the
@@ -120,12 +148,13 @@ impl Replica {
         }
         let execution = self.kv.execute(now, &command, state);
         if execution.ops.is_empty() {
-            let read_id = group.next_read_id;
-            group.next_read_id += 1;
-            group
-                .reads
-                .insert(read_id, WaitingRead { read_barrier: execution.read_barrier, request, reply: execution.reply });
-            group.raft.read_index(now, read_id);
+            group.last_now = now;
+            let read = WaitingRead { read_barrier: execution.read_barrier, request, reply: execution.reply };
+            if group.reads.is_empty() {
+                group.start_read_round(vec![read]);
+            } else {
+                group.next_read_batch.push(read);
+            }
         } else {
             match group.raft.propose(now, EntryPayload::Write(execution.ops.clone())) {
                 Ok(index) => {
@@ -150,6 +179,7 @@ impl Replica {
     /// A message from a peer.
     pub fn handle_peer_message(&mut self, now: UnixMillis, from: NodeId, message: raft::Message) {
         if let Some(group) = self.group.as_mut() {
+            group.last_now = now;
             group.raft.handle_message(now, from, message);
             if group.raft.role() == Role::Follower && group.raft.leader() == Some(from) {
                 group.last_leader_contact = Some(now);
@@ -339,6 +369,7 @@ impl Replica {
 
     pub(super) fn tick_group(&mut self, now: UnixMillis) {
         if let Some(group) = self.group.as_mut() {
+            group.last_now = now;
             group.raft.tick(now);
             self.pump_group();
         }
@@ -377,9 +408,15 @@ impl Replica {
 
     /// Turns the engine's effects into the driver's, in order.
     fn pump_group(&mut self) {
-        let Some(group) = self.group.as_mut() else { return };
-        let effects: Vec<raft::Effect> = group.raft.drain_effects().collect();
-        self.translate(effects);
+        // Handling effects can start a read round, whose own effects are handled in turn.
+        loop {
+            let Some(group) = self.group.as_mut() else { return };
+            let effects: Vec<raft::Effect> = group.raft.drain_effects().collect();
+            if effects.is_empty() {
+                break;
+            }
+            self.translate(effects);
+        }
         self.report_membership();
     }
 
@@ -423,23 +460,35 @@ impl Replica {
                 raft::Effect::Committed { index } => self.committed_in_group(index),
                 raft::Effect::ReadReady { read_id, .. } => {
                     let Some(group) = self.group.as_mut() else { return };
-                    if let Some(read) = group.reads.remove(&read_id) {
+                    let batch = group.reads.remove(&read_id).unwrap_or_default();
+                    for read in batch {
                         self.reply_after(read.read_barrier, read.request, read.reply);
                     }
+                    self.start_next_read_round();
                 }
                 raft::Effect::ReadFailed { read_id, leader_hint } => {
                     let Some(group) = self.group.as_mut() else { return };
                     group.leader = leader_hint.or(group.leader);
-                    if let Some(read) = group.reads.remove(&read_id) {
+                    let batch = group.reads.remove(&read_id).unwrap_or_default();
+                    for read in batch {
                         let reply = group.redirect(None);
                         self.effects.push(Effect::Reply { request: read.request, reply });
                     }
+                    self.start_next_read_round();
                 }
                 raft::Effect::RoleChanged { role, term, leader } => self.role_changed(role, term, leader),
                 raft::Effect::SendSnapshot { to, leader_term, index } => {
                     self.effects.push(Effect::SnapshotNeeded { to, leader_term, index });
                 }
             }
+        }
+    }
+
+    /// Starts the next read round if one is due; its engine effects are handled by the next pump
+    /// (a round that completes at once is answered before this input returns: see `pump_group`).
+    fn start_next_read_round(&mut self) {
+        if let Some(group) = self.group.as_mut() {
+            group.start_next_read_round();
         }
     }
 
@@ -485,7 +534,8 @@ impl Replica {
             // but this node no longer answers from its overlay.
             self.kv.discard_pending();
             let reads = std::mem::take(&mut group.reads);
-            for (_, read) in reads {
+            let waiting = std::mem::take(&mut group.next_read_batch);
+            for read in reads.into_values().flatten().chain(waiting) {
                 let reply = group.redirect(None);
                 self.effects.push(Effect::Reply { request: read.request, reply });
             }

@@ -134,6 +134,8 @@ pub struct ReplicaStatus {
     /// `None` when standalone.
     pub role: Option<crate::raft::Role>,
     pub leader: Option<NodeId>,
+    /// A leader that has applied its term's no-op and serves commands (else it answers TRYAGAIN).
+    pub leader_ready: bool,
     /// Log entries discarded (written to the rollback file) since start.
     pub discarded_entries: u64,
     /// Failovers that discarded acknowledged writes (async / semi-sync only).
@@ -230,6 +232,7 @@ impl Replica {
             kv: self.kv.stats,
             role: self.group.as_ref().map(group::Group::role),
             leader: self.group.as_ref().and_then(group::Group::leader),
+            leader_ready: self.group.as_ref().is_some_and(group::Group::leader_ready),
             discarded_entries: self.group.as_ref().map_or(0, |group| group.discarded_entries),
             discarded_committed_events: self.group.as_ref().map_or(0, |group| group.discarded_committed_events),
         }
