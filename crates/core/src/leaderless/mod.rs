@@ -1,0 +1,25 @@
+//! Leaderless (Dynamo-style) replication: the sans-IO building blocks.
+//!
+//! Any replica of a key's preference list coordinates a request; writes go to all `n` replicas and
+//! are acknowledged after `w` of them, reads after `r` (DeCandia et al., "Dynamo: Amazon's Highly
+//! Available Key-value Store", 2007). Concurrent writes are kept as siblings under dotted version
+//! vectors (Riak's model); counters are PN-counter CRDTs; replicas converge by read repair, by
+//! Merkle-tree anti-entropy per slot range, and by hinted handoff.
+//!
+//! ```text
+//!   clock     hybrid logical clock: LWW timestamps and dot counters
+//!   version   dots, version vectors, the per-key container of siblings (write, merge, read)
+//!   counter   PN-counter CRDT for INCR/DECR
+//!   hash      the stable 64-bit hash replicas compare
+//! ```
+//!
+//! See `docs/leaderless.md` for the data model and the reasons behind it.
+
+pub mod clock;
+pub mod counter;
+pub mod hash;
+pub mod version;
+
+pub use clock::{ClockDriftError, Hlc, HlcTimestamp};
+pub use counter::{CounterOverflow, PnCounter};
+pub use version::{Causality, Dot, Fate, Payload, Sibling, TooManySiblings, VersionVector, VersionedValue};
