@@ -10,6 +10,7 @@
 //!   clock     hybrid logical clock: LWW timestamps and dot counters
 //!   version   dots, version vectors, the per-key container of siblings (write, merge, read)
 //!   counter   PN-counter CRDT for INCR/DECR
+//!   merkle    per-slot digests, a fixed-fanout tree over a slot range, and its diff
 //!   hash      the stable 64-bit hash replicas compare
 //! ```
 //!
@@ -18,8 +19,10 @@
 pub mod clock;
 pub mod counter;
 pub mod hash;
+pub mod merkle;
 pub mod version;
 
 pub use clock::{ClockDriftError, Hlc, HlcTimestamp};
 pub use counter::{CounterOverflow, PnCounter};
+pub use merkle::{MerkleTree, RangeMismatch, SlotDigests};
 pub use version::{Causality, Dot, Fate, Payload, Sibling, TooManySiblings, VersionVector, VersionedValue};
