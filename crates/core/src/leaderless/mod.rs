@@ -12,17 +12,25 @@
 //!   counter   PN-counter CRDT for INCR/DECR
 //!   merkle    per-slot digests, a fixed-fanout tree over a slot range, and its diff
 //!   hash      the stable 64-bit hash replicas compare
+//!   placement preference lists (rendezvous hashing of slots), sloppy-quorum targets, n/w/r
+//!   coordinator  the sans-IO request coordinator and replica: quorums, read repair, hinted handoff
 //! ```
 //!
 //! See `docs/leaderless.md` for the data model and the reasons behind it.
 
 pub mod clock;
+pub mod coordinator;
 pub mod counter;
 pub mod hash;
 pub mod merkle;
+pub mod placement;
 pub mod version;
 
 pub use clock::{ClockDriftError, Hlc, HlcTimestamp};
+pub use coordinator::{
+    ClientReply, Coordinator, CoordinatorConfig, MemoryStore, Message, RequestError, Resolution, Store,
+};
 pub use counter::{CounterOverflow, PnCounter};
 pub use merkle::{MerkleTree, RangeMismatch, SlotDigests};
+pub use placement::{Quorum, Target, preference_list};
 pub use version::{Causality, Dot, Fate, Payload, Sibling, TooManySiblings, VersionVector, VersionedValue};

@@ -1,0 +1,522 @@
+//! The coordinator fed by hand: one input, the exact effects out; and a small cluster of
+//! coordinators whose messages are delivered (or dropped) by the test, for repair, sloppy quorum
+//! and handoff.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::VecDeque;
+
+use super::*;
+use crate::leaderless::placement::ranked;
+use crate::leaderless::version::Fate;
+
+const T0: UnixMillis = UnixMillis(1_000_000);
+
+fn at(ms: u64) -> UnixMillis {
+    UnixMillis(T0.0 + ms)
+}
+
+fn request(sequence: u64) -> RequestId {
+    RequestId { connection: 1, sequence }
+}
+
+fn members() -> Vec<NodeId> {
+    (1..=5).map(NodeId).collect()
+}
+
+fn key() -> Bytes {
+    Bytes::from_static(b"user:42")
+}
+
+fn put(payload: Payload, context: &VersionVector, quorum: Option<Quorum>) -> Put {
+    Put { key: key(), payload, context: context.clone(), quorum }
+}
+
+fn value(text: &str) -> Payload {
+    Payload::Value(Bytes::copy_from_slice(text.as_bytes()))
+}
+
+/// The key's members by rank: the first three are its home replicas.
+fn ranks() -> Vec<NodeId> {
+    ranked(&members(), Slot::of_key(&key()))
+}
+
+fn coordinator(node: NodeId, configure: impl Fn(&mut CoordinatorConfig)) -> Coordinator {
+    let mut config = CoordinatorConfig::new(node);
+    configure(&mut config);
+    Coordinator::new(config, members())
+}
+
+fn take(coordinator: &mut Coordinator) -> Vec<Effect> {
+    coordinator.drain_effects().collect()
+}
+
+fn replies(effects: &[Effect]) -> Vec<(RequestId, ClientReply)> {
+    effects
+        .iter()
+        .filter_map(|effect| match effect {
+            Effect::Reply { request, reply } => Some((*request, reply.clone())),
+            Effect::Send { .. } => None,
+        })
+        .collect()
+}
+
+fn sends(effects: &[Effect]) -> Vec<(NodeId, Message)> {
+    effects
+        .iter()
+        .filter_map(|effect| match effect {
+            Effect::Send { to, message } => Some((*to, message.clone())),
+            Effect::Reply { .. } => None,
+        })
+        .collect()
+}
+
+// ---- one coordinator, fed by hand ------------------------------------------------------------
+
+#[test]
+fn a_write_goes_to_all_n_and_is_acknowledged_after_w() {
+    // Dynamo 4.5: the coordinator stores the write locally and sends it to the other n-1 home
+    // replicas; it answers once w (including itself) have it.
+    let [home0, home1, home2] = [ranks()[0], ranks()[1], ranks()[2]];
+    let mut node = coordinator(home0, |_| {});
+    let mut store = MemoryStore::default();
+    node.put(at(0), request(1), put(value("v1"), &VersionVector::new(), None), &mut store);
+    let effects = take(&mut node);
+    let stored = store.get(&key()).unwrap();
+    assert_eq!(
+        effects,
+        [
+            Effect::Send {
+                to: home1,
+                message: Message::Put { op: 1, key: key(), value: stored.clone(), hint_for: None }
+            },
+            Effect::Send {
+                to: home2,
+                message: Message::Put { op: 1, key: key(), value: stored.clone(), hint_for: None }
+            },
+        ],
+        "no reply before a second replica acknowledges"
+    );
+    node.handle_message(at(1), home2, Message::PutAck { op: 1 }, &mut store);
+    let dot = stored.siblings()[0].dot;
+    assert_eq!(
+        take(&mut node),
+        [Effect::Reply { request: request(1), reply: ClientReply::Written { dot, context: stored.context().clone() } }]
+    );
+    // A late ack changes nothing.
+    node.handle_message(at(2), home1, Message::PutAck { op: 1 }, &mut store);
+    assert!(take(&mut node).is_empty());
+}
+
+#[test]
+fn w_one_answers_at_once_and_quorum_is_settable_per_request() {
+    let mut node = coordinator(ranks()[0], |_| {});
+    let mut store = MemoryStore::default();
+    let quorum = Quorum::new(3, 1, 1).unwrap();
+    node.put(at(0), request(1), put(value("v"), &VersionVector::new(), Some(quorum)), &mut store);
+    let effects = take(&mut node);
+    assert_eq!(sends(&effects).len(), 2, "still sent to every replica");
+    assert!(matches!(replies(&effects)[..], [(_, ClientReply::Written { .. })]));
+    // n=1: only the first home replica is involved.
+    let mut node = coordinator(ranks()[0], |_| {});
+    let single = Some(Quorum::new(1, 1, 1).unwrap());
+    node.put(at(0), request(2), put(value("v"), &VersionVector::new(), single), &mut store);
+    let effects = take(&mut node);
+    assert!(sends(&effects).is_empty());
+    assert_eq!(replies(&effects).len(), 1);
+}
+
+#[test]
+fn a_coordinator_outside_the_preference_list_writes_on_an_empty_container() {
+    let outsider = ranks()[4];
+    let mut node = coordinator(outsider, |_| {});
+    let mut store = MemoryStore::default();
+    node.put(at(0), request(1), put(value("v"), &VersionVector::new(), None), &mut store);
+    let effects = take(&mut node);
+    assert!(store.keys.is_empty(), "not a replica: stores nothing");
+    let targets: Vec<NodeId> = sends(&effects).into_iter().map(|(to, _)| to).collect();
+    assert_eq!(targets, ranks()[..3]);
+    assert!(replies(&effects).is_empty());
+    node.handle_message(at(1), ranks()[0], Message::PutAck { op: 1 }, &mut store);
+    assert!(take(&mut node).is_empty(), "one ack of two");
+    node.handle_message(at(1), ranks()[1], Message::PutAck { op: 1 }, &mut store);
+    assert_eq!(replies(&take(&mut node)).len(), 1);
+}
+
+#[test]
+fn a_write_without_enough_replicas_fails_at_once_without_sloppy_quorum() {
+    let mut node = coordinator(ranks()[0], |config| config.sloppy_quorum = false);
+    node.set_down(ranks()[1], true);
+    node.set_down(ranks()[2], true);
+    let mut store = MemoryStore::default();
+    node.put(at(0), request(1), put(value("v"), &VersionVector::new(), None), &mut store);
+    assert_eq!(
+        take(&mut node),
+        [Effect::Reply {
+            request: request(1),
+            reply: ClientReply::Failed(RequestError::Unavailable { reachable: 1, needed: 2 })
+        }]
+    );
+    assert!(store.keys.is_empty(), "a refused write is stored nowhere");
+}
+
+#[test]
+fn unanswered_requests_time_out() {
+    let mut node = coordinator(ranks()[0], |config| config.request_timeout_ms = 500);
+    let mut store = MemoryStore::default();
+    node.put(at(0), request(1), put(value("v"), &VersionVector::new(), None), &mut store);
+    node.get(at(0), request(2), key(), None, &mut store);
+    take(&mut node);
+    node.tick(at(499), &mut store);
+    assert!(replies(&take(&mut node)).is_empty());
+    node.tick(at(500), &mut store);
+    let effects = take(&mut node);
+    assert_eq!(
+        replies(&effects),
+        [
+            (request(1), ClientReply::Failed(RequestError::Timeout { answered: 1, needed: 2 })),
+            (request(2), ClientReply::Failed(RequestError::Timeout { answered: 1, needed: 2 }))
+        ]
+    );
+}
+
+#[test]
+fn too_many_requests_in_flight_are_refused() {
+    let mut node = coordinator(ranks()[0], |config| config.requests_in_flight_max = 1);
+    let mut store = MemoryStore::default();
+    node.get(at(0), request(1), key(), None, &mut store);
+    node.get(at(0), request(2), key(), None, &mut store);
+    let effects = take(&mut node);
+    assert_eq!(replies(&effects), [(request(2), ClientReply::Failed(RequestError::Busy))]);
+}
+
+#[test]
+fn a_replica_merges_a_put_and_acks_and_answers_gets_from_its_store() {
+    let mut replica = coordinator(ranks()[1], |_| {});
+    let mut store = MemoryStore::default();
+    let mut container = VersionedValue::new();
+    let hlc = crate::leaderless::clock::HlcTimestamp { wall_ms: T0.0, logical: 0, node: ranks()[0] };
+    container.write(ranks()[0], &VersionVector::new(), value("v"), hlc, 100).unwrap();
+    let put = Message::Put { op: 7, key: key(), value: container.clone(), hint_for: None };
+    replica.handle_message(at(0), ranks()[0], put.clone(), &mut store);
+    assert_eq!(take(&mut replica), [Effect::Send { to: ranks()[0], message: Message::PutAck { op: 7 } }]);
+    // A duplicate is harmless: same state, acked again.
+    replica.handle_message(at(0), ranks()[0], put, &mut store);
+    assert_eq!(take(&mut replica).len(), 1);
+    assert_eq!(store.get(&key()), Some(container.clone()));
+    replica.handle_message(at(0), ranks()[3], Message::Get { op: 3, key: key(), hint_for: None }, &mut store);
+    assert_eq!(
+        take(&mut replica),
+        [Effect::Send { to: ranks()[3], message: Message::GetReply { op: 3, value: Some(container) } }]
+    );
+}
+
+// ---- a cluster with hand-delivered messages --------------------------------------------------
+
+struct Cluster {
+    nodes: BTreeMap<NodeId, (Coordinator, MemoryStore)>,
+    queue: VecDeque<(NodeId, NodeId, Message)>,
+    replies: Vec<(NodeId, RequestId, ClientReply)>,
+    now: UnixMillis,
+    sequence: u64,
+}
+
+impl Cluster {
+    fn new(configure: impl Fn(&mut CoordinatorConfig)) -> Cluster {
+        let nodes =
+            members().into_iter().map(|id| (id, (coordinator(id, &configure), MemoryStore::default()))).collect();
+        Cluster { nodes, queue: VecDeque::new(), replies: Vec::new(), now: T0, sequence: 0 }
+    }
+
+    fn collect(&mut self, id: NodeId) {
+        let (node, _) = self.nodes.get_mut(&id).unwrap();
+        for effect in node.drain_effects() {
+            match effect {
+                Effect::Send { to, message } => self.queue.push_back((id, to, message)),
+                Effect::Reply { request, reply } => self.replies.push((id, request, reply)),
+            }
+        }
+    }
+
+    fn next_request(&mut self) -> RequestId {
+        self.sequence += 1;
+        self.now = UnixMillis(self.now.0 + 1);
+        request(self.sequence)
+    }
+
+    fn put(&mut self, via: NodeId, payload: Payload, context: &VersionVector) -> RequestId {
+        let request = self.next_request();
+        let now = self.now;
+        let (node, store) = self.nodes.get_mut(&via).unwrap();
+        node.put(now, request, put(payload, context, None), store);
+        self.collect(via);
+        request
+    }
+
+    fn get(&mut self, via: NodeId, quorum: Option<Quorum>) -> RequestId {
+        let request = self.next_request();
+        let now = self.now;
+        let (node, store) = self.nodes.get_mut(&via).unwrap();
+        node.get(now, request, key(), quorum, store);
+        self.collect(via);
+        request
+    }
+
+    /// Delivers queued messages (and those they cause) until none is left, dropping any for which
+    /// `drop` says so.
+    fn deliver(&mut self, drop: impl Fn(NodeId, NodeId, &Message) -> bool) {
+        while let Some((from, to, message)) = self.queue.pop_front() {
+            if drop(from, to, &message) {
+                continue;
+            }
+            let now = self.now;
+            let (node, store) = self.nodes.get_mut(&to).unwrap();
+            node.handle_message(now, from, message, store);
+            self.collect(to);
+        }
+    }
+
+    fn deliver_all(&mut self) {
+        self.deliver(|_, _, _| false);
+    }
+
+    fn tick(&mut self, id: NodeId, ms: u64) {
+        self.now = UnixMillis(self.now.0 + ms);
+        let now = self.now;
+        let (node, store) = self.nodes.get_mut(&id).unwrap();
+        node.tick(now, store);
+        self.collect(id);
+    }
+
+    fn reply(&self, request: RequestId) -> ClientReply {
+        self.replies.iter().find(|(_, id, _)| *id == request).map(|(_, _, reply)| reply.clone()).unwrap()
+    }
+
+    fn read(&self, request: RequestId) -> (Vec<Bytes>, Option<Bytes>, VersionVector) {
+        match self.reply(request) {
+            ClientReply::Read { values, chosen, context } => (values, chosen, context),
+            other => panic!("not a read reply: {other:?}"),
+        }
+    }
+
+    fn written(&self, request: RequestId) -> Dot {
+        match self.reply(request) {
+            ClientReply::Written { dot, .. } => dot,
+            other => panic!("not a write reply: {other:?}"),
+        }
+    }
+
+    fn stored(&self, id: NodeId) -> Option<VersionedValue> {
+        self.nodes[&id].1.get(&key())
+    }
+
+    fn set_down(&mut self, id: NodeId, down: bool) {
+        for (&other, (node, _)) in &mut self.nodes {
+            if other != id {
+                node.set_down(id, down);
+            }
+        }
+    }
+}
+
+fn values(texts: &[&str]) -> Vec<Bytes> {
+    texts.iter().map(|text| Bytes::copy_from_slice(text.as_bytes())).collect()
+}
+
+#[test]
+fn concurrent_writes_become_siblings_and_a_write_with_the_context_resolves_them() {
+    let mut cluster = Cluster::new(|_| {});
+    let ranks = ranks();
+    let a = cluster.put(ranks[0], value("a"), &VersionVector::new());
+    let b = cluster.put(ranks[1], value("b"), &VersionVector::new());
+    cluster.deliver_all();
+    let (a, b) = (cluster.written(a), cluster.written(b));
+    let read = cluster.get(ranks[2], None);
+    cluster.deliver_all();
+    let (found, chosen, context) = cluster.read(read);
+    assert_eq!(found, values(&["b", "a"]), "latest first");
+    assert_eq!(chosen, Some(Bytes::from_static(b"b")));
+    let resolve = cluster.put(ranks[4], value("a+b"), &context);
+    cluster.deliver_all();
+    let resolved = cluster.written(resolve);
+    for home in &ranks[..3] {
+        let stored = cluster.stored(*home).unwrap();
+        assert_eq!(stored.fate(a), Fate::Superseded);
+        assert_eq!(stored.fate(b), Fate::Superseded);
+        assert_eq!(stored.fate(resolved), Fate::Present);
+    }
+    let read = cluster.get(ranks[3], None);
+    cluster.deliver_all();
+    assert_eq!(cluster.read(read).0, values(&["a+b"]));
+}
+
+#[test]
+fn read_repair_brings_a_stale_replica_up_to_date() {
+    let mut cluster = Cluster::new(|_| {});
+    let ranks = ranks();
+    let stale = ranks[2];
+    let first = cluster.put(ranks[0], value("old"), &VersionVector::new());
+    cluster.deliver_all();
+    let old_context = match cluster.reply(first) {
+        ClientReply::Written { context, .. } => context,
+        other => panic!("{other:?}"),
+    };
+    // The overwrite never reaches the third replica.
+    cluster.put(ranks[0], value("new"), &old_context);
+    cluster.deliver(|_, to, message| to == stale && matches!(message, Message::Put { .. }));
+    assert_eq!(cluster.read_values_at(stale), values(&["old"]));
+    // A read through the stale replica with r=2 sees both; the stale one gets repaired.
+    let read = cluster.get(stale, None);
+    cluster.deliver_all();
+    assert_eq!(cluster.read(read).0, values(&["new"]));
+    assert_eq!(cluster.read_values_at(stale), values(&["new"]));
+    assert_eq!(cluster.stored(stale), cluster.stored(ranks[0]));
+}
+
+impl Cluster {
+    fn read_values_at(&self, id: NodeId) -> Vec<Bytes> {
+        let stored = self.stored(id).unwrap_or_default();
+        stored.read().siblings.iter().filter_map(|sibling| sibling.payload.value().cloned()).collect()
+    }
+}
+
+#[test]
+fn read_repair_sends_only_to_replicas_that_lack_something() {
+    let mut cluster = Cluster::new(|_| {});
+    let ranks = ranks();
+    cluster.put(ranks[0], value("v"), &VersionVector::new());
+    cluster.deliver(|_, to, message| to == ranks[1] && matches!(message, Message::Put { .. }));
+    let read = cluster.get(ranks[3], None);
+    let mut repairs = Vec::new();
+    while let Some((from, to, message)) = cluster.queue.pop_front() {
+        if let Message::Repair { .. } = message {
+            repairs.push(to);
+        }
+        let now = cluster.now;
+        let (node, store) = cluster.nodes.get_mut(&to).unwrap();
+        node.handle_message(now, from, message, store);
+        cluster.collect(to);
+    }
+    assert_eq!(repairs, [ranks[1]]);
+    assert_eq!(cluster.read(read).0, values(&["v"]));
+}
+
+#[test]
+fn sloppy_quorum_keeps_writes_available_and_hints_are_handed_off() {
+    // Dynamo 4.6: a home replica is down; the next node takes the write with a hint and returns it
+    // once the home replica is back.
+    let mut cluster = Cluster::new(|_| {});
+    let ranks = ranks();
+    let (down, fallback) = (ranks[1], ranks[3]);
+    cluster.set_down(down, true);
+    let write = cluster.put(ranks[0], value("v"), &VersionVector::new());
+    cluster.deliver(|_, to, _| to == down);
+    let dot = cluster.written(write);
+    assert_eq!(cluster.stored(fallback), None, "a hint is not part of the fallback's own data");
+    assert_eq!(cluster.nodes[&fallback].0.hint_count(), 1);
+    // Reads while it is down also go to the fallback, which answers from its hints.
+    let read = cluster.get(ranks[2], Some(Quorum::new(3, 2, 3).unwrap()));
+    cluster.deliver(|_, to, _| to == down);
+    assert_eq!(cluster.read(read).0, values(&["v"]));
+    // Still down: nothing is handed off.
+    cluster.tick(fallback, 1000);
+    assert!(cluster.queue.is_empty());
+    cluster.set_down(down, false);
+    cluster.tick(fallback, 1000);
+    cluster.deliver_all();
+    assert_eq!(cluster.stored(down).unwrap().fate(dot), Fate::Present);
+    assert_eq!(cluster.nodes[&fallback].0.hint_count(), 0, "acknowledged hints are dropped");
+}
+
+#[test]
+fn a_hint_that_changed_during_handoff_is_kept() {
+    let mut cluster = Cluster::new(|_| {});
+    let ranks = ranks();
+    let (down, fallback) = (ranks[1], ranks[3]);
+    cluster.set_down(down, true);
+    cluster.put(ranks[0], value("a"), &VersionVector::new());
+    cluster.deliver(|_, to, _| to == down);
+    cluster.set_down(down, false);
+    cluster.tick(fallback, 1000);
+    let handoff = cluster.queue.pop_front().unwrap();
+    assert!(matches!(handoff.2, Message::Handoff { .. }));
+    // Before the ack arrives, another write lands in the hint.
+    cluster.set_down(down, true);
+    cluster.put(ranks[0], value("b"), &VersionVector::new());
+    cluster.deliver(|_, to, _| to == down);
+    cluster.queue.push_back(handoff);
+    cluster.deliver_all();
+    assert_eq!(cluster.nodes[&fallback].0.hint_count(), 1, "the newer hint still has to be handed off");
+}
+
+#[test]
+fn last_write_wins_keeps_one_value() {
+    let mut cluster = Cluster::new(|config| config.resolution = Resolution::LastWriteWins);
+    let ranks = ranks();
+    cluster.put(ranks[0], value("a"), &VersionVector::new());
+    cluster.put(ranks[1], value("b"), &VersionVector::new());
+    cluster.deliver_all();
+    let read = cluster.get(ranks[2], None);
+    cluster.deliver_all();
+    assert_eq!(cluster.read(read).0, values(&["b"]), "b was taken later by HLC");
+    for home in &ranks[..3] {
+        assert_eq!(cluster.stored(*home).unwrap().siblings().len(), 1);
+    }
+}
+
+#[test]
+fn a_tombstone_every_home_replica_holds_is_collected_on_read() {
+    let mut cluster = Cluster::new(|_| {});
+    let ranks = ranks();
+    let write = cluster.put(ranks[0], value("v"), &VersionVector::new());
+    cluster.deliver_all();
+    let context = match cluster.reply(write) {
+        ClientReply::Written { context, .. } => context,
+        other => panic!("{other:?}"),
+    };
+    cluster.put(ranks[0], Payload::Tombstone, &context);
+    cluster.deliver_all();
+    for home in &ranks[..3] {
+        assert!(cluster.stored(*home).unwrap().is_tombstone());
+    }
+    let read = cluster.get(ranks[0], Some(Quorum::new(3, 2, 2).unwrap()));
+    cluster.deliver_all();
+    assert_eq!(cluster.read(read).0, Vec::<Bytes>::new());
+    for home in &ranks[..3] {
+        assert_eq!(cluster.stored(*home), None, "collected everywhere");
+    }
+}
+
+#[test]
+fn a_tombstone_is_not_collected_while_a_home_replica_is_down() {
+    let mut cluster = Cluster::new(|_| {});
+    let ranks = ranks();
+    cluster.put(ranks[0], Payload::Tombstone, &VersionVector::new());
+    cluster.deliver_all();
+    cluster.set_down(ranks[2], true);
+    cluster.get(ranks[0], None);
+    cluster.deliver(|_, to, _| to == ranks[2]);
+    assert!(cluster.stored(ranks[0]).unwrap().is_tombstone(), "a fallback answered: no purge");
+}
+
+#[test]
+fn a_coordinator_that_is_the_fallback_keeps_the_write_as_a_hint() {
+    let mut cluster = Cluster::new(|_| {});
+    let ranks = ranks();
+    let (down, fallback) = (ranks[0], ranks[3]);
+    cluster.set_down(down, true);
+    let write = cluster.put(fallback, value("v"), &VersionVector::new());
+    cluster.deliver(|_, to, _| to == down);
+    let dot = cluster.written(write);
+    assert_eq!(cluster.stored(fallback), None);
+    assert_eq!(cluster.nodes[&fallback].0.hint_count(), 1);
+    let read = cluster.get(fallback, Some(Quorum::new(3, 2, 3).unwrap()));
+    cluster.deliver(|_, to, _| to == down);
+    assert_eq!(cluster.read(read).0, values(&["v"]));
+    assert!(cluster.queue.is_empty(), "no message to itself");
+    cluster.set_down(down, false);
+    cluster.tick(fallback, 1000);
+    cluster.deliver_all();
+    assert_eq!(cluster.stored(down).unwrap().fate(dot), Fate::Present);
+    assert_eq!(cluster.nodes[&fallback].0.hint_count(), 0);
+}
