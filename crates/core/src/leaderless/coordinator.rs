@@ -1,5 +1,6 @@
-//! The request coordinator of leaderless replication, sans-IO: any node takes a client's GET or SET,
-//! sends it to the key's replicas, and answers once the quorum says so (Dynamo section 4.5).
+//! The request coordinator of leaderless replication, sans-IO: a node takes a client's GET (any
+//! node) or SET (a home replica of the key), sends it to the key's replicas, and answers once the
+//! quorum says so (Dynamo section 4.5).
 //!
 //! ```text
 //!   driver                                       Coordinator
@@ -19,8 +20,10 @@
 //! sent (the node's wiring, not done yet). Hints a fallback holds for a down home replica are kept
 //! here, in memory, until handed off.
 //!
-//! Rules: the coordinator need not be a replica (it then writes on an empty container, which
-//! supersedes exactly the client's context when replicas merge it); replicas exchange whole
+//! Rules: a write is coordinated by a home replica that is up, from its own copy of the key (any
+//! other node answers `NotAHomeReplica` with where to forward: a version vector entry `node: c`
+//! claims every dot of `node` up to `c`, so only the copy that saw all of a node's dots for a key
+//! may mint the next one); reads can be coordinated anywhere; replicas exchange whole
 //! containers and merge them, so duplicates, reordering and retries are harmless; a read answers
 //! after `r` replies and, once every target answered or the request timed out, repairs each target
 //! whose container lacks something the others had (read repair); a read that finds every home
@@ -176,6 +179,11 @@ pub enum RequestError {
     TooManySiblings(#[from] TooManySiblings),
     #[error("too many requests in flight")]
     Busy,
+    /// Writes are coordinated by a home replica of the key that is up (`forward_to`, if any):
+    /// only a node's own copy of a key has seen every dot the node minted for it, which is what
+    /// makes a new dot's counter cover exactly the node's earlier writes.
+    #[error("not a home replica of the key")]
+    NotAHomeReplica { forward_to: Option<NodeId> },
 }
 
 /// The answer to a client.
@@ -316,11 +324,11 @@ impl Coordinator {
             return self.fail(request, RequestError::Unavailable { reachable: targets.len(), needed: w });
         }
         let me = self.config.node_id;
-        let local = targets.iter().find(|target| target.node == me).copied();
-        let mut container = match local {
-            Some(target) => self.local_copy(&key, target.hint_for, store).unwrap_or_default(),
-            None => VersionedValue::new(),
-        };
+        if !targets.contains(&Target { node: me, hint_for: None }) {
+            let forward_to = targets.iter().find(|target| target.hint_for.is_none()).map(|target| target.node);
+            return self.fail(request, RequestError::NotAHomeReplica { forward_to });
+        }
+        let mut container = store.get(&key).unwrap_or_default();
         let hlc = self.clock.now(now);
         let dot = match container.write(me, &context, payload, hlc, self.config.siblings_max) {
             Ok(dot) => dot,
@@ -328,12 +336,8 @@ impl Coordinator {
         };
         self.settle(&mut container);
         let op = self.next_op();
-        let mut acked = BTreeSet::new();
-        if let Some(target) = local
-            && self.merge_into(&key, &container, target.hint_for, store)
-        {
-            acked.insert(me);
-        }
+        store.put(key.clone(), container.clone());
+        let acked = BTreeSet::from([me]);
         for target in targets.iter().filter(|target| target.node != me) {
             let message = Message::Put { op, key: key.clone(), value: container.clone(), hint_for: target.hint_for };
             self.effects.push(Effect::Send { to: target.node, message });

@@ -127,20 +127,18 @@ fn w_one_answers_at_once_and_quorum_is_settable_per_request() {
 }
 
 #[test]
-fn a_coordinator_outside_the_preference_list_writes_on_an_empty_container() {
-    let outsider = ranks()[4];
-    let mut node = coordinator(outsider, |_| {});
+fn a_write_sent_to_a_node_outside_the_preference_list_is_forwarded() {
+    let mut node = coordinator(ranks()[4], |_| {});
     let mut store = MemoryStore::default();
     node.put(at(0), request(1), put(value("v"), &VersionVector::new(), None), &mut store);
-    let effects = take(&mut node);
-    assert!(store.keys.is_empty(), "not a replica: stores nothing");
-    let targets: Vec<NodeId> = sends(&effects).into_iter().map(|(to, _)| to).collect();
-    assert_eq!(targets, ranks()[..3]);
-    assert!(replies(&effects).is_empty());
-    node.handle_message(at(1), ranks()[0], Message::PutAck { op: 1 }, &mut store);
-    assert!(take(&mut node).is_empty(), "one ack of two");
-    node.handle_message(at(1), ranks()[1], Message::PutAck { op: 1 }, &mut store);
-    assert_eq!(replies(&take(&mut node)).len(), 1);
+    let forward = RequestError::NotAHomeReplica { forward_to: Some(ranks()[0]) };
+    assert_eq!(take(&mut node), [Effect::Reply { request: request(1), reply: ClientReply::Failed(forward) }]);
+    assert!(store.keys.is_empty());
+    // The first home replica that is up is named.
+    node.set_down(ranks()[0], true);
+    node.put(at(0), request(2), put(value("v"), &VersionVector::new(), None), &mut store);
+    let forward = RequestError::NotAHomeReplica { forward_to: Some(ranks()[1]) };
+    assert_eq!(take(&mut node), [Effect::Reply { request: request(2), reply: ClientReply::Failed(forward) }]);
 }
 
 #[test]
@@ -244,12 +242,27 @@ impl Cluster {
         request(self.sequence)
     }
 
+    /// A client write through `via`, forwarded to a home replica as the driver would if `via` is
+    /// not one.
     fn put(&mut self, via: NodeId, payload: Payload, context: &VersionVector) -> RequestId {
         let request = self.next_request();
         let now = self.now;
         let (node, store) = self.nodes.get_mut(&via).unwrap();
-        node.put(now, request, put(payload, context, None), store);
+        node.put(now, request, put(payload.clone(), context, None), store);
         self.collect(via);
+        let forward = self.replies.iter().position(|(_, id, reply)| {
+            *id == request
+                && matches!(reply, ClientReply::Failed(RequestError::NotAHomeReplica { forward_to: Some(_) }))
+        });
+        if let Some(at) = forward {
+            let (_, _, reply) = self.replies.remove(at);
+            let ClientReply::Failed(RequestError::NotAHomeReplica { forward_to: Some(home) }) = reply else {
+                unreachable!()
+            };
+            let (node, store) = self.nodes.get_mut(&home).unwrap();
+            node.put(now, request, put(payload, context, None), store);
+            self.collect(home);
+        }
         request
     }
 
@@ -500,7 +513,7 @@ fn a_tombstone_is_not_collected_while_a_home_replica_is_down() {
 }
 
 #[test]
-fn a_coordinator_that_is_the_fallback_keeps_the_write_as_a_hint() {
+fn a_fallback_coordinates_reads_from_its_hints_but_forwards_writes() {
     let mut cluster = Cluster::new(|_| {});
     let ranks = ranks();
     let (down, fallback) = (ranks[0], ranks[3]);
@@ -508,15 +521,187 @@ fn a_coordinator_that_is_the_fallback_keeps_the_write_as_a_hint() {
     let write = cluster.put(fallback, value("v"), &VersionVector::new());
     cluster.deliver(|_, to, _| to == down);
     let dot = cluster.written(write);
-    assert_eq!(cluster.stored(fallback), None);
+    assert_eq!(cluster.stored(fallback), None, "the fallback holds it as a hint only");
     assert_eq!(cluster.nodes[&fallback].0.hint_count(), 1);
     let read = cluster.get(fallback, Some(Quorum::new(3, 2, 3).unwrap()));
     cluster.deliver(|_, to, _| to == down);
     assert_eq!(cluster.read(read).0, values(&["v"]));
-    assert!(cluster.queue.is_empty(), "no message to itself");
     cluster.set_down(down, false);
     cluster.tick(fallback, 1000);
     cluster.deliver_all();
     assert_eq!(cluster.stored(down).unwrap().fate(dot), Fate::Present);
     assert_eq!(cluster.nodes[&fallback].0.hint_count(), 0);
+}
+
+// ---- randomized runs: lossy network, failures, then healing --------------------------------
+
+/// A seeded generator for the randomized runs (SplitMix64 steps).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        crate::leaderless::hash::mix64(self.0)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// One seed: clients write (blind, or with a context read earlier) and read through random nodes
+/// while the network drops, duplicates and reorders messages and nodes go down and up; then the
+/// cluster heals (everyone up, hints handed off, every node reads with r = n). Afterwards every
+/// home replica holds the same container, every acknowledged write is in it unless a client
+/// replaced it knowingly, and nothing a client replaced has come back.
+fn randomized_run(seed: u64, resolution: Resolution) {
+    let mut rng = Rng(seed);
+    let mut cluster = Cluster::new(|config| {
+        config.resolution = resolution;
+        config.request_timeout_ms = 50;
+    });
+    let ranks = ranks();
+    let mut acknowledged: Vec<(RequestId, Option<Dot>)> = Vec::new();
+    let mut contexts: Vec<VersionVector> = vec![VersionVector::new()];
+    let mut writes: Vec<(RequestId, VersionVector)> = Vec::new();
+    let mut deletes: Vec<RequestId> = Vec::new();
+    let mut reads = Vec::new();
+    for step in 0..120 {
+        let via = ranks[usize::try_from(rng.below(5)).unwrap()];
+        match rng.below(10) {
+            0..=4 => {
+                let context = contexts[usize::try_from(rng.below(contexts.len() as u64)).unwrap()].clone();
+                let payload = if rng.chance(10) { Payload::Tombstone } else { value(&format!("w{step}")) };
+                let delete = payload == Payload::Tombstone;
+                let request = cluster.put(via, payload, &context);
+                if delete {
+                    deletes.push(request);
+                }
+                acknowledged.push((request, None));
+                writes.push((request, context));
+            }
+            5..=6 => reads.push(cluster.get(via, None)),
+            7 => {
+                let node = ranks[usize::try_from(rng.below(5)).unwrap()];
+                let down = rng.chance(60);
+                cluster.set_down(node, down);
+            }
+            _ => {
+                let node = ranks[usize::try_from(rng.below(5)).unwrap()];
+                cluster.tick(node, rng.below(40));
+            }
+        }
+        // Deliver a random part of the queue, dropping, duplicating and reordering.
+        let rounds = rng.below(cluster.queue.len() as u64 + 1);
+        for _ in 0..rounds {
+            let Some((from, to, message)) = cluster.queue.pop_front() else { break };
+            match rng.below(10) {
+                0 => {}
+                1 => cluster.queue.push_back((from, to, message)),
+                2 => {
+                    cluster.queue.push_back((from, to, message.clone()));
+                    cluster.queue.push_back((from, to, message));
+                }
+                _ => {
+                    let now = cluster.now;
+                    let (node, store) = cluster.nodes.get_mut(&to).unwrap();
+                    node.handle_message(now, from, message, store);
+                    cluster.collect(to);
+                }
+            }
+        }
+        // Clients remember the contexts of the reads that were answered, to write with later.
+        for (_, request, reply) in &cluster.replies {
+            if let ClientReply::Read { context, .. } = reply
+                && reads.contains(request)
+            {
+                contexts.push(context.clone());
+            }
+        }
+        reads.retain(|request| !cluster.replies.iter().any(|(_, id, _)| id == request));
+    }
+    // Heal: everyone up, every message delivered, time passes so hints are handed off and requests
+    // time out, then every node reads the key from all home replicas (read repair).
+    for node in &ranks {
+        cluster.set_down(*node, false);
+    }
+    for _ in 0..3 {
+        cluster.deliver_all();
+        for node in ranks.clone() {
+            cluster.tick(node, 1000);
+        }
+        cluster.deliver_all();
+    }
+    for node in ranks.clone() {
+        cluster.get(node, Some(Quorum::new(3, 3, 3).unwrap()));
+        cluster.deliver_all();
+    }
+    for (request, dot) in &mut acknowledged {
+        if let Some((_, _, ClientReply::Written { dot: written, .. })) =
+            cluster.replies.iter().find(|(_, id, _)| id == request)
+        {
+            *dot = Some(*written);
+        }
+    }
+    // What clients replaced: the contexts of every write that reached a store (all but those
+    // refused up front; a timed-out write may well be stored).
+    let mut replaced = VersionVector::new();
+    for (request, context) in &writes {
+        let refused = cluster.replies.iter().any(|(_, id, reply)| {
+            id == request
+                && matches!(
+                    reply,
+                    ClientReply::Failed(
+                        RequestError::Unavailable { .. }
+                            | RequestError::NotAHomeReplica { .. }
+                            | RequestError::Busy
+                            | RequestError::TooManySiblings(_)
+                    )
+                )
+        });
+        if !refused {
+            replaced.merge(context);
+        }
+    }
+    let homes: Vec<Option<VersionedValue>> = ranks[..3].iter().map(|node| cluster.stored(*node)).collect();
+    assert!(homes.windows(2).all(|pair| pair[0] == pair[1]), "seed {seed}: home replicas differ: {homes:#?}");
+    let written: Vec<(Dot, bool)> =
+        acknowledged.iter().filter_map(|(request, dot)| dot.map(|dot| (dot, deletes.contains(request)))).collect();
+    let Some(converged) = homes[0].clone() else {
+        // Collected as a tombstone: every acknowledged write was replaced, or was a delete (under
+        // LWW, a later delete may also have discarded concurrent writes, by design).
+        for (dot, delete) in written.iter().filter(|_| resolution == Resolution::Siblings) {
+            assert!(*delete || replaced.contains(*dot), "seed {seed}: write {dot} lost with a collected tombstone");
+        }
+        return;
+    };
+    for dot in acknowledged.iter().filter_map(|(_, dot)| *dot) {
+        let fate = converged.fate(dot);
+        match resolution {
+            Resolution::Siblings => {
+                let expected = if replaced.contains(dot) { Fate::Superseded } else { Fate::Present };
+                assert_eq!(fate, expected, "seed {seed}: acknowledged write {dot}");
+            }
+            // LWW discards concurrent writes on purpose; what is never allowed is forgetting one.
+            Resolution::LastWriteWins => assert_ne!(fate, Fate::Unseen, "seed {seed}: write {dot} forgotten"),
+        }
+    }
+}
+
+#[test]
+fn randomized_runs_converge_without_losing_acknowledged_writes() {
+    for seed in 0..200 {
+        randomized_run(seed, Resolution::Siblings);
+    }
+}
+
+#[test]
+fn randomized_runs_converge_under_last_write_wins() {
+    for seed in 1000..1100 {
+        randomized_run(seed, Resolution::LastWriteWins);
+    }
 }
