@@ -16,8 +16,9 @@
 //! conflicts, however many clients write through however few coordinators (plain per-node vector
 //! clocks either grow with the clients or invent false conflicts; see `docs/leaderless.md`).
 //!
-//! Soundness needs one rule: replicas exchange whole containers (`merge`), never loose siblings,
-//! so a context entry `node: c` always stands for dots the sender really saw.
+//! Soundness needs two rules: replicas exchange whole containers (`merge`), never loose siblings,
+//! so a context entry `node: c` always stands for dots the sender really saw; and a node mints
+//! dots for a key only on its own copy of it (see [`VersionedValue::write`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -344,6 +345,11 @@ impl VersionedValue {
     /// A write coordinated by `node`: the new sibling replaces every sibling whose dot the client's
     /// `context` covers (the values the client read), and stays concurrent with the others. Returns
     /// the new write's dot.
+    ///
+    /// Must be called on `node`'s own copy of the key: the version vector entry `node: c` claims
+    /// every dot of `node` up to `c`, so the copy minting the next dot must have seen all of them
+    /// (a fallback or a non-replica minting on an empty container would make replicas drop the
+    /// node's earlier live writes).
     ///
     /// The dot's counter is above every counter of `node` this container or the client has seen,
     /// and at least the HLC timestamp packed into a number: so a node never reuses a dot for a key
