@@ -36,10 +36,11 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::clock::Hlc;
+use super::merkle::{MerkleTree, SlotDigests};
 use super::placement::{Quorum, Target, preference_list, targets};
 use super::version::{Dot, Payload, TooManySiblings, VersionVector, VersionedValue};
 use crate::replica::RequestId;
-use crate::slot::Slot;
+use crate::slot::{SLOT_COUNT, Slot};
 use crate::types::{NodeId, UnixMillis};
 
 /// The local key-value data of leaderless mode, one container per key.
@@ -102,6 +103,10 @@ pub struct CoordinatorConfig {
     /// How often hints are offered to their home replicas, and how many per home replica per round.
     pub handoff_interval_ms: u64,
     pub handoff_batch_max: usize,
+    /// How often this node starts an anti-entropy exchange with the next peer (round robin).
+    pub anti_entropy_interval_ms: u64,
+    /// Most differing slots reconciled per exchange (the rest wait for the next round).
+    pub anti_entropy_slots_max: usize,
 }
 
 impl CoordinatorConfig {
@@ -117,6 +122,8 @@ impl CoordinatorConfig {
             hints_max: 100_000,
             handoff_interval_ms: 1000,
             handoff_batch_max: 64,
+            anti_entropy_interval_ms: 10_000,
+            anti_entropy_slots_max: 64,
         }
     }
 }
@@ -164,6 +171,26 @@ pub enum Message {
     HandoffAck {
         key: Bytes,
         digest: u64,
+    },
+    /// Anti-entropy, step 1: the sender's Merkle tree over the slots both nodes are home replicas
+    /// of, as its root and its level 1 (1024 hashes of 16 slots each).
+    AntiEntropyTree {
+        root: u64,
+        hashes: Vec<u64>,
+    },
+    /// Step 2: for each level-1 node that differs, the answering node's 16 leaves (slot hashes).
+    AntiEntropyLeaves {
+        nodes: Vec<(u32, Vec<u64>)>,
+    },
+    /// Step 3: for each slot that differs, the key digests the sender holds there.
+    AntiEntropyDigests {
+        slots: Vec<(Slot, Vec<(Bytes, u64)>)>,
+    },
+    /// Steps 4 and 5: containers of keys that differ (merge them), and the keys the sender wants
+    /// the receiver's containers of (none in the last step).
+    AntiEntropyKeys {
+        values: Vec<(Bytes, VersionedValue)>,
+        want: Vec<Bytes>,
     },
 }
 
@@ -259,6 +286,16 @@ pub struct Coordinator {
     hints: BTreeMap<NodeId, BTreeMap<Bytes, VersionedValue>>,
     hint_count: usize,
     handoff_due: Option<UnixMillis>,
+    /// Every key of the local store (hints excluded) by slot, with its container's digest, and the
+    /// Merkle tree of those slots, kept in step with every store write.
+    index: BTreeMap<Slot, SlotDigests>,
+    tree: MerkleTree,
+    /// Per peer, the Merkle tree of only the slots both are home replicas of (what the two
+    /// compare), built on first use and then kept in step like `tree`.
+    peer_trees: BTreeMap<NodeId, MerkleTree>,
+    anti_entropy_due: Option<UnixMillis>,
+    /// The last peer an anti-entropy exchange was started with.
+    anti_entropy_peer: Option<NodeId>,
     effects: Vec<Effect>,
 }
 
@@ -271,6 +308,7 @@ impl Coordinator {
         assert!(config.siblings_max > 0, "no sibling allowed");
         assert!(config.requests_in_flight_max > 0, "no request allowed");
         assert!(config.handoff_batch_max > 0, "hints could never be handed off");
+        assert!(config.anti_entropy_slots_max > 0, "anti-entropy could never repair a slot");
         Coordinator {
             clock: Hlc::new(config.node_id),
             config,
@@ -282,6 +320,11 @@ impl Coordinator {
             hints: BTreeMap::new(),
             hint_count: 0,
             handoff_due: None,
+            index: BTreeMap::new(),
+            tree: MerkleTree::new(0..SLOT_COUNT),
+            peer_trees: BTreeMap::new(),
+            anti_entropy_due: None,
+            anti_entropy_peer: None,
             effects: Vec::new(),
         }
     }
@@ -336,7 +379,7 @@ impl Coordinator {
         };
         self.settle(&mut container);
         let op = self.next_op();
-        store.put(key.clone(), container.clone());
+        self.store_put(store, key.clone(), container.clone());
         let acked = BTreeSet::from([me]);
         for target in targets.iter().filter(|target| target.node != me) {
             let message = Message::Put { op, key: key.clone(), value: container.clone(), hint_for: target.hint_for };
@@ -441,7 +484,7 @@ impl Coordinator {
             }
             Message::Purge { key, digest } => {
                 if store.get(&key).is_some_and(|held| held.is_tombstone() && held.digest() == digest) {
-                    store.remove(&key);
+                    self.store_remove(store, &key);
                 }
             }
             Message::Handoff { key, value } => {
@@ -449,6 +492,27 @@ impl Coordinator {
                 self.merge_into(&key, &value, None, store);
                 let digest = value.digest();
                 self.effects.push(Effect::Send { to: from, message: Message::HandoffAck { key, digest } });
+            }
+            Message::AntiEntropyTree { root, hashes } => self.handle_anti_entropy_tree(from, root, &hashes),
+            Message::AntiEntropyLeaves { nodes } => self.handle_anti_entropy_leaves(from, &nodes),
+            Message::AntiEntropyDigests { slots } => self.handle_anti_entropy_digests(from, slots, store),
+            Message::AntiEntropyKeys { values, want } => {
+                for (key, value) in &values {
+                    // Only keys this node is a home replica of: a peer cannot plant others.
+                    if self.shares_slot(from, Slot::of_key(key)) {
+                        self.observe(now, value);
+                        self.merge_into(key, value, None, store);
+                    }
+                }
+                let values: Vec<(Bytes, VersionedValue)> = want
+                    .into_iter()
+                    .filter(|key| self.shares_slot(from, Slot::of_key(key)))
+                    .filter_map(|key| store.get(&key).map(|value| (key, value)))
+                    .collect();
+                if !values.is_empty() {
+                    let message = Message::AntiEntropyKeys { values, want: Vec::new() };
+                    self.effects.push(Effect::Send { to: from, message });
+                }
             }
             Message::HandoffAck { key, digest } => {
                 // Only drop the hint if it did not change since it was sent.
@@ -484,6 +548,177 @@ impl Coordinator {
         if self.handoff_due.is_none_or(|due| due <= now) {
             self.handoff_due = Some(UnixMillis(now.0 + self.config.handoff_interval_ms));
             self.offer_hints();
+        }
+        match self.anti_entropy_due {
+            None => self.anti_entropy_due = Some(UnixMillis(now.0 + self.config.anti_entropy_interval_ms)),
+            Some(due) if due <= now => {
+                self.anti_entropy_due = Some(UnixMillis(now.0 + self.config.anti_entropy_interval_ms));
+                self.start_anti_entropy();
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Tells the coordinator about a key already in the store when it starts (after a restart), so
+    /// that anti-entropy knows it.
+    pub fn load(&mut self, key: Bytes, value: &VersionedValue) {
+        self.index_update(key, Some(value.digest()));
+    }
+
+    /// The Merkle tree of everything in the local store (hints excluded).
+    pub fn merkle_tree(&self) -> &MerkleTree {
+        &self.tree
+    }
+
+    fn store_put(&mut self, store: &mut impl Store, key: Bytes, value: VersionedValue) {
+        self.index_update(key.clone(), Some(value.digest()));
+        store.put(key, value);
+    }
+
+    fn store_remove(&mut self, store: &mut impl Store, key: &Bytes) {
+        self.index_update(key.clone(), None);
+        store.remove(key);
+    }
+
+    fn index_update(&mut self, key: Bytes, digest: Option<u64>) {
+        let slot = Slot::of_key(&key);
+        let digests = self.index.entry(slot).or_default();
+        let old = match digest {
+            Some(digest) => digests.insert(key.clone(), digest),
+            None => digests.remove(&key),
+        };
+        if digests.is_empty() {
+            self.index.remove(&slot);
+        }
+        self.tree.update_key(slot, &key, old, digest);
+        if !self.peer_trees.is_empty() {
+            let home = preference_list(&self.members, slot, usize::from(self.config.quorum.n));
+            if home.contains(&self.config.node_id) {
+                for peer in home {
+                    if let Some(tree) = self.peer_trees.get_mut(&peer) {
+                        tree.update_key(slot, &key, old, digest);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether this node and `peer` are both home replicas of `slot` (by the default `n`).
+    fn shares_slot(&self, peer: NodeId, slot: Slot) -> bool {
+        shares_slot(&self.members, self.config.quorum, self.config.node_id, peer, slot)
+    }
+
+    /// The Merkle tree over the slots this node and `peer` are both home replicas of: the local
+    /// tree's leaves with every other slot empty, so the two sides compare like with like.
+    pub(crate) fn shared_tree(&mut self, peer: NodeId) -> &MerkleTree {
+        if !self.peer_trees.contains_key(&peer) {
+            let leaves = self.tree.level(0).iter().enumerate().map(|(at, &leaf)| {
+                let slot = Slot(u16::try_from(at).unwrap_or(u16::MAX));
+                if leaf != 0 && self.shares_slot(peer, slot) { leaf } else { 0 }
+            });
+            let tree = MerkleTree::from_leaves(0..SLOT_COUNT, leaves.collect());
+            self.peer_trees.insert(peer, tree);
+        }
+        &self.peer_trees[&peer]
+    }
+
+    /// Starts an exchange with the next peer that is up (round robin over the members).
+    fn start_anti_entropy(&mut self) {
+        let me = self.config.node_id;
+        let peers: Vec<NodeId> =
+            self.members.iter().copied().filter(|&node| node != me && !self.down.contains(&node)).collect();
+        let Some(&first) = peers.first() else { return };
+        let peer =
+            self.anti_entropy_peer.and_then(|last| peers.iter().copied().find(|&node| node > last)).unwrap_or(first);
+        self.anti_entropy_peer = Some(peer);
+        let tree = self.shared_tree(peer);
+        let message = Message::AntiEntropyTree { root: tree.root(), hashes: tree.level(1).to_vec() };
+        self.effects.push(Effect::Send { to: peer, message });
+    }
+
+    /// Step 2: answer with our leaves under every level-1 node that differs.
+    fn handle_anti_entropy_tree(&mut self, from: NodeId, root: u64, hashes: &[u64]) {
+        let slots_max = self.config.anti_entropy_slots_max;
+        let tree = self.shared_tree(from);
+        if tree.root() == root || hashes.len() != tree.level(1).len() {
+            return;
+        }
+        let nodes: Vec<(u32, Vec<u64>)> = tree
+            .level(1)
+            .iter()
+            .zip(hashes)
+            .enumerate()
+            .filter(|(_, (ours, theirs))| ours != theirs)
+            // Each differing node holds at least one differing slot.
+            .take(slots_max)
+            .map(|(index, _)| {
+                let children = tree.children(1, index);
+                (u32::try_from(index).unwrap_or(u32::MAX), tree.level(0)[children].to_vec())
+            })
+            .collect();
+        if !nodes.is_empty() {
+            self.effects.push(Effect::Send { to: from, message: Message::AntiEntropyLeaves { nodes } });
+        }
+    }
+
+    /// Step 3: send our key digests of every slot whose leaf differs.
+    fn handle_anti_entropy_leaves(&mut self, from: NodeId, nodes: &[(u32, Vec<u64>)]) {
+        self.shared_tree(from);
+        let tree = &self.peer_trees[&from];
+        let (members, quorum, me) = (&self.members, self.config.quorum, self.config.node_id);
+        let mut slots = Vec::new();
+        for (index, theirs) in nodes {
+            let Ok(index) = usize::try_from(*index) else { continue };
+            if index >= tree.level(1).len() {
+                continue;
+            }
+            for (offset, at) in tree.children(1, index).enumerate() {
+                let Some(&their_leaf) = theirs.get(offset) else { continue };
+                let slot = Slot(u16::try_from(at).unwrap_or(u16::MAX));
+                if tree.level(0)[at] == their_leaf || slots.len() >= self.config.anti_entropy_slots_max {
+                    continue;
+                }
+                if shares_slot(members, quorum, me, from, slot) {
+                    let digests = self
+                        .index
+                        .get(&slot)
+                        .map(|digests| digests.iter().map(|(key, digest)| (key.clone(), digest)).collect());
+                    slots.push((slot, digests.unwrap_or_default()));
+                }
+            }
+        }
+        if !slots.is_empty() {
+            self.effects.push(Effect::Send { to: from, message: Message::AntiEntropyDigests { slots } });
+        }
+    }
+
+    /// Step 4: send our containers of the keys that differ, and ask for theirs.
+    fn handle_anti_entropy_digests(&mut self, from: NodeId, slots: Vec<(Slot, Vec<(Bytes, u64)>)>, store: &impl Store) {
+        let mut values = Vec::new();
+        let mut want = Vec::new();
+        let empty = SlotDigests::new();
+        for (slot, keys) in slots.into_iter().take(self.config.anti_entropy_slots_max) {
+            if !self.shares_slot(from, slot) {
+                continue;
+            }
+            let mut theirs = SlotDigests::new();
+            for (key, digest) in keys {
+                if Slot::of_key(&key) == slot {
+                    theirs.insert(key, digest);
+                }
+            }
+            let ours = self.index.get(&slot).unwrap_or(&empty);
+            for key in ours.diff(&theirs) {
+                if theirs.get(&key).is_some() {
+                    want.push(key.clone());
+                }
+                if let Some(value) = store.get(&key) {
+                    values.push((key, value));
+                }
+            }
+        }
+        if !values.is_empty() || !want.is_empty() {
+            self.effects.push(Effect::Send { to: from, message: Message::AntiEntropyKeys { values, want } });
         }
     }
 
@@ -543,7 +778,7 @@ impl Coordinator {
                 if !merged.includes(value) {
                     merged.merge(value);
                     self.settle(&mut merged);
-                    store.put(key.clone(), merged);
+                    self.store_put(store, key.clone(), merged);
                 }
                 true
             }
@@ -617,7 +852,7 @@ impl Coordinator {
         for target in &pending.targets {
             if target.node == me {
                 if store.get(&pending.key).is_some_and(|held| held.digest() == digest) {
-                    store.remove(&pending.key);
+                    self.store_remove(store, &pending.key);
                 }
             } else {
                 let message = Message::Purge { key: pending.key.clone(), digest };
@@ -657,6 +892,12 @@ impl Coordinator {
         self.next_op += 1;
         op
     }
+}
+
+/// Whether `me` and `peer` are both home replicas of `slot` (by the default `n`).
+fn shares_slot(members: &[NodeId], quorum: Quorum, me: NodeId, peer: NodeId, slot: Slot) -> bool {
+    let home = preference_list(members, slot, usize::from(quorum.n));
+    home.contains(&me) && home.contains(&peer)
 }
 
 fn settle(resolution: Resolution, container: &mut VersionedValue) {

@@ -123,6 +123,25 @@ impl MerkleTree {
             levels.push(vec![0; below.div_ceil(FANOUT)]);
         }
         let mut tree = MerkleTree { range, levels };
+        // Every node but the last of a level has a full set of children that are, by induction,
+        // all alike; so two hashes per level build the empty tree.
+        for level in 1..tree.levels.len() {
+            let first = tree.inner_hash(level, 0);
+            tree.levels[level].fill(first);
+            let last = tree.levels[level].len() - 1;
+            tree.levels[level][last] = tree.inner_hash(level, last);
+        }
+        tree
+    }
+
+    /// A tree over `range` with the given leaves, one per slot in order, hashed bottom-up once.
+    ///
+    /// # Panics
+    /// If the number of leaves is not the number of slots in the range.
+    pub fn from_leaves(range: Range<u16>, leaves: Vec<u64>) -> MerkleTree {
+        let mut tree = MerkleTree::new(range);
+        assert_eq!(leaves.len(), tree.levels[0].len(), "one leaf per slot");
+        tree.levels[0] = leaves;
         for level in 1..tree.levels.len() {
             for index in 0..tree.levels[level].len() {
                 tree.levels[level][index] = tree.inner_hash(level, index);
@@ -306,6 +325,24 @@ mod tests {
         tree.update_key(Slot(3), b"a", Some(1), Some(2));
         tree.update_key(Slot(3), b"a", Some(2), None);
         assert_eq!(tree, empty);
+    }
+
+    #[test]
+    fn the_empty_tree_is_hashed_like_any_other() {
+        for range in [0..SLOT_COUNT, 0..17, 3..4, 100..400, 0..256, 0..257] {
+            let count = usize::from(range.end - range.start);
+            assert_eq!(MerkleTree::new(range.clone()), MerkleTree::from_leaves(range, vec![0; count]));
+        }
+    }
+
+    #[test]
+    fn from_leaves_matches_setting_each_leaf() {
+        let leaves: Vec<u64> = (0..300u64).map(|at| if at % 7 == 0 { at * 31 } else { 0 }).collect();
+        let mut one_by_one = MerkleTree::new(100..400);
+        for (at, leaf) in leaves.iter().enumerate() {
+            one_by_one.set_leaf(Slot(100 + u16::try_from(at).unwrap()), *leaf);
+        }
+        assert_eq!(MerkleTree::from_leaves(100..400, leaves), one_by_one);
     }
 
     #[test]

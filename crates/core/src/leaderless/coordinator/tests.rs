@@ -558,11 +558,20 @@ impl Rng {
 /// cluster heals (everyone up, hints handed off, every node reads with r = n). Afterwards every
 /// home replica holds the same container, every acknowledged write is in it unless a client
 /// replaced it knowingly, and nothing a client replaced has come back.
-fn randomized_run(seed: u64, resolution: Resolution) {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Heal {
+    /// Every node reads the key from all home replicas (read repair).
+    ReadRepair,
+    /// Only anti-entropy rounds (Merkle exchange between every pair of nodes).
+    AntiEntropy,
+}
+
+fn randomized_run(seed: u64, resolution: Resolution, heal: Heal) {
     let mut rng = Rng(seed);
     let mut cluster = Cluster::new(|config| {
         config.resolution = resolution;
         config.request_timeout_ms = 50;
+        config.anti_entropy_interval_ms = if heal == Heal::AntiEntropy { 10_000 } else { 1 << 40 };
     });
     let ranks = ranks();
     let mut acknowledged: Vec<(RequestId, Option<Dot>)> = Vec::new();
@@ -625,7 +634,7 @@ fn randomized_run(seed: u64, resolution: Resolution) {
         reads.retain(|request| !cluster.replies.iter().any(|(_, id, _)| id == request));
     }
     // Heal: everyone up, every message delivered, time passes so hints are handed off and requests
-    // time out, then every node reads the key from all home replicas (read repair).
+    // time out, then read repair or anti-entropy.
     for node in &ranks {
         cluster.set_down(*node, false);
     }
@@ -636,9 +645,22 @@ fn randomized_run(seed: u64, resolution: Resolution) {
         }
         cluster.deliver_all();
     }
-    for node in ranks.clone() {
-        cluster.get(node, Some(Quorum::new(3, 3, 3).unwrap()));
-        cluster.deliver_all();
+    match heal {
+        Heal::ReadRepair => {
+            for node in ranks.clone() {
+                cluster.get(node, Some(Quorum::new(3, 3, 3).unwrap()));
+                cluster.deliver_all();
+            }
+        }
+        Heal::AntiEntropy => {
+            // Each node talks to its four peers in turn, one every 10 s.
+            for _ in 0..5 {
+                for node in ranks.clone() {
+                    cluster.tick(node, 10_000);
+                }
+                cluster.deliver_all();
+            }
+        }
     }
     for (request, dot) in &mut acknowledged {
         if let Some((_, _, ClientReply::Written { dot: written, .. })) =
@@ -695,13 +717,186 @@ fn randomized_run(seed: u64, resolution: Resolution) {
 #[test]
 fn randomized_runs_converge_without_losing_acknowledged_writes() {
     for seed in 0..200 {
-        randomized_run(seed, Resolution::Siblings);
+        randomized_run(seed, Resolution::Siblings, Heal::ReadRepair);
     }
 }
 
 #[test]
 fn randomized_runs_converge_under_last_write_wins() {
     for seed in 1000..1100 {
-        randomized_run(seed, Resolution::LastWriteWins);
+        randomized_run(seed, Resolution::LastWriteWins, Heal::ReadRepair);
     }
+}
+
+#[test]
+fn randomized_runs_converge_by_anti_entropy_alone() {
+    for seed in 2000..2060 {
+        randomized_run(seed, Resolution::Siblings, Heal::AntiEntropy);
+    }
+}
+
+// ---- anti-entropy ----------------------------------------------------------------------------
+
+/// Two of five members, and `count` keys whose home replicas include both.
+fn shared_keys(a: NodeId, b: NodeId, count: usize) -> Vec<Bytes> {
+    (0..)
+        .map(|at| Bytes::from(format!("key:{at}")))
+        .filter(|key| {
+            let home = preference_list(&members(), Slot::of_key(key), 3);
+            home.contains(&a) && home.contains(&b)
+        })
+        .take(count)
+        .collect()
+}
+
+/// Runs messages between `a` and `b` until none is left (others are dropped); returns how many
+/// containers anti-entropy streamed and the kinds of message sent.
+fn exchange(
+    nodes: &mut BTreeMap<NodeId, (Coordinator, MemoryStore)>,
+    first: Vec<(NodeId, NodeId, Message)>,
+) -> (usize, Vec<&'static str>) {
+    let mut queue: VecDeque<(NodeId, NodeId, Message)> = first.into();
+    let mut streamed = 0;
+    let mut kinds = Vec::new();
+    while let Some((from, to, message)) = queue.pop_front() {
+        let Some((node, store)) = nodes.get_mut(&to) else { continue };
+        kinds.push(match &message {
+            Message::AntiEntropyTree { .. } => "tree",
+            Message::AntiEntropyLeaves { .. } => "leaves",
+            Message::AntiEntropyDigests { .. } => "digests",
+            Message::AntiEntropyKeys { values, .. } => {
+                streamed += values.len();
+                "keys"
+            }
+            _ => "other",
+        });
+        node.handle_message(T0, from, message, store);
+        for effect in node.drain_effects() {
+            if let Effect::Send { to: next, message } = effect {
+                queue.push_back((to, next, message));
+            }
+        }
+    }
+    (streamed, kinds)
+}
+
+#[test]
+fn anti_entropy_streams_only_the_keys_that_differ() {
+    let (a, b) = (NodeId(1), NodeId(2));
+    let mut nodes: BTreeMap<NodeId, (Coordinator, MemoryStore)> =
+        [a, b].into_iter().map(|id| (id, (coordinator(id, |_| {}), MemoryStore::default()))).collect();
+    let keys = shared_keys(a, b, 300);
+    let hlc = |at: u64, node: NodeId| crate::leaderless::clock::HlcTimestamp { wall_ms: T0.0 + at, logical: 0, node };
+    // Both hold the same 300 keys, except: 3 keys only on a, 1 key only on b, 2 keys with a newer
+    // write on a than on b.
+    let mut store_on = |node: NodeId, key: &Bytes, container: &VersionedValue| {
+        let (coordinator, store) = nodes.get_mut(&node).unwrap();
+        let put = Message::Put { op: 1, key: key.clone(), value: container.clone(), hint_for: None };
+        coordinator.handle_message(T0, NodeId(3), put, store);
+        coordinator.drain_effects().for_each(drop);
+    };
+    for (at, key) in keys.iter().enumerate() {
+        let mut container = VersionedValue::new();
+        container.write(a, &VersionVector::new(), value("v"), hlc(at as u64, a), 100).unwrap();
+        if !(5..8).contains(&at) {
+            store_on(b, key, &container);
+        }
+        if at == 10 || at == 20 {
+            let context = container.context().clone();
+            container.write(a, &context, value("v2"), hlc(1000 + at as u64, a), 100).unwrap();
+        }
+        if at != 299 {
+            store_on(a, key, &container);
+        }
+    }
+    // a starts a round with its first peer, b.
+    let (node_a, store_a) = nodes.get_mut(&a).unwrap();
+    node_a.tick(T0, store_a);
+    node_a.tick(at(10_000), store_a);
+    let first: Vec<(NodeId, NodeId, Message)> = node_a
+        .drain_effects()
+        .filter_map(|effect| match effect {
+            Effect::Send { to, message } => Some((a, to, message)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].1, b);
+    let (streamed, kinds) = exchange(&mut nodes, first);
+    assert_eq!(kinds, ["tree", "leaves", "digests", "keys", "keys"]);
+    // 3 + 1 + 2 keys differ; b sends its 1 + 2, a sends its 3 + 2.
+    assert_eq!(streamed, 8);
+    for key in &keys {
+        assert_eq!(nodes[&a].1.get(key), nodes[&b].1.get(key), "{key:?}");
+    }
+    assert_eq!(nodes[&a].1.keys.len(), 300);
+    // A second round finds nothing to do: one message, the tree.
+    let (node_a, store_a) = nodes.get_mut(&a).unwrap();
+    node_a.tick(at(20_000), store_a);
+    let again: Vec<(NodeId, NodeId, Message)> = node_a
+        .drain_effects()
+        .filter_map(|effect| match effect {
+            Effect::Send { to, message } => Some((a, to, message)),
+            _ => None,
+        })
+        .collect();
+    // Round robin: this round goes to the next peer (node 3, not simulated); ask b directly.
+    assert_eq!(again[0].1, NodeId(3));
+    let tree = nodes.get_mut(&a).unwrap().0.shared_tree(b).clone();
+    let message = Message::AntiEntropyTree { root: tree.root(), hashes: tree.level(1).to_vec() };
+    let (streamed, kinds) = exchange(&mut nodes, vec![(a, b, message)]);
+    assert_eq!((streamed, kinds), (0, vec!["tree"]));
+}
+
+#[test]
+fn the_merkle_index_follows_every_store_write() {
+    // After writes, merges, repairs and a purge, the coordinator's tree equals one rebuilt from
+    // its store.
+    let mut cluster = Cluster::new(|_| {});
+    let ranks = ranks();
+    // Build every per-peer tree up front, so that they too must follow the writes.
+    for (id, (node, _)) in &mut cluster.nodes {
+        for peer in members().into_iter().filter(|peer| peer != id) {
+            node.shared_tree(peer);
+        }
+    }
+    let write = cluster.put(ranks[0], value("a"), &VersionVector::new());
+    cluster.deliver_all();
+    cluster.put(ranks[1], value("b"), &VersionVector::new());
+    cluster.deliver(|_, to, _| to == ranks[2]);
+    cluster.get(ranks[2], None);
+    cluster.deliver_all();
+    let check = |cluster: &Cluster| {
+        for (node, store) in cluster.nodes.values() {
+            let mut rebuilt = MerkleTree::new(0..SLOT_COUNT);
+            for (key, value) in &store.keys {
+                rebuilt.update_key(Slot::of_key(key), key, None, Some(value.digest()));
+            }
+            assert_eq!(node.merkle_tree(), &rebuilt);
+            for (peer, tree) in &node.peer_trees {
+                let mut shared = MerkleTree::new(0..SLOT_COUNT);
+                for (key, value) in &store.keys {
+                    if node.shares_slot(*peer, Slot::of_key(key)) {
+                        shared.update_key(Slot::of_key(key), key, None, Some(value.digest()));
+                    }
+                }
+                assert_eq!(tree, &shared, "tree shared with {peer}");
+            }
+        }
+    };
+    check(&cluster);
+    let context = match cluster.reply(write) {
+        ClientReply::Written { context, .. } => context,
+        other => panic!("{other:?}"),
+    };
+    drop(context);
+    let read = cluster.get(ranks[0], None);
+    cluster.deliver_all();
+    let (_, _, context) = cluster.read(read);
+    cluster.put(ranks[0], Payload::Tombstone, &context);
+    cluster.deliver_all();
+    cluster.get(ranks[0], None);
+    cluster.deliver_all();
+    assert!(cluster.nodes.values().all(|(_, store)| store.keys.is_empty()), "the tombstone was collected");
+    check(&cluster);
 }
