@@ -6,12 +6,22 @@
 //! the value is `sum(P) - sum(N)`; a merge takes the pointwise maximum. Merge laws (each is a
 //! property test below): commutative `a ⊔ b = b ⊔ a`, associative `(a ⊔ b) ⊔ c = a ⊔ (b ⊔ c)`,
 //! idempotent `a ⊔ a = a`; and an update on one replica survives every merge.
+//!
+//! A Redis key is not only a counter: `SET k 10` then `INCR k` gives 11, and `DEL` resets it. A
+//! [`Counter`] is therefore a PN-counter on top of a **base**: the value some write set (ranked by
+//! that write's HLC time and dot), and only the increments made since. Two counters with the same
+//! base join their increments; with different bases the later base wins with its increments (a
+//! lexicographic join, still commutative, associative and idempotent). Increments made on top of
+//! the same base concurrently are never lost; a SET ordered after them by HLC starts over, as it
+//! would in Redis.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::clock::HlcTimestamp;
 use super::hash::StableHasher;
+use super::version::Dot;
 use crate::types::NodeId;
 
 /// The counter's per-node totals.
@@ -93,6 +103,91 @@ impl PnCounter {
     }
 }
 
+/// The write a [`Counter`] counts from: its rank (HLC time, dot) and the value it set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CounterBase {
+    pub hlc: HlcTimestamp,
+    pub dot: Dot,
+    pub value: i64,
+}
+
+impl CounterBase {
+    fn rank(&self) -> (HlcTimestamp, Dot) {
+        (self.hlc, self.dot)
+    }
+}
+
+/// An integer key under INCR/DECR: a base value (none: 0) plus a PN-counter of the updates made on
+/// top of it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct Counter {
+    base: Option<CounterBase>,
+    updates: PnCounter,
+}
+
+impl Counter {
+    /// A counter starting at `base` (a SET's integer, or 0 after a delete), or at 0 if `None`.
+    pub fn starting_at(base: Option<CounterBase>) -> Counter {
+        Counter { base, updates: PnCounter::new() }
+    }
+
+    pub fn base(&self) -> Option<CounterBase> {
+        self.base
+    }
+
+    pub fn value(&self) -> i128 {
+        i128::from(self.base.map_or(0, |base| base.value)) + self.updates.value()
+    }
+
+    /// The value as Redis shows integers, or `None` if concurrent updates pushed it out of range.
+    pub fn value_i64(&self) -> Option<i64> {
+        i64::try_from(self.value()).ok()
+    }
+
+    /// Adds `delta` as `node`'s update and returns the new value; refused, with nothing changed,
+    /// if the value would leave the `i64` range.
+    pub fn add(&mut self, node: NodeId, delta: i64) -> Result<i64, CounterOverflow> {
+        let value = i64::try_from(self.value() + i128::from(delta)).map_err(|_| CounterOverflow)?;
+        let mut updates = self.updates.clone();
+        updates.add(node, delta).map_err(|_| CounterOverflow)?;
+        self.updates = updates;
+        Ok(value)
+    }
+
+    /// The join: the later base wins with its updates; on the same base, the updates merge.
+    pub fn merge(&mut self, other: &Counter) {
+        let ours = self.base.map(|base| base.rank());
+        let theirs = other.base.map(|base| base.rank());
+        match ours.cmp(&theirs) {
+            std::cmp::Ordering::Less => *self = other.clone(),
+            std::cmp::Ordering::Equal => self.updates.merge(&other.updates),
+            std::cmp::Ordering::Greater => {}
+        }
+    }
+
+    pub fn merged(a: &Counter, b: &Counter) -> Counter {
+        let mut out = a.clone();
+        out.merge(b);
+        out
+    }
+
+    pub fn digest(&self) -> u64 {
+        let mut hasher = StableHasher::new();
+        match self.base {
+            None => hasher.u64(0),
+            Some(base) => hasher
+                .u64(1)
+                .u64(base.hlc.wall_ms)
+                .u64(u64::from(base.hlc.logical))
+                .u64(base.hlc.node.0)
+                .u64(base.dot.node.0)
+                .u64(base.dot.counter)
+                .u64(base.value as u64),
+        };
+        hasher.u64(self.updates.digest()).finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -158,6 +253,42 @@ mod tests {
         assert_eq!(a.digest(), PnCounter::merged(&a, &a).digest());
     }
 
+    fn base(wall_ms: u64, value: i64) -> CounterBase {
+        let node = NodeId(wall_ms % 3 + 1);
+        CounterBase { hlc: HlcTimestamp { wall_ms, logical: 0, node }, dot: Dot { node, counter: wall_ms }, value }
+    }
+
+    #[test]
+    fn a_counter_counts_from_its_base() {
+        let mut counter = Counter::starting_at(Some(base(10, 10)));
+        assert_eq!(counter.add(NodeId(1), 1).unwrap(), 11);
+        assert_eq!(Counter::starting_at(None).value(), 0);
+        let mut near_max = Counter::starting_at(Some(base(1, i64::MAX - 1)));
+        assert_eq!(near_max.add(NodeId(1), 1).unwrap(), i64::MAX);
+        assert_eq!(near_max.add(NodeId(1), 1), Err(CounterOverflow));
+        assert_eq!(near_max.value_i64(), Some(i64::MAX));
+    }
+
+    #[test]
+    fn increments_on_the_same_base_join_and_a_later_base_wins() {
+        let start = Counter::starting_at(Some(base(10, 100)));
+        let mut a = start.clone();
+        let mut b = start.clone();
+        a.add(NodeId(1), 1).unwrap();
+        b.add(NodeId(2), 5).unwrap();
+        assert_eq!(Counter::merged(&a, &b).value(), 106, "concurrent INCRs on one base are both kept");
+        // A later SET (higher rank) starts over: the increments before it no longer count.
+        let mut reset = Counter::starting_at(Some(base(20, 7)));
+        reset.add(NodeId(3), 1).unwrap();
+        assert_eq!(Counter::merged(&a, &reset).value(), 8);
+        assert_eq!(Counter::merged(&reset, &b).value(), 8);
+    }
+
+    fn arb_full_counter() -> impl Strategy<Value = Counter> {
+        (prop::option::of((0u64..3).prop_map(|at| base(at, at as i64 * 100))), arb_counter())
+            .prop_map(|(base, updates)| Counter { base, updates })
+    }
+
     /// A counter reached by updates on a few nodes (any reachable state: merges are joins of these).
     fn arb_counter() -> impl Strategy<Value = PnCounter> {
         prop::collection::vec((1u64..5, -1000i64..1000), 0..20).prop_map(|updates| {
@@ -182,6 +313,18 @@ mod tests {
             let left = PnCounter::merged(&PnCounter::merged(&a, &b), &c);
             let right = PnCounter::merged(&a, &PnCounter::merged(&b, &c));
             prop_assert_eq!(left, right);
+        }
+
+        #[test]
+        fn counter_with_base_merge_laws(a in arb_full_counter(), b in arb_full_counter(), c in arb_full_counter()) {
+            prop_assert_eq!(Counter::merged(&a, &b), Counter::merged(&b, &a));
+            prop_assert_eq!(
+                Counter::merged(&Counter::merged(&a, &b), &c),
+                Counter::merged(&a, &Counter::merged(&b, &c))
+            );
+            prop_assert_eq!(&Counter::merged(&a, &a), &a);
+            let ab = Counter::merged(&a, &b);
+            prop_assert_eq!(&Counter::merged(&ab, &b), &ab);
         }
 
         #[test]
