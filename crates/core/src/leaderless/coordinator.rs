@@ -35,10 +35,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::clock::Hlc;
+use super::clock::{Hlc, HlcTimestamp};
 use super::merkle::{MerkleTree, SlotDigests};
 use super::placement::{Quorum, Target, preference_list, targets};
-use super::version::{Dot, Payload, TooManySiblings, VersionVector, VersionedValue};
+use super::version::{Dot, IncrementError, Payload, TooManySiblings, VersionVector, VersionedValue};
 use crate::replica::RequestId;
 use crate::slot::{SLOT_COUNT, Slot};
 use crate::types::{NodeId, UnixMillis};
@@ -204,6 +204,8 @@ pub enum RequestError {
     Timeout { answered: usize, needed: usize },
     #[error(transparent)]
     TooManySiblings(#[from] TooManySiblings),
+    #[error(transparent)]
+    Increment(#[from] IncrementError),
     #[error("too many requests in flight")]
     Busy,
     /// Writes are coordinated by a home replica of the key that is up (`forward_to`, if any):
@@ -219,6 +221,12 @@ pub enum ClientReply {
     /// The write is on `w` replicas. `dot` names it; `context` covers it (what a client that wants
     /// to overwrite its own write passes next).
     Written {
+        dot: Dot,
+        context: VersionVector,
+    },
+    /// The increment is on `w` replicas; `value` is the counter as the coordinator computed it.
+    Incremented {
+        value: i64,
         dot: Dot,
         context: VersionVector,
     },
@@ -254,6 +262,8 @@ pub enum Effect {
 struct PendingWrite {
     request: RequestId,
     dot: Dot,
+    /// For an increment, the value to answer with.
+    incremented: Option<i64>,
     context: VersionVector,
     acked: BTreeSet<NodeId>,
     w: usize,
@@ -357,6 +367,43 @@ impl Coordinator {
     /// A client write. Answered with `Written` after `w` targets stored it.
     pub fn put(&mut self, now: UnixMillis, request: RequestId, put: Put, store: &mut impl Store) {
         let Put { key, payload, context, quorum } = put;
+        let siblings_max = self.config.siblings_max;
+        self.coordinate_write(now, request, key, quorum, store, |container, me, hlc| {
+            let dot = container.write(me, &context, payload, hlc, siblings_max)?;
+            Ok((dot, None))
+        });
+    }
+
+    /// A client INCRBY (`delta` negative for DECRBY): an update of the key's counter on this home
+    /// replica's copy, replicated like a write. Answered with `Incremented` (the value this replica
+    /// computed; concurrent increments elsewhere are joined by replicas, never lost) after `w` acks.
+    pub fn increment(
+        &mut self,
+        now: UnixMillis,
+        request: RequestId,
+        key: Bytes,
+        delta: i64,
+        quorum: Option<Quorum>,
+        store: &mut impl Store,
+    ) {
+        let siblings_max = self.config.siblings_max;
+        self.coordinate_write(now, request, key, quorum, store, |container, me, hlc| {
+            let (dot, value) = container.increment(me, delta, hlc, siblings_max)?;
+            Ok((dot, Some(value)))
+        });
+    }
+
+    /// The common path of writes: checks, the update on the local copy (`update` returns the new
+    /// dot and, for an increment, the new value), then replication to the other targets.
+    fn coordinate_write(
+        &mut self,
+        now: UnixMillis,
+        request: RequestId,
+        key: Bytes,
+        quorum: Option<Quorum>,
+        store: &mut impl Store,
+        update: impl FnOnce(&mut VersionedValue, NodeId, HlcTimestamp) -> Result<(Dot, Option<i64>), RequestError>,
+    ) {
         let quorum = quorum.unwrap_or(self.config.quorum);
         if self.in_flight() >= self.config.requests_in_flight_max {
             return self.fail(request, RequestError::Busy);
@@ -373,9 +420,9 @@ impl Coordinator {
         }
         let mut container = store.get(&key).unwrap_or_default();
         let hlc = self.clock.now(now);
-        let dot = match container.write(me, &context, payload, hlc, self.config.siblings_max) {
-            Ok(dot) => dot,
-            Err(error) => return self.fail(request, error.into()),
+        let (dot, incremented) = match update(&mut container, me, hlc) {
+            Ok(done) => done,
+            Err(error) => return self.fail(request, error),
         };
         self.settle(&mut container);
         let op = self.next_op();
@@ -388,6 +435,7 @@ impl Coordinator {
         let pending = PendingWrite {
             request,
             dot,
+            incremented,
             context: container.context().clone(),
             acked,
             w,
@@ -794,11 +842,8 @@ impl Coordinator {
             let mut merged = merged_replies(pending.replies.values());
             settle(self.config.resolution, &mut merged);
             let read = merged.read();
-            let reply = ClientReply::Read {
-                values: read.siblings.iter().filter_map(|sibling| sibling.payload.value().cloned()).collect(),
-                chosen: merged.chosen().cloned(),
-                context: read.context.clone(),
-            };
+            let reply =
+                ClientReply::Read { values: read.values, chosen: merged.chosen(), context: read.context.clone() };
             self.effects.push(Effect::Reply { request, reply });
         }
         let complete = self.reads.get(&op).is_some_and(|pending| pending.replies.len() == pending.targets.len());
@@ -862,7 +907,11 @@ impl Coordinator {
     }
 
     fn reply_written(&mut self, pending: &PendingWrite) {
-        let reply = ClientReply::Written { dot: pending.dot, context: pending.context.clone() };
+        let (dot, context) = (pending.dot, pending.context.clone());
+        let reply = match pending.incremented {
+            Some(value) => ClientReply::Incremented { value, dot, context },
+            None => ClientReply::Written { dot, context },
+        };
         self.effects.push(Effect::Reply { request: pending.request, reply });
     }
 

@@ -9,7 +9,7 @@
 //! ```text
 //!   clock     hybrid logical clock: LWW timestamps and dot counters
 //!   version   dots, version vectors, the per-key container of siblings (write, merge, read)
-//!   counter   PN-counter CRDT for INCR/DECR
+//!   counter   PN-counter CRDT, and the INCR/DECR counter (a PN-counter on a ranked base)
 //!   merkle    per-slot digests, a fixed-fanout tree over a slot range, and its diff
 //!   hash      the stable 64-bit hash replicas compare
 //!   placement preference lists (rendezvous hashing of slots), sloppy-quorum targets, n/w/r
@@ -28,9 +28,11 @@ pub mod version;
 
 pub use clock::{ClockDriftError, Hlc, HlcTimestamp};
 pub use coordinator::{
-    ClientReply, Coordinator, CoordinatorConfig, MemoryStore, Message, RequestError, Resolution, Store,
+    ClientReply, Coordinator, CoordinatorConfig, MemoryStore, Message, Put, RequestError, Resolution, Store,
 };
-pub use counter::{CounterOverflow, PnCounter};
+pub use counter::{Counter, CounterBase, CounterOverflow, PnCounter};
 pub use merkle::{MerkleTree, RangeMismatch, SlotDigests};
 pub use placement::{Quorum, Target, preference_list};
-pub use version::{Causality, Dot, Fate, Payload, Sibling, TooManySiblings, VersionVector, VersionedValue};
+pub use version::{
+    Causality, Dot, Fate, IncrementError, Payload, Sibling, TooManySiblings, VersionVector, VersionedValue,
+};

@@ -27,6 +27,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::clock::HlcTimestamp;
+use super::counter::{Counter, CounterBase, CounterOverflow};
 use super::hash::StableHasher;
 use crate::types::NodeId;
 
@@ -199,21 +200,51 @@ impl FromIterator<Dot> for VersionVector {
 }
 
 /// What one write stored.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Payload {
     Value(Bytes),
+    /// The state of an INCR/DECR counter after the write. Concurrent counter siblings are joined
+    /// when read (so no concurrent increment is lost) and by the next increment.
+    Counter(Counter),
     /// A delete: kept as a sibling so that it supersedes what it saw on replicas that have not
     /// heard of it yet, until every replica has it (then it can be collected).
     Tombstone,
 }
 
 impl Payload {
+    /// The bytes of a plain value (not of a counter: see [`VersionedValue::read`]).
     pub fn value(&self) -> Option<&Bytes> {
         match self {
             Payload::Value(value) => Some(value),
-            Payload::Tombstone => None,
+            Payload::Counter(_) | Payload::Tombstone => None,
         }
     }
+}
+
+/// An INCR/DECR refused; nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IncrementError {
+    /// Redis's "ERR value is not an integer or out of range".
+    #[error("value is not an integer or out of range")]
+    NotAnInteger,
+    #[error(transparent)]
+    Overflow(#[from] CounterOverflow),
+    #[error(transparent)]
+    TooManySiblings(#[from] TooManySiblings),
+}
+
+/// A Redis integer: optional minus sign and decimal digits, no spaces or plus sign, no leading
+/// zeros except "0" itself, within `i64` (what `INCR` accepts).
+fn parse_redis_integer(bytes: &[u8]) -> Option<i64> {
+    let digits = bytes.strip_prefix(b"-").unwrap_or(bytes);
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) || (digits.len() > 1 && digits[0] == b'0') {
+        return None;
+    }
+    if bytes == b"-0" {
+        return None;
+    }
+    std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
 /// One concurrent version of a key.
@@ -228,6 +259,13 @@ pub struct Sibling {
 impl Sibling {
     fn is_tombstone(&self) -> bool {
         self.payload == Payload::Tombstone
+    }
+
+    fn counter(&self) -> Option<&Counter> {
+        match &self.payload {
+            Payload::Counter(counter) => Some(counter),
+            Payload::Value(_) | Payload::Tombstone => None,
+        }
     }
 
     /// The deterministic order used to pick among siblings: later HLC first, then larger dot.
@@ -298,10 +336,11 @@ impl From<VersionedValue> for ContainerParts {
     }
 }
 
-/// A read of one key: the live values (tombstones left out) and the context to write back with.
+/// A read of one key: the live values, latest first (tombstones left out, counter siblings joined
+/// into one decimal value), and the context to write back with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadResult<'a> {
-    pub siblings: Vec<&'a Sibling>,
+    pub values: Vec<Bytes>,
     pub context: &'a VersionVector,
 }
 
@@ -434,23 +473,89 @@ impl VersionedValue {
                 .all(|sibling| other.sibling(sibling.dot).is_some() || !other.context.contains(sibling.dot))
     }
 
-    /// The live siblings and the context to write back with.
+    /// The live values and the context to write back with.
     pub fn read(&self) -> ReadResult<'_> {
-        let mut siblings: Vec<&Sibling> = self.siblings.iter().filter(|sibling| !sibling.is_tombstone()).collect();
-        siblings.sort_by_key(|sibling| std::cmp::Reverse(sibling.rank()));
-        ReadResult { siblings, context: &self.context }
+        ReadResult { values: self.live().into_iter().map(|(_, value)| value).collect(), context: &self.context }
     }
 
-    /// The deterministic answer to a plain GET when siblings are kept: the live sibling with the
-    /// latest HLC (the larger dot on a tie, which cannot happen between distinct nodes). Every
-    /// replica with the same container picks the same one. `None` if the key is absent or deleted.
-    pub fn chosen(&self) -> Option<&Bytes> {
-        self.siblings
+    /// The deterministic answer to a plain GET when siblings are kept: the live value with the
+    /// latest HLC (the larger dot on a tie, which cannot happen between distinct nodes); counter
+    /// siblings count as one value, their join, ranked by the newest of them. Every replica with
+    /// the same container picks the same one. `None` if the key is absent or deleted.
+    pub fn chosen(&self) -> Option<Bytes> {
+        self.live().into_iter().next().map(|(_, value)| value)
+    }
+
+    /// The join of every counter sibling, ranked by the newest of them; `None` if there is none.
+    pub fn counter(&self) -> Option<((HlcTimestamp, Dot), Counter)> {
+        let mut joined: Option<((HlcTimestamp, Dot), Counter)> = None;
+        for sibling in &self.siblings {
+            if let Some(counter) = sibling.counter() {
+                joined = Some(match joined {
+                    None => (sibling.rank(), counter.clone()),
+                    Some((rank, mut join)) => {
+                        join.merge(counter);
+                        (rank.max(sibling.rank()), join)
+                    }
+                });
+            }
+        }
+        joined
+    }
+
+    /// The live values, latest first, each with its rank: plain values, and the counters' join.
+    fn live(&self) -> Vec<((HlcTimestamp, Dot), Bytes)> {
+        let mut live: Vec<((HlcTimestamp, Dot), Bytes)> = self
+            .siblings
             .iter()
-            .filter(|sibling| !sibling.is_tombstone())
-            .max_by_key(|sibling| sibling.rank())?
-            .payload
-            .value()
+            .filter_map(|sibling| sibling.payload.value().map(|value| (sibling.rank(), value.clone())))
+            .collect();
+        if let Some((rank, counter)) = self.counter() {
+            live.push((rank, Bytes::from(counter.value().to_string())));
+        }
+        live.sort_by_key(|(rank, _)| std::cmp::Reverse(*rank));
+        live
+    }
+
+    /// INCRBY on `node`'s own copy of the key (as [`VersionedValue::write`]): starts from the joined
+    /// counter siblings, or, if a plain value or a delete is newer than all of them, from that
+    /// value (0 after a delete); adds `delta`; and writes the result as one counter sibling that
+    /// supersedes everything this copy has seen. Returns the new dot and value.
+    ///
+    /// # Errors
+    /// If the value to start from is not an integer, or the result leaves the `i64` range; nothing
+    /// changes then.
+    pub fn increment(
+        &mut self,
+        node: NodeId,
+        delta: i64,
+        hlc: HlcTimestamp,
+        siblings_max: usize,
+    ) -> Result<(Dot, i64), IncrementError> {
+        let counter = self.counter();
+        let newest_other =
+            self.siblings.iter().filter(|sibling| sibling.counter().is_none()).max_by_key(|sibling| sibling.rank());
+        let restart = match (&counter, newest_other) {
+            (Some((rank, _)), Some(other)) => other.rank() > *rank,
+            (None, Some(_)) => true,
+            (_, None) => false,
+        };
+        let mut start = match (counter, newest_other) {
+            (_, Some(other)) if restart => {
+                let value = match &other.payload {
+                    Payload::Value(bytes) => parse_redis_integer(bytes).ok_or(IncrementError::NotAnInteger)?,
+                    Payload::Tombstone => 0,
+                    Payload::Counter(_) => unreachable!("counters are not among the others"),
+                };
+                Counter::starting_at(Some(CounterBase { hlc: other.hlc, dot: other.dot, value }))
+            }
+            (Some((_, counter)), _) => counter,
+            (None, _) => Counter::starting_at(None),
+        };
+        let value = start.add(node, delta)?;
+        let context = self.context.clone();
+        let dot = self.write(node, &context, Payload::Counter(start), hlc, siblings_max)?;
+        Ok((dot, value))
     }
 
     /// Last-write-wins: the sibling with the latest HLC, tombstones included (a delete after a
@@ -462,10 +567,21 @@ impl VersionedValue {
     /// Keeps only the last-write-wins sibling (configured LWW mode: concurrent writes are
     /// discarded, deliberately and deterministically, on every replica that merges). The context
     /// is kept, so the discarded dots stay superseded everywhere.
+    ///
+    /// Counters stay CRDTs even then: every counter sibling newer than the newest plain value or
+    /// delete is kept (they are joined when read), so concurrent increments are not lost; a plain
+    /// value or delete newer than them all replaces them.
     pub fn keep_lww_only(&mut self) {
-        if let Some(winner) = self.resolve_lww().cloned() {
-            self.siblings = vec![winner];
-        }
+        let newest_other =
+            self.siblings.iter().filter(|sibling| sibling.counter().is_none()).map(|sibling| sibling.rank()).max();
+        let counter_after = self
+            .siblings
+            .iter()
+            .any(|sibling| sibling.counter().is_some() && newest_other.is_none_or(|rank| sibling.rank() > rank));
+        self.siblings.retain(|sibling| match sibling.counter() {
+            Some(_) => newest_other.is_none_or(|rank| sibling.rank() > rank),
+            None => !counter_after && Some(sibling.rank()) == newest_other,
+        });
         self.check_invariants();
     }
 
@@ -494,6 +610,7 @@ impl VersionedValue {
             hasher.u64(sibling.hlc.wall_ms).u64(u64::from(sibling.hlc.logical)).u64(sibling.hlc.node.0);
             match &sibling.payload {
                 Payload::Value(value) => hasher.u64(1).bytes(value),
+                Payload::Counter(counter) => hasher.u64(2).u64(counter.digest()),
                 Payload::Tombstone => hasher.u64(0),
             };
         }

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 
 use super::*;
 use crate::leaderless::placement::ranked;
-use crate::leaderless::version::Fate;
+use crate::leaderless::version::{Fate, IncrementError};
 
 const T0: UnixMillis = UnixMillis(1_000_000);
 
@@ -389,7 +389,7 @@ fn read_repair_brings_a_stale_replica_up_to_date() {
 impl Cluster {
     fn read_values_at(&self, id: NodeId) -> Vec<Bytes> {
         let stored = self.stored(id).unwrap_or_default();
-        stored.read().siblings.iter().filter_map(|sibling| sibling.payload.value().cloned()).collect()
+        stored.read().values
     }
 }
 
@@ -899,4 +899,156 @@ fn the_merkle_index_follows_every_store_write() {
     cluster.deliver_all();
     assert!(cluster.nodes.values().all(|(_, store)| store.keys.is_empty()), "the tombstone was collected");
     check(&cluster);
+}
+
+// ---- counters ----------------------------------------------------------------------------------
+
+impl Cluster {
+    /// A client INCRBY through `via`, forwarded to a home replica as the driver would.
+    fn increment(&mut self, via: NodeId, delta: i64) -> RequestId {
+        let request = self.next_request();
+        let now = self.now;
+        let (node, store) = self.nodes.get_mut(&via).unwrap();
+        node.increment(now, request, key(), delta, None, store);
+        self.collect(via);
+        let forward = self.replies.iter().position(|(_, id, reply)| {
+            *id == request
+                && matches!(reply, ClientReply::Failed(RequestError::NotAHomeReplica { forward_to: Some(_) }))
+        });
+        if let Some(at) = forward {
+            let (_, _, reply) = self.replies.remove(at);
+            let ClientReply::Failed(RequestError::NotAHomeReplica { forward_to: Some(home) }) = reply else {
+                unreachable!()
+            };
+            let (node, store) = self.nodes.get_mut(&home).unwrap();
+            node.increment(now, request, key(), delta, None, store);
+            self.collect(home);
+        }
+        request
+    }
+}
+
+#[test]
+fn concurrent_increments_through_two_home_replicas_are_both_counted() {
+    let mut cluster = Cluster::new(|_| {});
+    let ranks = ranks();
+    let first = cluster.increment(ranks[0], 5);
+    cluster.deliver_all();
+    assert!(matches!(cluster.reply(first), ClientReply::Incremented { value: 5, .. }));
+    // Two increments start before either has reached the other's coordinator.
+    let a = cluster.increment(ranks[0], 1);
+    let b = cluster.increment(ranks[1], 10);
+    cluster.deliver_all();
+    assert!(matches!(cluster.reply(a), ClientReply::Incremented { value: 6, .. }));
+    assert!(matches!(cluster.reply(b), ClientReply::Incremented { value: 15, .. }));
+    let read = cluster.get(ranks[2], None);
+    cluster.deliver_all();
+    assert_eq!(cluster.read(read).1, Some(Bytes::from_static(b"16")));
+    let next = cluster.increment(ranks[2], 1);
+    cluster.deliver_all();
+    assert!(matches!(cluster.reply(next), ClientReply::Incremented { value: 17, .. }));
+}
+
+#[test]
+fn incr_on_a_non_integer_is_refused_and_changes_nothing() {
+    let mut cluster = Cluster::new(|_| {});
+    let ranks = ranks();
+    cluster.put(ranks[0], value("hello"), &VersionVector::new());
+    cluster.deliver_all();
+    let before = cluster.stored(ranks[0]);
+    let incr = cluster.increment(ranks[0], 1);
+    assert_eq!(cluster.reply(incr), ClientReply::Failed(RequestError::Increment(IncrementError::NotAnInteger)));
+    assert!(cluster.queue.is_empty());
+    assert_eq!(cluster.stored(ranks[0]), before);
+}
+
+/// Increments through random nodes over a lossy, failing network; after healing, every home
+/// replica's counter is the sum of every increment that was not refused up front (a timed-out
+/// increment is stored on its coordinator, so it counts too).
+fn randomized_counter_run(seed: u64, resolution: Resolution) {
+    let mut rng = Rng(seed);
+    let mut cluster = Cluster::new(|config| {
+        config.resolution = resolution;
+        config.request_timeout_ms = 50;
+        config.anti_entropy_interval_ms = 1 << 40;
+    });
+    let ranks = ranks();
+    let mut increments = Vec::new();
+    for _ in 0..80 {
+        let via = ranks[usize::try_from(rng.below(5)).unwrap()];
+        match rng.below(10) {
+            0..=5 => {
+                let delta = i64::try_from(rng.below(21)).unwrap() - 10;
+                increments.push((cluster.increment(via, delta), delta));
+            }
+            6 => {
+                cluster.get(via, None);
+            }
+            7 => {
+                let node = ranks[usize::try_from(rng.below(5)).unwrap()];
+                let down = rng.chance(60);
+                cluster.set_down(node, down);
+            }
+            _ => cluster.tick(via, rng.below(40)),
+        }
+        let rounds = rng.below(cluster.queue.len() as u64 + 1);
+        for _ in 0..rounds {
+            let Some((from, to, message)) = cluster.queue.pop_front() else { break };
+            match rng.below(10) {
+                0 => {}
+                1 => cluster.queue.push_back((from, to, message)),
+                _ => {
+                    let now = cluster.now;
+                    let (node, store) = cluster.nodes.get_mut(&to).unwrap();
+                    node.handle_message(now, from, message, store);
+                    cluster.collect(to);
+                }
+            }
+        }
+    }
+    for node in &ranks {
+        cluster.set_down(*node, false);
+    }
+    for _ in 0..3 {
+        cluster.deliver_all();
+        for node in ranks.clone() {
+            cluster.tick(node, 1000);
+        }
+        cluster.deliver_all();
+    }
+    for node in ranks.clone() {
+        cluster.get(node, Some(Quorum::new(3, 3, 3).unwrap()));
+        cluster.deliver_all();
+    }
+    let applied: i128 = increments
+        .iter()
+        .filter(|(request, _)| {
+            !cluster.replies.iter().any(|(_, id, reply)| {
+                id == request
+                    && matches!(
+                        reply,
+                        ClientReply::Failed(
+                            RequestError::Unavailable { .. }
+                                | RequestError::Busy
+                                | RequestError::NotAHomeReplica { .. }
+                        )
+                    )
+            })
+        })
+        .map(|(_, delta)| i128::from(*delta))
+        .sum();
+    for home in &ranks[..3] {
+        let value = cluster.stored(*home).and_then(|stored| stored.counter()).map_or(0, |(_, counter)| counter.value());
+        assert_eq!(value, applied, "seed {seed}: counter on {home}");
+    }
+}
+
+#[test]
+fn randomized_increments_are_never_lost() {
+    for seed in 3000..3100 {
+        randomized_counter_run(seed, Resolution::Siblings);
+    }
+    for seed in 4000..4050 {
+        randomized_counter_run(seed, Resolution::LastWriteWins);
+    }
 }

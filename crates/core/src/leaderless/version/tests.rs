@@ -8,6 +8,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::leaderless::clock::Hlc;
+use crate::leaderless::counter::CounterOverflow;
 use crate::types::UnixMillis;
 
 fn n(id: u64) -> NodeId {
@@ -33,13 +34,8 @@ fn hlc(wall_ms: u64, node: u64) -> HlcTimestamp {
 const MAX: usize = 100;
 
 /// The live values of a container, in the read's order (latest first).
-fn values(container: &VersionedValue) -> Vec<&str> {
-    container
-        .read()
-        .siblings
-        .iter()
-        .map(|sibling| std::str::from_utf8(sibling.payload.value().unwrap()).unwrap())
-        .collect()
+fn values(container: &VersionedValue) -> Vec<String> {
+    container.read().values.iter().map(|value| String::from_utf8(value.to_vec()).unwrap()).collect()
 }
 
 // ---- version vectors -------------------------------------------------------------------------
@@ -182,7 +178,7 @@ fn deletes_are_tombstones_that_supersede_what_they_saw() {
     let context = key.read().context.clone();
     key.write(n(1), &context, Payload::Tombstone, hlc(11, 1), MAX).unwrap();
     assert!(key.is_tombstone());
-    assert!(key.read().siblings.is_empty());
+    assert!(key.read().values.is_empty());
     assert_eq!(key.chosen(), None);
     // A replica that missed the delete learns it; the value does not come back.
     let mut lagging = before_delete;
@@ -421,9 +417,155 @@ proptest! {
     fn the_deterministic_choice_is_the_same_on_converged_replicas(steps in arb_history()) {
         let mut history = run(&steps);
         converge(&mut history.replicas);
-        let choices: Vec<_> = history.replicas.iter().map(|replica| replica.chosen().cloned()).collect();
+        let choices: Vec<_> = history.replicas.iter().map(|replica| replica.chosen()).collect();
         prop_assert!(choices.windows(2).all(|pair| pair[0] == pair[1]));
         let lww: Vec<_> = history.replicas.iter().map(|replica| replica.resolve_lww().cloned()).collect();
         prop_assert!(lww.windows(2).all(|pair| pair[0] == pair[1]));
+    }
+}
+
+// ---- counters (INCR) -------------------------------------------------------------------------
+
+fn incr(key: &mut VersionedValue, node: u64, delta: i64, wall_ms: u64) -> i64 {
+    key.increment(n(node), delta, hlc(wall_ms, node), MAX).unwrap().1
+}
+
+#[test]
+fn concurrent_increments_on_two_replicas_are_both_kept() {
+    let mut replica1 = VersionedValue::new();
+    incr(&mut replica1, 1, 5, 10);
+    let mut replica2 = replica1.clone();
+    assert_eq!(incr(&mut replica1, 1, 1, 20), 6);
+    assert_eq!(incr(&mut replica2, 2, 10, 21), 15);
+    let merged = VersionedValue::merged(&replica1, &replica2);
+    assert_eq!(merged.siblings().len(), 2, "two concurrent counter siblings");
+    assert_eq!(values(&merged), ["16"], "read as one joined value");
+    assert_eq!(merged.chosen().unwrap().as_ref(), b"16");
+    // The next increment joins them into one sibling.
+    let mut next = merged.clone();
+    assert_eq!(incr(&mut next, 3, 1, 30), 17);
+    assert_eq!(next.siblings().len(), 1);
+}
+
+#[test]
+fn incr_starts_from_a_set_integer_and_refuses_other_values() {
+    let mut key = VersionedValue::new();
+    key.write(n(1), &VersionVector::new(), value("10"), hlc(10, 1), MAX).unwrap();
+    assert_eq!(incr(&mut key, 1, 1, 11), 11);
+    assert_eq!(incr(&mut key, 1, -20, 12), -9);
+    let mut text = VersionedValue::new();
+    text.write(n(1), &VersionVector::new(), value("abc"), hlc(10, 1), MAX).unwrap();
+    let before = text.clone();
+    assert_eq!(text.increment(n(1), 1, hlc(11, 1), MAX), Err(IncrementError::NotAnInteger));
+    assert_eq!(text, before);
+    let mut big = VersionedValue::new();
+    big.write(n(1), &VersionVector::new(), value(&i64::MAX.to_string()), hlc(10, 1), MAX).unwrap();
+    assert_eq!(big.increment(n(1), 1, hlc(11, 1), MAX), Err(IncrementError::Overflow(CounterOverflow)));
+}
+
+#[test]
+fn a_delete_resets_the_counter_and_a_later_set_replaces_it() {
+    let mut key = VersionedValue::new();
+    incr(&mut key, 1, 7, 10);
+    let context = key.context().clone();
+    key.write(n(1), &context, Payload::Tombstone, hlc(11, 1), MAX).unwrap();
+    assert_eq!(key.chosen(), None);
+    assert_eq!(incr(&mut key, 1, 1, 12), 1, "INCR after DEL starts from 0");
+    // A SET concurrent with the counter but later by HLC wins a plain GET, and INCR starts from it.
+    let mut other = VersionedValue::new();
+    other.write(n(2), &VersionVector::new(), value("100"), hlc(50, 2), MAX).unwrap();
+    key.merge(&other);
+    assert_eq!(key.chosen().unwrap().as_ref(), b"100");
+    assert_eq!(values(&key), ["100", "1"]);
+    assert_eq!(incr(&mut key, 1, 1, 51), 101);
+}
+
+#[test]
+fn last_write_wins_keeps_concurrent_counters_but_not_older_values() {
+    let mut replica1 = VersionedValue::new();
+    replica1.write(n(1), &VersionVector::new(), value("3"), hlc(5, 1), MAX).unwrap();
+    let mut replica2 = replica1.clone();
+    incr(&mut replica1, 1, 1, 10);
+    incr(&mut replica2, 2, 1, 11);
+    let mut merged = VersionedValue::merged(&replica1, &replica2);
+    merged.keep_lww_only();
+    assert_eq!(values(&merged), ["5"], "both increments on the base 3");
+    let mut newer = VersionedValue::new();
+    newer.write(n(3), &VersionVector::new(), value("x"), hlc(20, 3), MAX).unwrap();
+    merged.merge(&newer);
+    merged.keep_lww_only();
+    assert_eq!(values(&merged), ["x"]);
+}
+
+#[test]
+fn redis_integers_parse_like_redis() {
+    for (text, expected) in [
+        ("0", Some(0)),
+        ("-5", Some(-5)),
+        ("9223372036854775807", Some(i64::MAX)),
+        ("-9223372036854775808", Some(i64::MIN)),
+        ("9223372036854775808", None),
+        ("+1", None),
+        (" 1", None),
+        ("01", None),
+        ("-0", None),
+        ("", None),
+        ("-", None),
+        ("1.0", None),
+    ] {
+        assert_eq!(parse_redis_integer(text.as_bytes()), expected, "{text:?}");
+    }
+}
+
+#[derive(Debug, Clone)]
+enum CounterStep {
+    Increment { replica: usize, delta: i64 },
+    Sync { from: usize, to: usize },
+}
+
+fn arb_counter_step() -> impl Strategy<Value = CounterStep> {
+    prop_oneof![
+        (0..REPLICAS, -100i64..100).prop_map(|(replica, delta)| CounterStep::Increment { replica, delta }),
+        (0..REPLICAS, 0..REPLICAS).prop_map(|(from, to)| CounterStep::Sync { from, to }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// However increments interleave with syncs between replicas, once they converge the counter is
+    /// the sum of every increment: none is lost (with siblings kept, and under LWW).
+    #[test]
+    fn converged_counters_are_the_sum_of_all_increments(
+        steps in prop::collection::vec(arb_counter_step(), 0..40),
+        lww in any::<bool>(),
+    ) {
+        let mut replicas = vec![VersionedValue::new(); REPLICAS];
+        let mut clocks: Vec<Hlc> = (0..REPLICAS).map(|at| Hlc::new(n(at as u64 + 1))).collect();
+        let mut total = 0i128;
+        for (time, step) in steps.iter().enumerate() {
+            match *step {
+                CounterStep::Increment { replica, delta } => {
+                    let stamp = clocks[replica].now(UnixMillis(time as u64));
+                    replicas[replica].increment(n(replica as u64 + 1), delta, stamp, MAX).unwrap();
+                    total += i128::from(delta);
+                }
+                CounterStep::Sync { from, to } => {
+                    let source = replicas[from].clone();
+                    replicas[to].merge(&source);
+                }
+            }
+            if lww {
+                replicas.iter_mut().for_each(VersionedValue::keep_lww_only);
+            }
+        }
+        converge(&mut replicas);
+        if lww {
+            replicas.iter_mut().for_each(VersionedValue::keep_lww_only);
+        }
+        for replica in &replicas {
+            let value = replica.counter().map_or(0, |(_, counter)| counter.value());
+            prop_assert_eq!(value, total);
+        }
     }
 }
