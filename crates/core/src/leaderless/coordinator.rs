@@ -264,6 +264,8 @@ struct PendingWrite {
     dot: Dot,
     /// For an increment, the value to answer with.
     incremented: Option<i64>,
+    /// The nodes the write was sent to: only their acks count.
+    targets: Vec<NodeId>,
     context: VersionVector,
     acked: BTreeSet<NodeId>,
     w: usize,
@@ -436,6 +438,7 @@ impl Coordinator {
             request,
             dot,
             incremented,
+            targets: targets.iter().map(|target| target.node).collect(),
             context: container.context().clone(),
             acked,
             w,
@@ -503,7 +506,9 @@ impl Coordinator {
                 }
             }
             Message::PutAck { op } => {
-                if let Some(pending) = self.writes.get_mut(&op) {
+                if let Some(pending) = self.writes.get_mut(&op)
+                    && pending.targets.contains(&from)
+                {
                     pending.acked.insert(from);
                     if pending.acked.len() >= pending.w
                         && let Some(pending) = self.writes.remove(&op)

@@ -1052,3 +1052,38 @@ fn randomized_increments_are_never_lost() {
         randomized_counter_run(seed, Resolution::LastWriteWins);
     }
 }
+
+#[test]
+fn overlapping_quorums_read_an_acknowledged_write_and_smaller_ones_may_not() {
+    // r + w > n: every read quorum meets the write quorum, so a read sees the write whichever
+    // replica's reply is missing. With r = 1 (r + w = n) a read can be answered by the stale one.
+    let ranks = ranks();
+    let stale = ranks[2];
+    for missing in &ranks[..3] {
+        let mut cluster = Cluster::new(|_| {});
+        let write = cluster.put(ranks[0], value("v"), &VersionVector::new());
+        cluster.deliver(|_, to, message| to == stale && matches!(message, Message::Put { .. }));
+        assert!(matches!(cluster.reply(write), ClientReply::Written { .. }), "acknowledged by w = 2");
+        let read = cluster.get(ranks[3], None);
+        cluster.deliver(|from, _, message| from == *missing && matches!(message, Message::GetReply { .. }));
+        assert_eq!(cluster.read(read).0, values(&["v"]), "reply of {missing} missing");
+    }
+    let mut cluster = Cluster::new(|_| {});
+    cluster.put(ranks[0], value("v"), &VersionVector::new());
+    cluster.deliver(|_, to, message| to == stale && matches!(message, Message::Put { .. }));
+    let read = cluster.get(ranks[3], Some(Quorum::new(3, 2, 1).unwrap()));
+    cluster.deliver(|from, _, message| from != stale && matches!(message, Message::GetReply { .. }));
+    assert_eq!(cluster.read(read).0, Vec::<Bytes>::new(), "r + w = n: a stale read");
+}
+
+#[test]
+fn acks_from_nodes_the_write_was_not_sent_to_do_not_count() {
+    let mut node = coordinator(ranks()[0], |_| {});
+    let mut store = MemoryStore::default();
+    node.put(at(0), request(1), put(value("v"), &VersionVector::new(), None), &mut store);
+    take(&mut node);
+    node.handle_message(at(1), ranks()[4], Message::PutAck { op: 1 }, &mut store);
+    assert!(take(&mut node).is_empty());
+    node.handle_message(at(1), ranks()[1], Message::PutAck { op: 1 }, &mut store);
+    assert_eq!(replies(&take(&mut node)).len(), 1);
+}
