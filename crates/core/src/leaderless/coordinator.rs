@@ -613,8 +613,9 @@ impl Coordinator {
     }
 
     /// Tells the coordinator about a key already in the store when it starts (after a restart), so
-    /// that anti-entropy knows it.
-    pub fn load(&mut self, key: Bytes, value: &VersionedValue) {
+    /// that anti-entropy knows it and the clock moves past every write stored.
+    pub fn load(&mut self, now: UnixMillis, key: Bytes, value: &VersionedValue) {
+        self.observe(now, value);
         self.index_update(key, Some(value.digest()));
     }
 

@@ -1087,3 +1087,22 @@ fn acks_from_nodes_the_write_was_not_sent_to_do_not_count() {
     node.handle_message(at(1), ranks()[1], Message::PutAck { op: 1 }, &mut store);
     assert_eq!(replies(&take(&mut node)).len(), 1);
 }
+
+#[test]
+fn a_restarted_node_reloads_its_index_and_clock_from_the_store() {
+    let mut cluster = Cluster::new(|_| {});
+    let ranks = ranks();
+    cluster.put(ranks[0], value("v"), &VersionVector::new());
+    cluster.deliver_all();
+    let (before, store) = cluster.nodes.remove(&ranks[0]).unwrap();
+    let mut restarted = coordinator(ranks[0], |_| {});
+    for (key, value) in &store.keys {
+        restarted.load(T0, key.clone(), value);
+    }
+    assert_eq!(restarted.merkle_tree(), before.merkle_tree());
+    let stored = store.get(&key()).unwrap();
+    assert!(
+        restarted.clock.last() > stored.siblings()[0].hlc
+            || restarted.clock.last().packed() > stored.siblings()[0].hlc.packed()
+    );
+}
