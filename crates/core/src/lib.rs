@@ -19,6 +19,7 @@
 
 pub mod command;
 pub mod kv;
+pub mod leaderless;
 pub mod log;
 pub mod raft;
 pub mod replica;
