@@ -164,7 +164,7 @@ stop_all() {
     local pid
     for pid in "${PIDS[@]}"; do
         kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
+        { wait "$pid"; } 2>/dev/null || true # braces: also silences bash's "Killed" notice
     done
     PIDS=()
 }
@@ -353,6 +353,19 @@ log "about $(((runs * (BENCH_SECS + WARMUP_SECS + 3) + FAILOVER_RUNS * 8) / 60 +
 
 STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
+# The cost of one small append + fdatasync on the disk the servers use, for context: every system
+# here pays it per write (or per group of writes) on each node.
+SYNC_PROBE=$(cd "$TMP" && python3 -c '
+import os, time
+fd = os.open("sync-probe", os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+lat = []
+for i in range(200):
+    os.pwrite(fd, b"x" * 100, i * 100)
+    t = time.perf_counter(); os.fdatasync(fd); lat.append(time.perf_counter() - t)
+os.close(fd); os.unlink("sync-probe"); lat.sort()
+print("%.3f ms p50, %.3f ms p90" % (lat[100] * 1e3, lat[180] * 1e3))')
+log "disk: one 100-byte append + fdatasync (Python, serial) takes $SYNC_PROBE"
+
 if has "$SYSTEMS" chorus; then
     for durability in $DURABILITIES; do
         log "== chorus, 3 voters, --durability $durability --fsync always"
@@ -434,6 +447,7 @@ echo "  chorus: 3 voters, --fsync always on every node; etcd: 3 members (fsync p
 echo "  redis: primary + 2 replicas, SET + WAIT n 0 per op; aof-always = appendonly yes appendfsync always"
 echo "  etcd tools: http = chorus bench --protocol etcd-http (JSON gateway), grpc = etcd_load.py (native gRPC)"
 echo "  ratios: x etcd = against the better etcd tool (higher ops/s, lower p50); x redis = against redis aof-always wait2"
+echo "  disk: one 100-byte append + fdatasync from a serial Python loop: $SYNC_PROBE"
 echo
 awk -F'\t' -v C="$CLIENTS" '
     { key = $1 " " $2 " " $3
@@ -466,12 +480,33 @@ if [[ -s $FAILOVERS ]]; then
     echo "  median: $(cut -f2 "$FAILOVERS" | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }') ms"
 fi
 
+# The goals of the replication issue, for the quorum rule.
+echo
+awk -F'\t' -v C="$CLIENTS" -v failover="$(cut -f2 "$FAILOVERS" | sort -n | awk '{ a[NR] = $1 } END { if (NR) print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }')" '
+    $1 == "etcd" && $4 == C && $5 > etcd_ops { etcd_ops = $5 }
+    $1 == "etcd" && $4 == 1 && (etcd_p50 == "" || $6 < etcd_p50) { etcd_p50 = $6 }
+    $1 == "redis" && $2 == "aof-always" && $4 == C { redis[$3] = $5 }
+    $1 == "chorus" && $2 == "quorum" && $4 == C { q_ops = $5 }
+    $1 == "chorus" && $2 == "quorum" && $4 == 1 { q_p50 = $6 }
+    function goal(name, value, ok) { printf "  %-48s %-28s %s\n", name, value, ok }
+    END {
+        print "Goals (chorus quorum, fsync always on every node):"
+        if (q_ops != "" && etcd_ops > 0)
+            goal("throughput at " C " clients >= 5x etcd", sprintf("%.2fx", q_ops / etcd_ops), q_ops >= 5 * etcd_ops ? "met" : "NOT met")
+        for (w in redis) if (q_ops != "" && redis[w] > 0)
+            goal("throughput >= 0.8x redis aof-always + " w, sprintf("%.2fx", q_ops / redis[w]), q_ops >= 0.8 * redis[w] ? "met" : "NOT met")
+        if (q_p50 != "" && etcd_p50 > 0)
+            goal("1-client p50 latency <= 0.5x etcd", sprintf("%.2fx (%s vs %s ms)", q_p50 / etcd_p50, q_p50, etcd_p50), q_p50 <= 0.5 * etcd_p50 ? "met" : "NOT met")
+        if (failover != "")
+            goal("failover (median) < 2 s", failover " ms", failover < 2000 ? "met" : "NOT met")
+    }' "$RESULTS"
+
 mkdir -p "$RESULTS_DIR"
 OUT="$RESULTS_DIR/bench-replication-$(date -u +%Y%m%dT%H%M%SZ).json"
 {
     printf '{"started":"%s","host":"%s","bench_secs":%s,"warmup_secs":%s,"clients":%s,"value_size":%s,"keys":%s,' \
         "$STARTED" "$HOST" "$BENCH_SECS" "$WARMUP_SECS" "$CLIENTS" "$VALUE_SIZE" "$KEYS"
-    printf '"cores":%s,"chorus_commit":"%s","results":[' "$(nproc)" \
+    printf '"cores":%s,"sync_probe":"%s","chorus_commit":"%s","results":[' "$(nproc)" "$SYNC_PROBE" \
         "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo -dirty)"
     awk -F'\t' 'BEGIN { ORS = "" }
         { if (NR > 1) print ","
