@@ -9,6 +9,10 @@
 //!   connect every client ──► AUTH ──► preload (optional, unmeasured) ──► warmup ──► measured ──► report
 //! ```
 //!
+//! `--wait-replicas N` pipelines `WAIT N 0` behind every SET (Redis primary + replicas, one op per
+//! pair); `--protocol etcd-http` sends the SETs as etcd v3 JSON-gateway PUTs instead of RESP
+//! (`scripts/bench-replication.sh` uses both).
+//!
 //! Keys are drawn by a seeded splitmix64 per client (the seeds come from `--seed`), so the key
 //! sequence of a run is replayed by its seed, independent of any crate's random API.
 
@@ -446,7 +450,10 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 /// `+OK`, any other an error reply with the status and body. `Ok(None)` when incomplete.
 fn parse_http_response(buf: &mut BytesMut) -> anyhow::Result<Option<Reply>> {
     let Some(header_end) = find(buf, b"\r\n\r\n") else {
-        ensure!(buf.len() <= HTTP_HEADER_BYTES_MAX, "the server sent more than {HTTP_HEADER_BYTES_MAX} bytes of HTTP headers");
+        ensure!(
+            buf.len() <= HTTP_HEADER_BYTES_MAX,
+            "the server sent more than {HTTP_HEADER_BYTES_MAX} bytes of HTTP headers"
+        );
         return Ok(None);
     };
     let head = std::str::from_utf8(&buf[..header_end]).context("HTTP headers are not UTF-8")?;
@@ -1329,7 +1336,8 @@ mod tests {
         buf.extend_from_slice(b"sy");
         assert_eq!(parse_http_response(&mut buf).unwrap(), Some(Reply::Error("HTTP 503: busy".into())));
         assert!(buf.is_empty());
-        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\nX"[..]);
+        let mut buf =
+            BytesMut::from(&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\nX"[..]);
         assert_eq!(parse_http_response(&mut buf).unwrap(), Some(Reply::Status("OK")));
         assert_eq!(&buf[..], b"X");
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}"[..]);
