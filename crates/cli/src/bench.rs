@@ -9,6 +9,10 @@
 //!   connect every client ──► AUTH ──► preload (optional, unmeasured) ──► warmup ──► measured ──► report
 //! ```
 //!
+//! `--wait-replicas N` pipelines `WAIT N 0` behind every SET (Redis primary + replicas, one op per
+//! pair); `--protocol etcd-http` sends the SETs as etcd v3 JSON-gateway PUTs instead of RESP
+//! (`scripts/bench-replication.sh` uses both).
+//!
 //! Keys are drawn by a seeded splitmix64 per client (the seeds come from `--seed`), so the key
 //! sequence of a run is replayed by its seed, independent of any crate's random API.
 
@@ -134,6 +138,18 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub threads: usize,
 
+    /// After each SET send `WAIT <N> 0` in the same round trip (pipelined behind it): the op is
+    /// the pair, its latency ends at WAIT's reply, and a WAIT that counts fewer than N replicas is
+    /// an error. For Redis primary + replicas, to compare with replicated commit rules.
+    #[arg(long, value_name = "N")]
+    pub wait_replicas: Option<u32>,
+
+    /// Wire protocol: `resp` (Redis, Chorus) or `etcd-http` (etcd v3's JSON gateway: every SET
+    /// becomes `POST /v3/kv/put` with base64 key and value on a keep-alive HTTP/1.1 connection;
+    /// only the `set` workload, no --password, --preload or --wait-replicas).
+    #[arg(long, value_enum, default_value_t = Protocol::Resp)]
+    pub protocol: Protocol,
+
     /// Print one JSON object at the end instead of the table (implies --no-progress).
     #[arg(long)]
     pub json: bool,
@@ -141,6 +157,12 @@ pub struct BenchArgs {
     /// Do not show the progress bar.
     #[arg(long)]
     pub no_progress: bool,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Resp,
+    EtcdHttp,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,6 +232,8 @@ struct Plan {
     threads: usize,
     progress: bool,
     verbose: bool,
+    wait_replicas: Option<u32>,
+    protocol: Protocol,
 }
 
 impl Plan {
@@ -224,6 +248,16 @@ impl Plan {
         ensure!((1..=64).contains(&args.threads), "--threads must be between 1 and 64");
         if let Some(requests) = args.requests {
             ensure!(requests >= 1, "--requests must be at least 1");
+        }
+        if args.wait_replicas.is_some() {
+            ensure!(args.workload == Workload::Set, "--wait-replicas needs --workload set");
+        }
+        if args.protocol == Protocol::EtcdHttp {
+            ensure!(args.workload == Workload::Set, "--protocol etcd-http needs --workload set");
+            ensure!(
+                args.password.is_none() && !args.preload && !args.preload_only && args.wait_replicas.is_none(),
+                "--protocol etcd-http takes no --password, --preload, --preload-only or --wait-replicas"
+            );
         }
         let duration = match (args.duration, args.requests) {
             (Some(seconds), _) => Some(seconds_arg("--duration", seconds, false)?),
@@ -265,6 +299,8 @@ impl Plan {
             threads: args.threads,
             progress: !args.no_progress && !args.json,
             verbose: !args.json,
+            wait_replicas: args.wait_replicas,
+            protocol: args.protocol,
         })
     }
 
@@ -279,12 +315,26 @@ impl Plan {
             Workload::Mixed => Op::Set,
         };
         write_key(self.workload.key_prefix(), rng.below(self.keys), self.key_digits, key);
+        if self.protocol == Protocol::EtcdHttp {
+            encode_etcd_put(&self.addr, key, &self.value, out);
+            return op;
+        }
         match op {
+            Op::Set if self.wait_replicas.is_some() => {
+                encode_request(&[b"SET".as_slice(), key, &self.value], out);
+                let replicas = self.wait_replicas.unwrap_or(0).to_string();
+                encode_request(&["WAIT", &replicas, "0"], out);
+            }
             Op::Set => encode_request(&[b"SET".as_slice(), key, &self.value], out),
             Op::Get => encode_request(&[b"GET".as_slice(), key], out),
             Op::Incr => encode_request(&[b"INCR".as_slice(), key], out),
         }
         op
+    }
+
+    /// Replies that answer one request: 2 for SET + WAIT, else 1.
+    fn replies_per_request(&self) -> usize {
+        if self.wait_replicas.is_some() { 2 } else { 1 }
     }
 
     /// The seed of each client's generator, drawn in client order from one seeded by `--seed`.
@@ -359,6 +409,118 @@ fn write_key(prefix: &[u8], index: u64, width: usize, out: &mut Vec<u8>) {
     out.extend_from_slice(&digits[start.min(digits.len() - width.min(KEY_DIGITS_MAX))..]);
 }
 
+/// Headers of an HTTP response larger than this are refused (etcd's are a few hundred bytes).
+const HTTP_HEADER_BYTES_MAX: usize = 64 * 1024;
+
+/// Appends etcd v3's JSON-gateway request `POST /v3/kv/put {"key":..,"value":..}` (base64 key
+/// and value) to `out`.
+fn encode_etcd_put(host: &str, key: &[u8], value: &[u8], out: &mut BytesMut) {
+    let mut body = Vec::with_capacity(32 + (key.len() + value.len()) * 4 / 3);
+    body.extend_from_slice(b"{\"key\":\"");
+    base64_encode(key, &mut body);
+    body.extend_from_slice(b"\",\"value\":\"");
+    base64_encode(value, &mut body);
+    body.extend_from_slice(b"\"}");
+    out.extend_from_slice(b"POST /v3/kv/put HTTP/1.1\r\nHost: ");
+    out.extend_from_slice(host.as_bytes());
+    out.extend_from_slice(b"\r\nContent-Type: application/json\r\nContent-Length: ");
+    out.extend_from_slice(body.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(&body);
+}
+
+/// Standard base64 (RFC 4648, with padding).
+fn base64_encode(input: &[u8], out: &mut Vec<u8>) {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for chunk in input.chunks(3) {
+        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        out.push(ALPHABET[(n >> 18) as usize & 63]);
+        out.push(ALPHABET[(n >> 12) as usize & 63]);
+        out.push(if chunk.len() > 1 { ALPHABET[(n >> 6) as usize & 63] } else { b'=' });
+        out.push(if chunk.len() > 2 { ALPHABET[n as usize & 63] } else { b'=' });
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|window| window == needle)
+}
+
+/// Parses one HTTP/1.1 response from the front of `buf`, removing it: a 2xx status becomes
+/// `+OK`, any other an error reply with the status and body. `Ok(None)` when incomplete.
+fn parse_http_response(buf: &mut BytesMut) -> anyhow::Result<Option<Reply>> {
+    let Some(header_end) = find(buf, b"\r\n\r\n") else {
+        ensure!(
+            buf.len() <= HTTP_HEADER_BYTES_MAX,
+            "the server sent more than {HTTP_HEADER_BYTES_MAX} bytes of HTTP headers"
+        );
+        return Ok(None);
+    };
+    let head = std::str::from_utf8(&buf[..header_end]).context("HTTP headers are not UTF-8")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("not an HTTP status line: {status_line:?}"))?;
+    let mut length = None;
+    let mut chunked = false;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else { continue };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            length = Some(value.parse::<usize>().with_context(|| format!("bad Content-Length {value:?}"))?);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") && value.eq_ignore_ascii_case("chunked") {
+            chunked = true;
+        }
+    }
+    let body_start = header_end + 4;
+    let (body, end) = if chunked {
+        let mut body = Vec::new();
+        let mut at = body_start;
+        loop {
+            let Some(line_len) = find(&buf[at..], b"\r\n") else { return Ok(None) };
+            let size_text = std::str::from_utf8(&buf[at..at + line_len]).context("chunk size is not UTF-8")?;
+            let size_text = size_text.split(';').next().unwrap_or_default().trim();
+            let size = usize::from_str_radix(size_text, 16).with_context(|| format!("bad chunk size {size_text:?}"))?;
+            at += line_len + 2;
+            if size == 0 {
+                // Trailers (none expected) end with an empty line.
+                loop {
+                    let Some(line_len) = find(&buf[at..], b"\r\n") else { return Ok(None) };
+                    at += line_len + 2;
+                    if line_len == 0 {
+                        break;
+                    }
+                }
+                break (body, at);
+            }
+            if buf.len() < at + size + 2 {
+                return Ok(None);
+            }
+            body.extend_from_slice(&buf[at..at + size]);
+            at += size + 2;
+        }
+    } else {
+        let length = match length {
+            Some(length) => length,
+            None if status == 204 || status == 304 || (100..200).contains(&status) => 0,
+            None => bail!("HTTP response {status} has neither Content-Length nor chunked encoding"),
+        };
+        if buf.len() < body_start + length {
+            return Ok(None);
+        }
+        (buf[body_start..body_start + length].to_vec(), body_start + length)
+    };
+    let _ = buf.split_to(end);
+    if (200..300).contains(&status) {
+        Ok(Some(Reply::Status("OK")))
+    } else {
+        Ok(Some(Reply::Error(format!("HTTP {status}: {}", String::from_utf8_lossy(&body).trim()))))
+    }
+}
+
 /// The command of a request, to know which reply is a success.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
@@ -388,29 +550,45 @@ fn classify(op: Op, reply: Reply) -> Outcome {
     }
 }
 
+/// The outcome of `WAIT <replicas> 0` after a SET whose own outcome was `set`.
+fn classify_wait(set: Outcome, replicas: u32, reply: Reply) -> Outcome {
+    match (set, reply) {
+        (Outcome::Error(text), _) | (_, Reply::Error(text)) => Outcome::Error(text),
+        (_, Reply::Integer(acked)) if acked >= i64::from(replicas) => Outcome::Ok,
+        (_, other) => Outcome::Error(format!("WAIT {replicas} 0 answered {other:?}")),
+    }
+}
+
 /// One client's connection with its buffers.
 struct Conn {
     stream: TcpStream,
     rbuf: BytesMut,
     wbuf: BytesMut,
+    protocol: Protocol,
 }
 
 impl Conn {
-    async fn connect(addr: &str) -> anyhow::Result<Conn> {
+    async fn connect(addr: &str, protocol: Protocol) -> anyhow::Result<Conn> {
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(error)) => bail!("cannot connect to {addr}: {error} (is the server running?)"),
             Err(_) => bail!("cannot connect to {addr}: no answer within {CONNECT_TIMEOUT:?}"),
         };
         stream.set_nodelay(true).with_context(|| format!("cannot set TCP_NODELAY on the connection to {addr}"))?;
-        Ok(Conn { stream, rbuf: BytesMut::with_capacity(BUFFER_BYTES), wbuf: BytesMut::with_capacity(BUFFER_BYTES) })
+        Ok(Conn {
+            stream,
+            rbuf: BytesMut::with_capacity(BUFFER_BYTES),
+            wbuf: BytesMut::with_capacity(BUFFER_BYTES),
+            protocol,
+        })
     }
 
     /// Sends `wbuf` and reads `count` replies, handing each (in order) to `on_reply` with the time
     /// it was read. Writes and reads overlap, so a batch larger than the socket buffers cannot
     /// deadlock against a server that writes replies while it reads requests.
     async fn exchange(&mut self, count: usize, mut on_reply: impl FnMut(Reply, Instant)) -> anyhow::Result<()> {
-        let Conn { stream, rbuf, wbuf } = self;
+        let Conn { stream, rbuf, wbuf, protocol } = self;
+        let protocol = *protocol;
         let (mut reader, mut writer) = stream.split();
         let write = async { writer.write_all(wbuf).await.context("cannot send to the server") };
         let read = async {
@@ -418,7 +596,11 @@ impl Conn {
             let mut read_at = Instant::now();
             loop {
                 while received < count {
-                    match parse_reply(rbuf).context("the server sent a reply that does not parse")? {
+                    let parsed = match protocol {
+                        Protocol::Resp => parse_reply(rbuf).context("the server sent a reply that does not parse")?,
+                        Protocol::EtcdHttp => parse_http_response(rbuf)?,
+                    };
+                    match parsed {
                         Some(reply) => {
                             on_reply(reply, read_at);
                             received += 1;
@@ -551,7 +733,7 @@ async fn bench(plan: Arc<Plan>) -> anyhow::Result<Option<Report>> {
     for index in 0..plan.clients {
         let plan = Arc::clone(&plan);
         connecting.spawn(async move {
-            let mut conn = Conn::connect(&plan.addr).await?;
+            let mut conn = Conn::connect(&plan.addr, plan.protocol).await?;
             if let Some(password) = &plan.password {
                 auth(&mut conn, password).await.with_context(|| format!("AUTH failed on {}", plan.addr))?;
             }
@@ -735,12 +917,26 @@ async fn drive(
         }
         let mut ops_left = ops.iter();
         let mut errors = 0;
+        // With --wait-replicas each request has a SET reply, then a WAIT reply that ends it.
+        let mut set_outcome = None;
         let sent_at = Instant::now();
-        conn.exchange(count, |reply, read_at| {
-            let Some(&op) = ops_left.next() else {
-                return;
+        conn.exchange(count * plan.replies_per_request(), |reply, read_at| {
+            let outcome = match (plan.wait_replicas, set_outcome.take()) {
+                (Some(replicas), Some(set)) => classify_wait(set, replicas, reply),
+                (Some(_), None) => {
+                    set_outcome = Some(classify(Op::Set, reply));
+                    return;
+                }
+                (None, _) => {
+                    let Some(&op) = ops_left.next() else {
+                        return;
+                    };
+                    classify(op, reply)
+                }
             };
-            let outcome = classify(op, reply);
+            if plan.wait_replicas.is_some() && ops_left.next().is_none() {
+                return;
+            }
             if !measured {
                 return;
             }
@@ -817,6 +1013,10 @@ struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     read_ratio: Option<f64>,
     seed: u64,
+    protocol: &'static str,
+    /// With --wait-replicas: every SET was followed by `WAIT <n> 0`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wait_replicas: Option<u32>,
     requests: u64,
     errors: u64,
     get_misses: u64,
@@ -846,6 +1046,11 @@ impl Report {
             value_size: plan.value.len(),
             read_ratio: (plan.workload == Workload::Mixed).then_some(plan.read_ratio),
             seed: plan.seed,
+            protocol: match plan.protocol {
+                Protocol::Resp => "resp",
+                Protocol::EtcdHttp => "etcd-http",
+            },
+            wait_replicas: plan.wait_replicas,
             requests: stats.requests,
             errors: stats.errors,
             get_misses: stats.get_misses,
@@ -1076,6 +1281,68 @@ mod tests {
             let error = plan(line).unwrap_err().to_string();
             assert!(error.contains(flag), "{line:?} gives {error:?}, which should name {flag}");
         }
+    }
+
+    #[test]
+    fn wait_replicas_pipelines_a_wait_behind_each_set() {
+        let plan = plan(&["--keys", "1", "--value-size", "1", "--wait-replicas", "2"]).unwrap();
+        assert_eq!(plan.replies_per_request(), 2);
+        let mut out = BytesMut::new();
+        assert_eq!(plan.encode_next(&mut SplitMix64::new(0), &mut Vec::new(), &mut out), Op::Set);
+        assert_eq!(
+            &out[..],
+            b"*3\r\n$3\r\nSET\r\n$13\r\nkey:000000000\r\n$1\r\nx\r\n*3\r\n$4\r\nWAIT\r\n$1\r\n2\r\n$1\r\n0\r\n"
+        );
+        assert!(self::plan(&["--workload", "get", "--wait-replicas", "1"]).is_err());
+        assert_eq!(classify_wait(Outcome::Ok, 2, Reply::Integer(2)), Outcome::Ok);
+        assert!(matches!(classify_wait(Outcome::Ok, 2, Reply::Integer(1)), Outcome::Error(_)));
+        assert_eq!(
+            classify_wait(Outcome::Error("READONLY".into()), 2, Reply::Integer(2)),
+            Outcome::Error("READONLY".into())
+        );
+    }
+
+    #[test]
+    fn etcd_puts_are_json_with_base64() {
+        let mut text = Vec::new();
+        base64_encode(b"key:000000000", &mut text);
+        assert_eq!(text, b"a2V5OjAwMDAwMDAwMA==");
+        for (input, expected) in [(&b""[..], &b""[..]), (b"f", b"Zg=="), (b"fo", b"Zm8="), (b"foo", b"Zm9v")] {
+            let mut text = Vec::new();
+            base64_encode(input, &mut text);
+            assert_eq!(text, expected);
+        }
+        let plan = plan(&["--keys", "1", "--value-size", "3", "--protocol", "etcd-http", "--port", "2379"]).unwrap();
+        let mut out = BytesMut::new();
+        plan.encode_next(&mut SplitMix64::new(0), &mut Vec::new(), &mut out);
+        let body = r#"{"key":"a2V5OjAwMDAwMDAwMA==","value":"eHh4"}"#;
+        let expected = format!(
+            "POST /v3/kv/put HTTP/1.1\r\nHost: 127.0.0.1:2379\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        assert_eq!(std::str::from_utf8(&out).unwrap(), expected);
+        assert!(self::plan(&["--protocol", "etcd-http", "--preload"]).is_err());
+        assert!(self::plan(&["--protocol", "etcd-http", "--workload", "get"]).is_err());
+    }
+
+    #[test]
+    fn http_responses_parse_with_length_or_chunks() {
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}HTTP/1.1 5"[..]);
+        assert_eq!(parse_http_response(&mut buf).unwrap(), Some(Reply::Status("OK")));
+        assert_eq!(&buf[..], b"HTTP/1.1 5");
+        assert_eq!(parse_http_response(&mut buf).unwrap(), None);
+        buf.extend_from_slice(b"03 Service Unavailable\r\ncontent-length: 4\r\n\r\nbu");
+        assert_eq!(parse_http_response(&mut buf).unwrap(), None);
+        buf.extend_from_slice(b"sy");
+        assert_eq!(parse_http_response(&mut buf).unwrap(), Some(Reply::Error("HTTP 503: busy".into())));
+        assert!(buf.is_empty());
+        let mut buf =
+            BytesMut::from(&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\nX"[..]);
+        assert_eq!(parse_http_response(&mut buf).unwrap(), Some(Reply::Status("OK")));
+        assert_eq!(&buf[..], b"X");
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}"[..]);
+        assert_eq!(parse_http_response(&mut buf).unwrap(), None);
+        assert!(parse_http_response(&mut BytesMut::from(&b"garbage\r\n\r\n"[..])).is_err());
     }
 
     #[test]
