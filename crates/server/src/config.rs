@@ -150,6 +150,9 @@ pub struct NodeConfig {
     /// Bounded staleness for follower reads (READONLY): a follower that has not heard from a leader
     /// for longer than this refuses them. Unset: no bound.
     pub replica_read_staleness_max_ms: Option<u64>,
+    /// Appends a leader keeps in flight to one follower before new entries wait for an answer (and
+    /// then travel together): small values batch more under load.
+    pub appends_in_flight_max: usize,
     /// Allow `CHORUS.DEBUG` (fault injection for tests and demos). Off by default, like Redis's
     /// `enable-debug-command`.
     pub debug_commands: bool,
@@ -181,6 +184,7 @@ impl Default for NodeConfig {
             learner: false,
             replica_read_staleness_max_ms: None,
             debug_commands: false,
+            appends_in_flight_max: 2,
             election_timeout_ms_min: 1000,
             election_timeout_ms_max: 2000,
             heartbeat_interval_ms: 100,
@@ -270,6 +274,9 @@ impl NodeConfig {
             return Err(ConfigError::Invalid(
                 "heartbeat_interval_ms must be positive and below the election timeout".into(),
             ));
+        }
+        if self.appends_in_flight_max == 0 {
+            return Err(ConfigError::Invalid("appends_in_flight_max must be at least 1".into()));
         }
         if self.storage.checkpoint_entries == 0 {
             return Err(ConfigError::Invalid("storage.checkpoint_entries must be at least 1".into()));

@@ -66,6 +66,7 @@ pub fn restore_raft(
     // chunk was dropped) is streamed again after this long; a transfer still going then is not
     // duplicated (see `snapshot_sender`).
     raft_config.snapshot_timeout_ms = 3 * config.election_timeout_ms_max;
+    raft_config.appends_in_flight_max = config.appends_in_flight_max;
     Ok(Raft::new(raft_config, restored))
 }
 
