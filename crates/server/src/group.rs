@@ -168,6 +168,7 @@ fn send_snapshot(
     network: &chorus_transport::PeerNetwork<PeerMessage>,
     request: SnapshotRequest,
 ) -> Result<u64, String> {
+    wait_for_first_answer(context, request.to);
     let dir = context.config.data_dir.join("snapshots");
     let latest = chorus_storage::latest_snapshot_file(&dir).map_err(|error| error.to_string())?;
     let (index, path) = match latest {
@@ -200,6 +201,26 @@ fn send_snapshot(
         if last {
             return Ok(offset);
         }
+    }
+}
+
+/// A follower only takes a snapshot from the leader it follows, so one streamed to a node that has
+/// not heard from this leader yet (a member just added, whose first append asked for a snapshot at
+/// once) is ignored and re-sent only after the snapshot timeout. Waits, briefly and boundedly, until
+/// the follower has answered this leader once (heartbeats go out every `heartbeat_interval_ms`).
+fn wait_for_first_answer(context: &NodeContext, to: NodeId) {
+    let patience = Duration::from_millis(4 * context.config.heartbeat_interval_ms.max(50));
+    let started = std::time::Instant::now();
+    while started.elapsed() < patience {
+        let answered = context.core.inspect(|inner| {
+            inner.replica.group_status().is_some_and(|status| {
+                status.followers.iter().any(|follower| follower.node_id == to && follower.last_contact.is_some())
+            })
+        });
+        if answered {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -244,9 +265,11 @@ impl SnapshotReceiver {
         }
         if chunk.offset == 0 {
             self.current = None;
-            let needed =
-                self.context.core.inspect(|inner| inner.replica.snapshot_needed(from, chunk.leader_term, &chunk.meta));
-            if !needed {
+            // A snapshot from an older term is stale. One from a newer or current term is taken
+            // even if this node has not heard from that leader yet (it just started, say): the
+            // engine decides once the file is complete (see `install`).
+            let term = self.context.core.inspect(|inner| inner.replica.status().term);
+            if chunk.leader_term < term {
                 return;
             }
             match std::fs::File::create(&self.path) {
@@ -315,6 +338,15 @@ fn install(context: &NodeContext, path: &std::path::Path, incoming: Incoming) ->
     }
     let snapshot_dir = context.config.data_dir.join("snapshots");
     let index = meta.index;
+    // A node that has just started may not know the sender leads yet: its first append arrives
+    // within a few heartbeats.
+    let patience = Duration::from_millis(4 * context.config.heartbeat_interval_ms.max(50));
+    let started = std::time::Instant::now();
+    while started.elapsed() < patience
+        && !context.core.inspect(|inner| inner.replica.snapshot_needed(from, leader_term, &meta))
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let installed = context.core.with_remote(|inner| {
         if !inner.replica.snapshot_needed(from, leader_term, &meta) {
             return Ok::<bool, String>(false);
