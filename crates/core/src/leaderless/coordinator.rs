@@ -445,7 +445,7 @@ impl Coordinator {
             Err(error) => return self.fail(request, error),
         };
         self.settle(&mut container);
-        let op = self.next_op();
+        let op = self.next_op(now);
         self.store_put(store, key.clone(), container.clone());
         let acked = BTreeSet::from([me]);
         for target in targets.iter().filter(|target| target.node != me) {
@@ -489,7 +489,7 @@ impl Coordinator {
             return self.fail(request, RequestError::Unavailable { reachable: targets.len(), needed: r });
         }
         let me = self.config.node_id;
-        let op = self.next_op();
+        let op = self.next_op(now);
         let mut replies = BTreeMap::new();
         for target in &targets {
             if target.node == me {
@@ -965,9 +965,15 @@ impl Coordinator {
         self.writes.len() + self.reads.len()
     }
 
-    fn next_op(&mut self) -> u64 {
-        let op = self.next_op;
-        self.next_op += 1;
+    /// A request id never used before, by this process or an earlier one on this node: replies
+    /// carry only the id, so a reply to a request from before a restart, delivered late, must not
+    /// match a new request (the simulator found a read taking another key's container from a
+    /// stale `GetReply` and read-repairing it into its own key). Ids start at the physical time
+    /// packed like an HLC timestamp (`ms << 16`), so they grow across restarts as long as the
+    /// clock does (the same assumption dots make).
+    fn next_op(&mut self, now: UnixMillis) -> u64 {
+        let op = self.next_op.max(now.0 << HlcTimestamp::LOGICAL_BITS);
+        self.next_op = op + 1;
         op
     }
 }

@@ -542,7 +542,7 @@ impl LeaderlessCluster {
             }
         };
         let quorum = if self.rng.chance(self.knobs.random_quorum_percent, 100) {
-            let n = 2 + self.rng.below(3) as u8;
+            let n = 2 + self.rng.below(u64::from(self.options.request_n_max) - 1) as u8;
             Quorum { n, w: 1 + self.rng.below(u64::from(n)) as u8, r: 1 + self.rng.below(u64::from(n)) as u8 }
         } else {
             DEFAULT_QUORUM

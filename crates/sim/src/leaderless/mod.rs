@@ -55,6 +55,9 @@ pub struct LeaderlessOptions {
     /// Simulated milliseconds of the fault phase.
     pub safety_ms: u64,
     pub clients: usize,
+    /// The largest `n` a request picks (from 2). Above the configured 3, a write's extra replica
+    /// is outside what anti-entropy and default reads cover (see `docs/simulation.md`).
+    pub request_n_max: u8,
     /// `None`: drawn from the seed.
     pub heal: Option<Heal>,
     /// Rounds (of one anti-entropy interval each) the healed cluster has to converge.
@@ -71,6 +74,7 @@ impl Default for LeaderlessOptions {
             faults: Faults::ALL,
             safety_ms: 2000,
             clients: 4,
+            request_n_max: 3,
             heal: None,
             converge_rounds_max: 40,
             planted_bug: None,

@@ -77,3 +77,16 @@ fn leaderless_sweep() {
     println!("{first}\n{:?}\n{:?}", first.stats, first.knobs);
     println!("{sweep}");
 }
+
+/// Prints one seed's trace: `SIM_LL_SEED=78 cargo test -p chorus-sim leaderless_replay -- --ignored --nocapture`.
+#[test]
+#[ignore = "exploration: replay"]
+fn leaderless_replay() {
+    let seed = std::env::var("SIM_LL_SEED").ok().and_then(|text| text.parse().ok()).unwrap_or(0);
+    let options = LeaderlessOptions { trace: true, ..LeaderlessOptions::default() };
+    let report = run_seed(seed, &options);
+    for line in report.trace.iter().flatten() {
+        println!("{line}");
+    }
+    println!("{report}");
+}
