@@ -13,7 +13,30 @@ fn assert_sweep_passes(first: u64, count: u64, options: &LeaderlessOptions) {
 
 #[test]
 fn leaderless_runs_with_all_faults_lose_nothing_and_converge() {
-    assert_sweep_passes(0, 30, &LeaderlessOptions::default());
+    assert_sweep_passes(0, 200, &LeaderlessOptions::default());
+}
+
+/// Seeds that once failed, replayed forever. 78: request ids restarted at 1 after a crash, so a
+/// late `GetReply` from before it answered a new read of another key (fixed in the coordinator).
+const REGRESSIONS: [u64; 1] = [78];
+
+#[test]
+fn leaderless_regression_seeds_pass() {
+    for seed in REGRESSIONS {
+        let report = run_seed(seed, &LeaderlessOptions::default());
+        assert!(report.passed(), "{report}");
+    }
+}
+
+/// Known gap, not fixed: a request may ask for a larger `n` than the configured one, and the extra
+/// replica (the rank-4 node for `n = 4`) then coordinates writes on its own copy, which neither
+/// anti-entropy nor default reads ever look at: a `w = 1` write acknowledged there alone never
+/// reaches the home replicas (seeds 35, 52, 79, 132, 135 of the first 300).
+#[test]
+#[ignore = "documents a known gap: per-request n above the configured n"]
+fn requests_with_a_larger_n_than_configured_lose_writes() {
+    let options = LeaderlessOptions { request_n_max: 4, ..LeaderlessOptions::default() };
+    assert!(!run_seeds(0, 200, &options).failed.is_empty());
 }
 
 #[test]
