@@ -2,7 +2,26 @@
 
 use anyhow::bail;
 use chorus_core::raft::Durability;
-use chorus_sim::{Faults, SimOptions, run_seed, run_seeds};
+use chorus_sim::leaderless::LeaderlessOptions;
+use chorus_sim::{Faults, SimOptions, leaderless, run_seed, run_seeds};
+
+/// What `--mode` simulates: a Raft group of that durability, or a leaderless cluster.
+#[derive(Debug, Clone, Copy)]
+pub enum SimMode {
+    Raft(Durability),
+    Leaderless,
+}
+
+impl std::str::FromStr for SimMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<SimMode, String> {
+        if text == "leaderless" {
+            return Ok(SimMode::Leaderless);
+        }
+        text.parse::<Durability>().map(SimMode::Raft).map_err(|error| format!("{error} (or leaderless)"))
+    }
+}
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SimArgs {
@@ -18,9 +37,10 @@ pub struct SimArgs {
     /// Print the replayed seed's event trace (with --seed).
     #[arg(long, requires = "seed")]
     trace: bool,
-    /// Durability of the simulated group: async | semi-sync:K | quorum | all.
+    /// Durability of the simulated group: async | semi-sync:K | quorum | all; or leaderless (a
+    /// Dynamo-style cluster of leaderless coordinators).
     #[arg(long, default_value = "quorum")]
-    mode: Durability,
+    mode: SimMode,
     /// Faults to inject: all | none | a list of network,partition,crash,disk,clock,transfer.
     #[arg(long, default_value = "all")]
     faults: Faults,
@@ -33,8 +53,11 @@ pub struct SimArgs {
 }
 
 pub fn run(args: SimArgs) -> anyhow::Result<()> {
-    let mut options =
-        SimOptions { durability: args.mode, faults: args.faults, nodes: args.nodes, ..SimOptions::default() };
+    let durability = match args.mode {
+        SimMode::Raft(durability) => durability,
+        SimMode::Leaderless => return run_leaderless(&args),
+    };
+    let mut options = SimOptions { durability, faults: args.faults, nodes: args.nodes, ..SimOptions::default() };
     if let Some(safety_ms) = args.safety_ms {
         options.safety_ms = safety_ms;
     }
@@ -67,6 +90,37 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
                 eprintln!("{failure}");
             }
             eprintln!("replay: {}", report.replay);
+        }
+        bail!("{} of {} seeds failed", sweep.failed.len(), sweep.seeds);
+    }
+    Ok(())
+}
+
+fn run_leaderless(args: &SimArgs) -> anyhow::Result<()> {
+    let mut options = LeaderlessOptions { faults: args.faults, ..LeaderlessOptions::default() };
+    if let Some(nodes) = args.nodes {
+        options.nodes = nodes;
+    }
+    if let Some(safety_ms) = args.safety_ms {
+        options.safety_ms = safety_ms;
+    }
+    if let Some(seed) = args.seed {
+        options.trace = args.trace;
+        let report = leaderless::run_seed(seed, &options);
+        for line in report.trace.iter().flatten() {
+            println!("{line}");
+        }
+        println!("{report}");
+        if !report.passed() {
+            bail!("seed {seed} failed");
+        }
+        return Ok(());
+    }
+    let sweep = leaderless::run_seeds(args.from, args.seeds, &options);
+    println!("{sweep}");
+    if !sweep.failed.is_empty() {
+        for report in &sweep.failed {
+            eprintln!("{report}");
         }
         bail!("{} of {} seeds failed", sweep.failed.len(), sweep.seeds);
     }

@@ -27,6 +27,7 @@
 pub mod checker;
 pub mod cluster;
 pub mod history;
+pub mod leaderless;
 pub mod options;
 
 use std::fmt;

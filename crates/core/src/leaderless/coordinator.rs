@@ -107,6 +107,23 @@ pub struct CoordinatorConfig {
     pub anti_entropy_interval_ms: u64,
     /// Most differing slots reconciled per exchange (the rest wait for the next round).
     pub anti_entropy_slots_max: usize,
+    /// Test only: a bug planted on purpose (see [`PlantedBug`]). `None` in every real use.
+    #[doc(hidden)]
+    pub planted_bug: Option<PlantedBug>,
+}
+
+/// A bug planted on purpose, for the simulator (`chorus-sim`, leaderless mode) to prove its
+/// checkers catch it. Never set outside tests: [`CoordinatorConfig::new`] leaves it `None`.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// A replica merging a container it received (replication, repair, handoff, anti-entropy)
+    /// keeps the received context but drops the received siblings it did not have whenever its own
+    /// copy has siblings ("local wins"): a concurrent write is forgotten while its dot is
+    /// recorded as seen, so it looks superseded though no client saw it.
+    MergeDropsIncomingSibling,
+    /// Anti-entropy answers and sends as usual but ignores the containers it receives.
+    AntiEntropyIgnoresReceivedKeys,
 }
 
 impl CoordinatorConfig {
@@ -124,6 +141,7 @@ impl CoordinatorConfig {
             handoff_batch_max: 64,
             anti_entropy_interval_ms: 10_000,
             anti_entropy_slots_max: 64,
+            planted_bug: None,
         }
     }
 }
@@ -427,7 +445,7 @@ impl Coordinator {
             Err(error) => return self.fail(request, error),
         };
         self.settle(&mut container);
-        let op = self.next_op();
+        let op = self.next_op(now);
         self.store_put(store, key.clone(), container.clone());
         let acked = BTreeSet::from([me]);
         for target in targets.iter().filter(|target| target.node != me) {
@@ -471,7 +489,7 @@ impl Coordinator {
             return self.fail(request, RequestError::Unavailable { reachable: targets.len(), needed: r });
         }
         let me = self.config.node_id;
-        let op = self.next_op();
+        let op = self.next_op(now);
         let mut replies = BTreeMap::new();
         for target in &targets {
             if target.node == me {
@@ -550,7 +568,8 @@ impl Coordinator {
             Message::AntiEntropyLeaves { nodes } => self.handle_anti_entropy_leaves(from, &nodes),
             Message::AntiEntropyDigests { slots } => self.handle_anti_entropy_digests(from, slots, store),
             Message::AntiEntropyKeys { values, want } => {
-                for (key, value) in &values {
+                let ignore = self.config.planted_bug == Some(PlantedBug::AntiEntropyIgnoresReceivedKeys);
+                for (key, value) in values.iter().filter(|_| !ignore) {
                     // Only keys this node is a home replica of: a peer cannot plant others.
                     if self.shares_slot(from, Slot::of_key(key)) {
                         self.observe(now, value);
@@ -830,7 +849,11 @@ impl Coordinator {
             _ => {
                 let mut merged = store.get(key).unwrap_or_default();
                 if !merged.includes(value) {
-                    merged.merge(value);
+                    if self.config.planted_bug == Some(PlantedBug::MergeDropsIncomingSibling) {
+                        merged = merge_dropping_incoming(&merged, value);
+                    } else {
+                        merged.merge(value);
+                    }
                     self.settle(&mut merged);
                     self.store_put(store, key.clone(), merged);
                 }
@@ -942,9 +965,15 @@ impl Coordinator {
         self.writes.len() + self.reads.len()
     }
 
-    fn next_op(&mut self) -> u64 {
-        let op = self.next_op;
-        self.next_op += 1;
+    /// A request id never used before, by this process or an earlier one on this node: replies
+    /// carry only the id, so a reply to a request from before a restart, delivered late, must not
+    /// match a new request (the simulator found a read taking another key's container from a
+    /// stale `GetReply` and read-repairing it into its own key). Ids start at the physical time
+    /// packed like an HLC timestamp (`ms << 16`), so they grow across restarts as long as the
+    /// clock does (the same assumption dots make).
+    fn next_op(&mut self, now: UnixMillis) -> u64 {
+        let op = self.next_op.max(now.0 << HlcTimestamp::LOGICAL_BITS);
+        self.next_op = op + 1;
         op
     }
 }
@@ -959,6 +988,22 @@ fn settle(resolution: Resolution, container: &mut VersionedValue) {
     if resolution == Resolution::LastWriteWins {
         container.keep_lww_only();
     }
+}
+
+/// [`PlantedBug::MergeDropsIncomingSibling`]: the correct merge, minus the siblings only `other`
+/// had when `held` has any (the contexts still join).
+fn merge_dropping_incoming(held: &VersionedValue, other: &VersionedValue) -> VersionedValue {
+    let merged = VersionedValue::merged(held, other);
+    if held.siblings().is_empty() {
+        return merged;
+    }
+    let kept = merged
+        .siblings()
+        .iter()
+        .filter(|sibling| held.siblings().iter().any(|ours| ours.dot == sibling.dot))
+        .cloned()
+        .collect();
+    VersionedValue::from_parts(merged.context().clone(), kept).unwrap_or(merged)
 }
 
 fn merged_replies<'a>(replies: impl Iterator<Item = &'a Option<VersionedValue>>) -> VersionedValue {

@@ -83,28 +83,23 @@ fn a_write_goes_to_all_n_and_is_acknowledged_after_w() {
     node.put(at(0), request(1), put(value("v1"), &VersionVector::new(), None), &mut store);
     let effects = take(&mut node);
     let stored = store.get(&key()).unwrap();
+    let op = T0.0 << 16;
     assert_eq!(
         effects,
         [
-            Effect::Send {
-                to: home1,
-                message: Message::Put { op: 1, key: key(), value: stored.clone(), hint_for: None }
-            },
-            Effect::Send {
-                to: home2,
-                message: Message::Put { op: 1, key: key(), value: stored.clone(), hint_for: None }
-            },
+            Effect::Send { to: home1, message: Message::Put { op, key: key(), value: stored.clone(), hint_for: None } },
+            Effect::Send { to: home2, message: Message::Put { op, key: key(), value: stored.clone(), hint_for: None } },
         ],
         "no reply before a second replica acknowledges"
     );
-    node.handle_message(at(1), home2, Message::PutAck { op: 1 }, &mut store);
+    node.handle_message(at(1), home2, Message::PutAck { op }, &mut store);
     let dot = stored.siblings()[0].dot;
     assert_eq!(
         take(&mut node),
         [Effect::Reply { request: request(1), reply: ClientReply::Written { dot, context: stored.context().clone() } }]
     );
     // A late ack changes nothing.
-    node.handle_message(at(2), home1, Message::PutAck { op: 1 }, &mut store);
+    node.handle_message(at(2), home1, Message::PutAck { op }, &mut store);
     assert!(take(&mut node).is_empty());
 }
 
@@ -1082,9 +1077,10 @@ fn acks_from_nodes_the_write_was_not_sent_to_do_not_count() {
     let mut store = MemoryStore::default();
     node.put(at(0), request(1), put(value("v"), &VersionVector::new(), None), &mut store);
     take(&mut node);
-    node.handle_message(at(1), ranks()[4], Message::PutAck { op: 1 }, &mut store);
+    let op = T0.0 << 16;
+    node.handle_message(at(1), ranks()[4], Message::PutAck { op }, &mut store);
     assert!(take(&mut node).is_empty());
-    node.handle_message(at(1), ranks()[1], Message::PutAck { op: 1 }, &mut store);
+    node.handle_message(at(1), ranks()[1], Message::PutAck { op }, &mut store);
     assert_eq!(replies(&take(&mut node)).len(), 1);
 }
 
@@ -1102,4 +1098,33 @@ fn a_restarted_node_reloads_its_index_and_clock_from_the_store() {
     assert_eq!(restarted.merkle_tree(), before.merkle_tree());
     let stored = store.get(&key()).unwrap();
     assert!(restarted.clock.last().packed() > stored.siblings()[0].hlc.packed(), "the clock is past the stored write");
+}
+
+/// Found by the leaderless simulator (seed 78): request ids restarted at 1 after a restart, so a
+/// `GetReply` to a read from before the crash, delivered late, answered a new read of another key
+/// with the same id, whose read repair then wrote the other key's values into this one.
+#[test]
+fn a_reply_to_a_request_from_before_a_restart_does_not_answer_a_new_one() {
+    let [home0, home1] = [ranks()[0], ranks()[1]];
+    let mut store = MemoryStore::default();
+    let mut node = coordinator(home0, |_| {});
+    node.get(at(0), request(1), key(), None, &mut store);
+    let old_op = sends(&take(&mut node))
+        .into_iter()
+        .find_map(|(_, message)| if let Message::Get { op, .. } = message { Some(op) } else { None })
+        .unwrap();
+    // Another key's container, as a replica would answer the old read.
+    let mut other = VersionedValue::new();
+    let hlc = crate::leaderless::clock::HlcTimestamp { wall_ms: T0.0, logical: 0, node: home1 };
+    other.write(home1, &VersionVector::new(), value("other key"), hlc, 100).unwrap();
+    // Restart: a fresh coordinator on the same store, a new read, then the stale reply.
+    let mut node = coordinator(home0, |_| {});
+    node.get(at(500), request(2), key(), None, &mut store);
+    let new_op = sends(&take(&mut node))
+        .into_iter()
+        .find_map(|(_, message)| if let Message::Get { op, .. } = message { Some(op) } else { None })
+        .unwrap();
+    assert_ne!(old_op, new_op, "a request id reused across a restart");
+    node.handle_message(at(501), home1, Message::GetReply { op: old_op, value: Some(other) }, &mut store);
+    assert!(take(&mut node).is_empty(), "a stale reply answered a new read");
 }
