@@ -21,7 +21,7 @@ pub struct SimArgs {
     /// Durability of the simulated group: async | semi-sync:K | quorum | all.
     #[arg(long, default_value = "quorum")]
     mode: Durability,
-    /// Faults to inject: all | none | a list of network,partition,crash,disk,clock,transfer.
+    /// Faults to inject: all | none | a list of network,partition,crash,disk,clock,transfer,membership.
     #[arg(long, default_value = "all")]
     faults: Faults,
     /// Replicas (default: 3 or 5, drawn from the seed).
@@ -30,11 +30,20 @@ pub struct SimArgs {
     /// Simulated milliseconds of the fault phase.
     #[arg(long)]
     safety_ms: Option<u64>,
+    /// No session clients (follower reads with session tokens): the workload of seeds recorded
+    /// before they existed.
+    #[arg(long)]
+    no_sessions: bool,
 }
 
 pub fn run(args: SimArgs) -> anyhow::Result<()> {
-    let mut options =
-        SimOptions { durability: args.mode, faults: args.faults, nodes: args.nodes, ..SimOptions::default() };
+    let mut options = SimOptions {
+        durability: args.mode,
+        faults: args.faults,
+        nodes: args.nodes,
+        sessions: !args.no_sessions,
+        ..SimOptions::default()
+    };
     if let Some(safety_ms) = args.safety_ms {
         options.safety_ms = safety_ms;
     }
@@ -47,8 +56,12 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
             }
         }
         println!(
-            "seed {seed}: {} ops checked, {} faults injected, {} undecided keys",
-            report.ops_checked, report.faults_injected, report.undecided_keys
+            "seed {seed}: {} ops checked, {} session reads checked, {} membership changes, {} faults injected, {} undecided keys",
+            report.ops_checked,
+            report.session_reads_checked,
+            report.stats.membership_changes,
+            report.faults_injected,
+            report.undecided_keys
         );
         if !report.failures.is_empty() {
             for failure in &report.failures {

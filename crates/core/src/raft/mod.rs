@@ -500,7 +500,12 @@ impl Raft {
         let lead = self.lead.as_ref().ok_or(ProposeError::NotLeader { leader_hint: self.leader })?;
         // Dissertation §4.1 (and its 2015 erratum): one change at a time, and only once an entry of
         // this term has committed, so no uncommitted change of an earlier leader is still in play.
-        if self.log.membership_index() > self.commit_index || self.commit_index < lead.term_start_index {
+        // Both must also be held by a majority of voters, whatever the durability mode: under
+        // `async` / `semi-sync` a committed change may be lost in a failover, and a change made on
+        // top of it would leave nodes two configurations apart, whose majorities need not overlap
+        // (two leaders in one term).
+        let settled = self.commit_index.min(self.majority_durable_index());
+        if self.log.membership_index() > settled || settled < lead.term_start_index {
             return Err(ProposeError::MembershipChangePending);
         }
         if change == MembershipChange::RemoveNode(self.config.node_id) {
@@ -508,7 +513,7 @@ impl Raft {
         }
         let next = self.log.membership().apply(change)?;
         let index = self.append_as_leader(EntryPayload::Membership(next));
-        self.sync_progress_with_membership(now);
+        self.sync_progress_with_membership(now, true);
         self.broadcast_append(now);
         self.leader_maybe_commit();
         Ok(index)

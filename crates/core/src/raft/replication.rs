@@ -391,6 +391,11 @@ impl Raft {
         let Some(progress) = lead.progress.get_mut(&from) else {
             return; // No longer a member.
         };
+        if response.read_seq < progress.first_read_seq {
+            // An answer to an append sent to an earlier life of this node, before it was removed and
+            // added back: what it says about the log (a match index) may no longer hold.
+            return;
+        }
         progress.last_contact = Some(now);
         progress.read_seq_acked = progress.read_seq_acked.max(response.read_seq);
         let mut send_more = false;
@@ -486,6 +491,24 @@ impl Raft {
             self.set_commit_index(point);
             self.process_reads();
         }
+    }
+
+    /// The highest index a majority of voters (the leader included) hold durably and matching the
+    /// leader's log: what `quorum` would commit, whatever the durability mode.
+    pub(super) fn majority_durable_index(&self) -> LogIndex {
+        let Some(lead) = self.lead.as_ref() else {
+            return LogIndex::ZERO;
+        };
+        let me = self.config.node_id;
+        let followers = self
+            .log
+            .membership()
+            .voters
+            .iter()
+            .filter(|voter| **voter != me)
+            .map(|voter| lead.progress.get(voter).map_or(LogIndex::ZERO, |progress| progress.match_index))
+            .collect();
+        commit_point(super::Durability::Quorum, self.persisted_index, followers)
     }
 
     /// Answers the read-index requests whose round a majority of voters acknowledged, once the leader
