@@ -420,13 +420,20 @@ impl Raft {
             }
             AppendOutcome::Rejected { prev_log_index: rejected, hint_index, hint_term } => {
                 let past_log = hint_index > last_index && can_lose_committed;
+                // The follower's snapshot point (hinted when the probe is below it) is at or past the
+                // one being streamed, and agrees with this log: its state already holds what the
+                // snapshot would bring (an acknowledgement of an earlier install may have been lost).
+                let snapshot_held = hint_index > rejected
+                    && hint_index >= progress.snapshot_index
+                    && self.log.term_at(hint_index) == Some(hint_term);
                 let stale = match progress.state {
                     ReplicationState::Probe => rejected.next() != progress.next_index,
                     ReplicationState::Replicate => rejected <= progress.match_index,
                     // While a snapshot streams, rejections answer earlier appends, except one saying the
-                    // follower's committed state is past this whole log: the follower refuses the
-                    // snapshot (older than its own state) until told to discard what it cannot show.
-                    ReplicationState::Snapshot => !past_log,
+                    // follower's committed state is past this whole log (the follower refuses the
+                    // snapshot, older than its own state, until told to discard what it cannot show),
+                    // or that it holds the snapshot already (it refuses one not newer than its state).
+                    ReplicationState::Snapshot => !past_log && !snapshot_held,
                 };
                 if !stale && past_log {
                     // The follower's snapshot point, committed there, is past this whole log: its state
