@@ -124,10 +124,21 @@ struct SnapshotTransfer {
 enum Payload {
     Peer(Message),
     Snapshot(Box<SnapshotTransfer>),
-    Request { request: u64, key: u64, command: Command },
+    Request {
+        request: u64,
+        key: u64,
+        command: Command,
+    },
     /// A follower read with the client's session token.
-    SessionRead { request: u64, key: u64, token: LogIndex },
-    Reply { request: u64, reply: ClientReply },
+    SessionRead {
+        request: u64,
+        key: u64,
+        token: LogIndex,
+    },
+    Reply {
+        request: u64,
+        reply: ClientReply,
+    },
 }
 
 #[derive(Debug)]
@@ -520,7 +531,8 @@ impl Cluster {
     pub fn finish(self) -> ClusterRun {
         let mut history = self.history;
         // Whatever is still in flight may or may not have happened.
-        let open: Vec<OpId> = self.clients.iter().filter_map(|client| client.op.as_ref().and_then(|op| op.id)).collect();
+        let open: Vec<OpId> =
+            self.clients.iter().filter_map(|client| client.op.as_ref().and_then(|op| op.id)).collect();
         for id in open {
             history.complete(id, Outcome::Unknown, self.now);
         }
@@ -883,11 +895,11 @@ impl Cluster {
                         self.fail(failure);
                     }
                 }
-                if matches!(role, Role::Candidate | Role::Leader) && self.strict() && !self.may_campaign(id) {
+                if role == Role::Leader && self.strict() && !self.may_campaign(id) {
                     let (index, config) = &self.committed_config;
                     self.fail(format!(
                         "membership: node {id}, not a voter of the configuration committed at {index} ({config}), \
-                         became {role:?} in term {term}"
+                         became leader in term {term}"
                     ));
                 }
             }
@@ -1014,6 +1026,22 @@ impl Cluster {
         }
     }
 
+    /// A vote request from `candidate` moved `node` past `term`. If the candidate was removed by a
+    /// committed change (and not added back) and `node` is a member, a removed node disrupted the
+    /// group it left (its term would depose the leader).
+    fn check_not_disrupted_by(&mut self, candidate: NodeId, node: usize, term: Term) {
+        let id = self.nodes[node].id;
+        if !self.strict() || self.may_campaign(candidate) || !self.committed_config.1.is_member(id) {
+            return;
+        }
+        let (index, config) = &self.committed_config;
+        let now_term = self.nodes[node].raft.as_ref().map_or(term, Raft::term);
+        self.fail(format!(
+            "membership: node {candidate}, not a voter of the configuration committed at {index} ({config}), \
+             disrupted member {id}: its vote request moved it from term {term} to {now_term}"
+        ));
+    }
+
     /// Whether `id` may legitimately campaign: a voter of the configuration known committed, or of
     /// one proposed since (configurations are in force once appended). A node removed by a
     /// committed change, and not added back since, must never become a candidate: it would disrupt
@@ -1089,7 +1117,9 @@ impl Cluster {
         let applied = n.state.applied_index();
         let ignore_token = self.options.driver_bug == Some(DriverBug::SessionReadWithoutWait);
         let (ready, waiting): (Vec<PendingSessionRead>, Vec<PendingSessionRead>) =
-            std::mem::take(&mut n.pending_session_reads).into_iter().partition(|read| ignore_token || read.token <= applied);
+            std::mem::take(&mut n.pending_session_reads)
+                .into_iter()
+                .partition(|read| ignore_token || read.token <= applied);
         n.pending_session_reads = waiting;
         for read in ready {
             let value = self.read_value(node, read.key);
@@ -1293,8 +1323,14 @@ impl Cluster {
                 let Endpoint::Node(sender) = from else { return };
                 let now = self.local_now(node);
                 let from_id = self.nodes[sender].id;
+                let vote_request = matches!(message, Message::RequestVote(_));
                 let Some(raft) = self.nodes[node].raft.as_mut() else { return };
+                let term = raft.term();
                 raft.handle_message(now, from_id, message);
+                let disrupted = raft.term() > term;
+                if vote_request && disrupted {
+                    self.check_not_disrupted_by(from_id, node, term);
+                }
                 self.drain(node);
             }
             (Endpoint::Node(node), Payload::Snapshot(transfer)) => {
@@ -1452,7 +1488,9 @@ impl Cluster {
             let others: Vec<NodeId> = self.nodes[leader]
                 .raft
                 .as_ref()
-                .map(|raft| raft.membership().voters.iter().copied().filter(|id| *id != self.nodes[leader].id).collect())
+                .map(|raft| {
+                    raft.membership().voters.iter().copied().filter(|id| *id != self.nodes[leader].id).collect()
+                })
                 .unwrap_or_default();
             if others.is_empty() {
                 return;
@@ -1685,7 +1723,8 @@ impl Cluster {
         } else {
             let id = self.history.invoke(client as u64, key, command, self.now);
             self.trace_line(|| format!("client {client} invoke #{} k{key} {command:?}", id.0));
-            self.clients[client].op = Some(ClientOp { id: Some(id), session: None, key, command, deadline, attempt: None });
+            self.clients[client].op =
+                Some(ClientOp { id: Some(id), session: None, key, command, deadline, attempt: None });
         }
         self.send_attempt(client);
         self.wake_client(client, deadline);
@@ -1818,9 +1857,10 @@ impl Cluster {
             return false;
         }
         let config = leader.membership();
-        self.nodes.iter().filter(|node| config.is_member(node.id)).all(|node| {
-            node.raft.is_some() && !node.diverged && node.state.applied_index() == leader.commit_index()
-        })
+        self.nodes
+            .iter()
+            .filter(|node| config.is_member(node.id))
+            .all(|node| node.raft.is_some() && !node.diverged && node.state.applied_index() == leader.commit_index())
     }
 
     /// The node that leads in the highest term, if any.

@@ -42,8 +42,15 @@ impl Faults {
         transfers: false,
         membership: false,
     };
-    pub const ALL: Faults =
-        Faults { network: true, partitions: true, crashes: true, disk: true, clocks: true, transfers: true, membership: true };
+    pub const ALL: Faults = Faults {
+        network: true,
+        partitions: true,
+        crashes: true,
+        disk: true,
+        clocks: true,
+        transfers: true,
+        membership: true,
+    };
     /// Every fault class but membership changes: what `all` meant before they existed, so seeds
     /// recorded then (regressions, planted-bug bounds) replay as they did.
     pub const CLASSIC: Faults = Faults { membership: false, ..Faults::ALL };

@@ -140,7 +140,8 @@ impl SessionChecker {
                                 show(*value),
                                 show(self.value_at(*key, floor)),
                                 match ever {
-                                    Some(index) => format!("; the prefix {index}, before the floor, holds {}", show(*value)),
+                                    Some(index) =>
+                                        format!("; the prefix {index}, before the floor, holds {}", show(*value)),
                                     None => format!(
                                         "; no committed prefix (up to {}) holds {}",
                                         self.committed,
