@@ -21,7 +21,7 @@ pub struct SimArgs {
     /// Durability of the simulated group: async | semi-sync:K | quorum | all.
     #[arg(long, default_value = "quorum")]
     mode: Durability,
-    /// Faults to inject: all | none | a list of network,partition,crash,disk,clock,transfer,membership.
+    /// Faults to inject: all | none | a list of network,partition,crash,disk,clock,transfer,membership,replay.
     #[arg(long, default_value = "all")]
     faults: Faults,
     /// Replicas (default: 3 or 5, drawn from the seed).

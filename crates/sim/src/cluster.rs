@@ -50,6 +50,8 @@ const RETRY_BACKOFF_MS_MAX: u64 = 30;
 /// A replica waits this long (simulated) to have applied a session read's token, then answers
 /// with an error (the node's follower-read timeout).
 const SESSION_WAIT_MS: u64 = 400;
+/// A replayed message arrives at least this long after it was sent.
+const REPLAY_MS_MIN: u64 = 150;
 /// With membership faults, this many spare nodes start outside the group, ready to join.
 const SPARE_NODES: usize = 2;
 
@@ -64,6 +66,8 @@ pub struct RunStats {
     pub messages_sent: u64,
     pub messages_dropped: u64,
     pub messages_duplicated: u64,
+    /// Peer messages delivered again long after they were sent (stale replays).
+    pub messages_replayed: u64,
     pub elections: u64,
     pub max_term: u64,
     pub entries_committed: u64,
@@ -352,6 +356,7 @@ pub struct Cluster {
     partition_epoch: u64,
     loss_per_mille: u64,
     duplicate_per_mille: u64,
+    replay_per_mille: u64,
     tail_per_mille: u64,
     slow_fsync_per_mille: u64,
     history: History,
@@ -436,6 +441,7 @@ impl Cluster {
             options: options.clone(),
             loss_per_mille: knobs.loss_per_mille,
             duplicate_per_mille: knobs.duplicate_per_mille,
+            replay_per_mille: knobs.replay_per_mille,
             tail_per_mille: knobs.tail_per_mille,
             slow_fsync_per_mille: knobs.slow_fsync_per_mille,
             knobs,
@@ -1280,7 +1286,13 @@ impl Cluster {
         if let (Endpoint::Node(a), Endpoint::Node(b)) = (from, to)
             && self.cut.contains(&(a, b))
         {
-            self.stats.messages_dropped += 1;
+            // A partition drops the message, or, with stale replays, holds it (a stalled connection)
+            // and delivers it long after, possibly terms later.
+            if self.replay_per_mille > 0 && self.rng.chance(self.replay_per_mille, 1000) {
+                self.replay(from, to, payload);
+            } else {
+                self.stats.messages_dropped += 1;
+            }
             return;
         }
         if self.loss_per_mille > 0 && self.rng.chance(self.loss_per_mille, 1000) {
@@ -1298,7 +1310,21 @@ impl Cluster {
             let at = self.now + self.latency();
             self.schedule(at, Event::Deliver { from, to, payload: payload.clone() });
         }
+        if peer && self.replay_per_mille > 0 && self.rng.chance(self.replay_per_mille, 1000) {
+            self.replay(from, to, payload.clone());
+        }
         let at = self.now + self.latency();
+        self.schedule(at, Event::Deliver { from, to, payload });
+    }
+
+    /// Delivers a peer message long after it was sent (a stale replay).
+    fn replay(&mut self, from: Endpoint, to: Endpoint, payload: Payload) {
+        self.stats.messages_replayed += 1;
+        let at = self.now + REPLAY_MS_MIN + self.rng.below(self.knobs.replay_ms_max);
+        if self.trace.is_some() {
+            let what = describe(&payload);
+            self.trace_line(|| format!("REPLAY at {at} {} -> {}: {what}", endpoint(from), endpoint(to)));
+        }
         self.schedule(at, Event::Deliver { from, to, payload });
     }
 
@@ -1647,6 +1673,7 @@ impl Cluster {
         self.partition_epoch += 1;
         self.loss_per_mille = 0;
         self.duplicate_per_mille = 0;
+        self.replay_per_mille = 0;
         self.tail_per_mille = 0;
         self.slow_fsync_per_mille = 0;
         self.trace_line(|| "HEAL everything".to_owned());

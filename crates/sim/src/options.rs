@@ -30,6 +30,10 @@ pub struct Faults {
     /// are promoted, voters and learners are removed (a leader hands over first), removed nodes come
     /// back (with their old disk, or wiped).
     pub membership: bool,
+    /// Stale replays: a peer message is delivered again long after it was sent (hundreds of
+    /// milliseconds to seconds), like a retransmission from a stalled connection: a deposed
+    /// leader's appends and an old candidate's votes arrive terms later.
+    pub replays: bool,
 }
 
 impl Faults {
@@ -41,6 +45,7 @@ impl Faults {
         clocks: false,
         transfers: false,
         membership: false,
+        replays: false,
     };
     pub const ALL: Faults = Faults {
         network: true,
@@ -50,10 +55,11 @@ impl Faults {
         clocks: true,
         transfers: true,
         membership: true,
+        replays: true,
     };
     /// Every fault class but membership changes: what `all` meant before they existed, so seeds
     /// recorded then (regressions, planted-bug bounds) replay as they did.
-    pub const CLASSIC: Faults = Faults { membership: false, ..Faults::ALL };
+    pub const CLASSIC: Faults = Faults { membership: false, replays: false, ..Faults::ALL };
 
     /// The mixes the seed sweeps rotate through.
     pub const MIXES: [Faults; 7] = [
@@ -83,6 +89,7 @@ impl fmt::Display for Faults {
             (self.clocks, "clock"),
             (self.transfers, "transfer"),
             (self.membership, "membership"),
+            (self.replays, "replay"),
         ]
         .iter()
         .filter(|(on, _)| *on)
@@ -106,7 +113,7 @@ impl fmt::Display for ParseFaultsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "unknown fault {:?} (expected all, none, or a list of network,partition,crash,disk,clock,transfer,membership)",
+            "unknown fault {:?} (expected all, none, or a list of network,partition,crash,disk,clock,transfer,membership,replay)",
             self.0
         )
     }
@@ -118,7 +125,7 @@ impl FromStr for Faults {
     type Err = ParseFaultsError;
 
     /// `all`, `none`, or a comma-separated list of `network`, `partition`, `crash`, `disk`, `clock`,
-    /// `transfer`, `membership`.
+    /// `transfer`, `membership`, `replay`.
     fn from_str(text: &str) -> Result<Faults, ParseFaultsError> {
         match text {
             "all" => return Ok(Faults::ALL),
@@ -135,6 +142,7 @@ impl FromStr for Faults {
                 "clock" | "clocks" => faults.clocks = true,
                 "transfer" | "transfers" => faults.transfers = true,
                 "membership" => faults.membership = true,
+                "replay" | "replays" => faults.replays = true,
                 _ => return Err(ParseFaultsError(name.to_owned())),
             }
         }
@@ -260,6 +268,9 @@ pub struct Knobs {
     /// Mean milliseconds between membership changes (their own stream of events, beside the other
     /// faults); 0: none.
     pub membership_interval_ms: u64,
+    /// Chance that a peer message is delivered once more, `replay_ms_min..=replay_ms_max` later.
+    pub replay_per_mille: u64,
+    pub replay_ms_max: u64,
     /// Per node, the clock runs fast or slow by up to this many parts per million.
     pub clock_drift_ppm_max: u64,
     pub fsync_ms_max: u64,
@@ -306,6 +317,8 @@ impl Knobs {
         let transfer_weight = if faults.transfers { pick(&[0, 1, 2]) } else { 0 };
         // Drawn only when asked for: runs without membership changes draw exactly what they did.
         let membership_interval_ms = if faults.membership { pick(&[150, 300, 700]) } else { 0 };
+        let (replay_per_mille, replay_ms_max) =
+            if faults.replays { (pick(&[20, 60, 150]), pick(&[600, 2_000])) } else { (0, 0) };
         Knobs {
             nodes,
             clients,
@@ -322,6 +335,8 @@ impl Knobs {
             clock_jump_weight,
             transfer_weight,
             membership_interval_ms,
+            replay_per_mille,
+            replay_ms_max,
             clock_drift_ppm_max,
             fsync_ms_max,
             slow_fsync_per_mille,
