@@ -113,9 +113,9 @@ fn a_removed_follower_is_no_longer_replicated_to() {
 
 #[test]
 fn answers_to_an_earlier_life_of_a_node_added_back_are_ignored() {
-    // Found by the simulator (seed 1353, async, all faults): node 3 was removed, wiped and added back
-    // in the same term; an acknowledgement its earlier life sent (match 2) reached the leader after
-    // the new progress existed, so the leader took the empty node to hold entries it did not have:
+    // Found by the simulator (seed 672, async, membership faults): a node was removed, wiped and added
+    // back in the same term; an acknowledgement its earlier life sent reached the leader after the
+    // new progress existed, so the leader took the empty node to hold entries it did not have:
     // it probed only above that match forever (a voter never caught up), and counted it toward
     // commits.
     let mut raft = elect(1, &[1, 2, 3], Q);
