@@ -34,6 +34,10 @@ pub struct SimArgs {
     /// before they existed.
     #[arg(long)]
     no_sessions: bool,
+    /// Membership changes may wipe a former member before adding it back under the same id (unsafe:
+    /// shows why removed ids must not be reused with an empty disk).
+    #[arg(long)]
+    wipe_rejoiners: bool,
 }
 
 pub fn run(args: SimArgs) -> anyhow::Result<()> {
@@ -42,6 +46,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         faults: args.faults,
         nodes: args.nodes,
         sessions: !args.no_sessions,
+        wipe_rejoiners: args.wipe_rejoiners,
         ..SimOptions::default()
     };
     if let Some(safety_ms) = args.safety_ms {

@@ -1033,15 +1033,26 @@ impl Cluster {
     }
 
     /// A vote request from `candidate` moved `node` past `term`. If the candidate was removed by a
-    /// committed change (and not added back) and `node` is a member, a removed node disrupted the
+    /// committed change (and not added back), `node` is a member, and the new term is past every
+    /// other member's (not a member catching up with a stale request), a removed node disrupted the
     /// group it left (its term would depose the leader).
     fn check_not_disrupted_by(&mut self, candidate: NodeId, node: usize, term: Term) {
         let id = self.nodes[node].id;
         if !self.strict() || self.may_campaign(candidate) || !self.committed_config.1.is_member(id) {
             return;
         }
-        let (index, config) = &self.committed_config;
         let now_term = self.nodes[node].raft.as_ref().map_or(term, Raft::term);
+        let members_term = self
+            .nodes
+            .iter()
+            .filter(|other| other.id != id && self.committed_config.1.is_member(other.id))
+            .filter_map(|other| other.raft.as_ref().map(Raft::term))
+            .max()
+            .unwrap_or(Term(0));
+        if now_term <= members_term {
+            return;
+        }
+        let (index, config) = &self.committed_config;
         self.fail(format!(
             "membership: node {candidate}, not a voter of the configuration committed at {index} ({config}), \
              disrupted member {id}: its vote request moved it from term {term} to {now_term}"
@@ -1611,11 +1622,15 @@ impl Cluster {
         self.drain(leader);
     }
 
-    /// Gets a node outside the group ready to be added: started if not running, and half the time
-    /// (when safe) wiped first, as a replacement machine would be.
+    /// Gets a node outside the group ready to be added: started if not running, and with
+    /// `wipe_rejoiners` half the time (when no replica's latest configuration names it) wiped first,
+    /// as a replacement machine reusing the node's id would be.
     fn prepare_to_join(&mut self, node: usize) {
         let running = self.nodes[node].raft.is_some();
-        let wipe = self.nodes[node].launched && self.rng.chance(1, 2) && !self.mentioned_by_others(node);
+        let wipe = self.options.wipe_rejoiners
+            && self.nodes[node].launched
+            && self.rng.chance(1, 2)
+            && !self.mentioned_by_others(node);
         if wipe {
             let n = &mut self.nodes[node];
             n.raft = None;

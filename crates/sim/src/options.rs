@@ -188,6 +188,12 @@ pub struct SimOptions {
     /// Session clients: half the reads go to a random replica with the client's session token
     /// (follower reads, checked for read-your-writes, monotonic reads and consistent prefix).
     pub sessions: bool,
+    /// Membership changes may wipe a former member's disk before adding it back under the same id.
+    /// Unsafe, and off by default: a node catching up through old log entries adopts old
+    /// configurations (in force once appended) in which it is a voter, and a wiped former voter,
+    /// which has forgotten its log, votes for it (seed 44407: two leaders in one term). Ids of
+    /// removed nodes must not be reused with an empty disk.
+    pub wipe_rejoiners: bool,
     /// Simulated milliseconds of the safety phase (faults on).
     pub safety_ms: u64,
     /// Once faults heal, a leader must be elected and a write acknowledged within this long.
@@ -210,6 +216,7 @@ impl Default for SimOptions {
             faults: Faults::ALL,
             nodes: None,
             sessions: true,
+            wipe_rejoiners: false,
             safety_ms: 5_000,
             liveness_ms: 5_000,
             convergence_ms: 5_000,
@@ -231,6 +238,9 @@ impl SimOptions {
         }
         if !self.sessions {
             command.push_str(" --no-sessions");
+        }
+        if self.wipe_rejoiners {
+            command.push_str(" --wipe-rejoiners");
         }
         if self.safety_ms != SimOptions::default().safety_ms {
             command.push_str(&format!(" --safety-ms {}", self.safety_ms));

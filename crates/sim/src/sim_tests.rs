@@ -155,25 +155,39 @@ fn membership_changes_during_faults_keep_every_check() {
             failures.push(report.to_string());
         }
         stats.membership_changes += report.stats.membership_changes;
-        stats.nodes_wiped += report.stats.nodes_wiped;
         stats.snapshots_installed += report.stats.snapshots_installed;
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(stats.membership_changes > 100, "{stats:?}");
-    assert!(stats.nodes_wiped > 5, "{stats:?}");
     assert!(stats.snapshots_installed > 0, "{stats:?}");
+}
+
+/// Why the simulator does not wipe former members by default: a node catching up through old log
+/// entries adopts old configurations (each in force once appended) in which it is a voter; a former
+/// voter wiped and added back under the same id has forgotten its log and votes for it, and the
+/// old configuration elects a second leader. Ids of removed nodes must not be reused with an empty
+/// disk (etcd refuses them for the same reason).
+#[test]
+fn reusing_a_wiped_nodes_id_breaks_election_safety() {
+    let options = SimOptions {
+        wipe_rejoiners: true,
+        ..options(Durability::Quorum, "partition,crash,transfer,membership,replay".parse().expect("faults"))
+    };
+    let report = run_seed(44407, &options);
+    assert!(report.stats.nodes_wiped > 0, "{report}");
+    assert!(report.failures.iter().any(|failure| failure.contains("election safety")), "{report}");
 }
 
 #[test]
 fn membership_changes_replay_byte_for_byte() {
     let options = SimOptions { trace: true, ..options(Durability::Quorum, Faults::ALL) };
     let seed = (0..50)
-        .find(|seed| run_seed(*seed, &SimOptions { trace: false, ..options.clone() }).stats.nodes_wiped > 0)
-        .expect("a seed that wipes a node");
+        .find(|seed| run_seed(*seed, &SimOptions { trace: false, ..options.clone() }).stats.membership_changes > 5)
+        .expect("a seed with membership changes");
     let (first, second) = (run_seed(seed, &options), run_seed(seed, &options));
     assert_eq!(first.trace, second.trace);
     let trace = first.trace.unwrap_or_default();
-    for needle in ["MEMBERSHIP", "WIPED", "session read"] {
+    for needle in ["MEMBERSHIP", "REPLAY", "session read"] {
         assert!(trace.iter().any(|line| line.contains(needle)), "no {needle:?} in the trace of seed {seed}");
     }
 }
@@ -307,39 +321,40 @@ fn simulation_speed() {
 /// What `all` meant when membership changes and session clients existed but stale replays did not.
 const MEMBERSHIP_ERA: &str = "network,partition,crash,disk,clock,transfer,membership";
 
-/// Seeds that once failed, with the options that replay them (mode, faults, session clients): each
-/// stays here for good.
-const REGRESSIONS: &[(u64, &str, &str, bool)] = &[
+/// Seeds that once failed, with the options that replay them (mode, faults, session clients, wiped
+/// rejoiners): each stays here for good.
+const REGRESSIONS: &[(u64, &str, &str, bool, bool)] = &[
     // Engine: a follower committed past the new leader's log (async / semi-sync failover) refused the
     // leader's snapshot, older than its commit index, and the leader dropped its rejections as stale
     // while streaming; the replicas never converged while quiet. See the test below.
-    (2096, "async", "network,partition,crash,disk,clock,transfer", false),
-    (2582, "semi-sync:1", "network,partition,crash,disk,clock,transfer", false),
+    (2096, "async", "network,partition,crash,disk,clock,transfer", false, false),
+    (2582, "semi-sync:1", "network,partition,crash,disk,clock,transfer", false, false),
     // Engine: a node was removed, wiped and added back in the same term; an answer of its earlier
     // life reached the leader after it was tracked again, and the leader probed the empty node only
     // above that match forever (found as seed 1353 of an earlier draft of the membership workload).
     // See `answers_to_an_earlier_life_of_a_node_added_back_are_ignored` in the engine's tests.
-    (672, "async", MEMBERSHIP_ERA, true),
+    (672, "async", MEMBERSHIP_ERA, true, true),
     // Engine: under async, a membership change was made on top of one only the leader held; a
     // failover left nodes two configurations apart and both won term 5. See
     // `under_async_a_change_waits_until_the_previous_one_is_on_a_majority`.
-    (1693, "async", MEMBERSHIP_ERA, true),
+    (1693, "async", MEMBERSHIP_ERA, true, true),
     // Engine: a follower had installed the snapshot the leader streamed (its acknowledgement lost),
     // refused every later stream as not newer, and the leader dropped its rejections as stale while
     // streaming: no write committed after healing. See
     // `a_follower_that_holds_the_streamed_snapshot_already_is_probed_past_it`.
-    (2310, "quorum", MEMBERSHIP_ERA, true),
+    (2310, "quorum", MEMBERSHIP_ERA, true, true),
     // Engine: a `TimeoutNow` delayed past the end of its transfer reached node 3 after the leader had
     // removed it; its transfer vote request bypassed leader stickiness and every member took its
     // term. See `a_stale_transfer_request_does_not_disrupt_the_leader`.
-    (12680, "quorum", MEMBERSHIP_ERA, true),
+    (12680, "quorum", MEMBERSHIP_ERA, true, true),
 ];
 
 #[test]
 fn regression_seeds_pass() {
-    for (seed, mode, faults, sessions) in REGRESSIONS {
+    for (seed, mode, faults, sessions, wipe_rejoiners) in REGRESSIONS {
         let options = SimOptions {
             sessions: *sessions,
+            wipe_rejoiners: *wipe_rejoiners,
             ..options(mode.parse().expect("a mode"), faults.parse().expect("faults"))
         };
         let report = run_seed(*seed, &options);
