@@ -374,6 +374,9 @@ pub struct Cluster {
     sessions: SessionChecker,
     /// The latest configuration known committed (applied by some replica), and its index.
     committed_config: (LogIndex, Membership),
+    /// The term of the replica that first applied it: no election of an earlier term (whose votes
+    /// may have been cast before the change committed) is held against a node it removed.
+    committed_config_term: Term,
     /// Per node, the index of the latest configuration proposed that made it a voter.
     voter_proposed_at: BTreeMap<NodeId, LogIndex>,
     /// A voter to remove once it no longer leads (it was asked to hand over).
@@ -467,6 +470,7 @@ impl Cluster {
             heal_at: 0,
             sessions: SessionChecker::new(),
             committed_config: (LogIndex::ZERO, Membership::with_voters(voters.iter().copied())),
+            committed_config_term: Term(0),
             voter_proposed_at: BTreeMap::new(),
             removal_after_transfer: None,
         }
@@ -901,7 +905,8 @@ impl Cluster {
                         self.fail(failure);
                     }
                 }
-                if role == Role::Leader && self.strict() && !self.may_campaign(id) {
+                if role == Role::Leader && self.strict() && !self.may_campaign(id) && term >= self.committed_config_term
+                {
                     let (index, config) = &self.committed_config;
                     self.fail(format!(
                         "membership: node {id}, not a voter of the configuration committed at {index} ({config}), \
@@ -1002,6 +1007,7 @@ impl Cluster {
         let strict = self.strict();
         let mut problems = Vec::new();
         let n = &mut self.nodes[node];
+        let applier_term = n.raft.as_ref().map_or(Term(0), Raft::term);
         for entry in entries {
             if entry.index <= n.state.applied_index() {
                 continue;
@@ -1024,6 +1030,7 @@ impl Cluster {
                 && entry.index > self.committed_config.0
             {
                 self.committed_config = (entry.index, config.clone());
+                self.committed_config_term = applier_term;
             }
             self.stats.entries_committed = self.stats.entries_committed.max(entry.index.0);
         }
@@ -1045,11 +1052,11 @@ impl Cluster {
         let members_term = self
             .nodes
             .iter()
-            .filter(|other| other.id != id && self.committed_config.1.is_member(other.id))
+            .filter(|other| other.id != id && other.id != candidate && self.committed_config.1.is_member(other.id))
             .filter_map(|other| other.raft.as_ref().map(Raft::term))
             .max()
             .unwrap_or(Term(0));
-        if now_term <= members_term {
+        if now_term <= members_term || now_term < self.committed_config_term {
             return;
         }
         let (index, config) = &self.committed_config;
