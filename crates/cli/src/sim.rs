@@ -41,7 +41,7 @@ pub struct SimArgs {
     /// Dynamo-style cluster of leaderless coordinators).
     #[arg(long, default_value = "quorum")]
     mode: SimMode,
-    /// Faults to inject: all | none | a list of network,partition,crash,disk,clock,transfer.
+    /// Faults to inject: all | none | a list of network,partition,crash,disk,clock,transfer,membership,replay.
     #[arg(long, default_value = "all")]
     faults: Faults,
     /// Replicas (default: 3 or 5, drawn from the seed).
@@ -50,6 +50,14 @@ pub struct SimArgs {
     /// Simulated milliseconds of the fault phase.
     #[arg(long)]
     safety_ms: Option<u64>,
+    /// No session clients (follower reads with session tokens): the workload of seeds recorded
+    /// before they existed.
+    #[arg(long)]
+    no_sessions: bool,
+    /// Membership changes may wipe a former member before adding it back under the same id (unsafe:
+    /// shows why removed ids must not be reused with an empty disk).
+    #[arg(long)]
+    wipe_rejoiners: bool,
 }
 
 pub fn run(args: SimArgs) -> anyhow::Result<()> {
@@ -57,7 +65,14 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         SimMode::Raft(durability) => durability,
         SimMode::Leaderless => return run_leaderless(&args),
     };
-    let mut options = SimOptions { durability, faults: args.faults, nodes: args.nodes, ..SimOptions::default() };
+    let mut options = SimOptions {
+        durability,
+        faults: args.faults,
+        nodes: args.nodes,
+        sessions: !args.no_sessions,
+        wipe_rejoiners: args.wipe_rejoiners,
+        ..SimOptions::default()
+    };
     if let Some(safety_ms) = args.safety_ms {
         options.safety_ms = safety_ms;
     }
@@ -70,8 +85,12 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
             }
         }
         println!(
-            "seed {seed}: {} ops checked, {} faults injected, {} undecided keys",
-            report.ops_checked, report.faults_injected, report.undecided_keys
+            "seed {seed}: {} ops checked, {} session reads checked, {} membership changes, {} faults injected, {} undecided keys",
+            report.ops_checked,
+            report.session_reads_checked,
+            report.stats.membership_changes,
+            report.faults_injected,
+            report.undecided_keys
         );
         if !report.failures.is_empty() {
             for failure in &report.failures {

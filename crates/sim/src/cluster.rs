@@ -27,13 +27,15 @@ use std::rc::Rc;
 use bytes::Bytes;
 use chorus_core::log::{EntryPayload, LogEntry, WriteOp};
 use chorus_core::raft::{
-    AppendOutcome, Effect, HardState, Message, ProposeError, Raft, RaftConfig, RestoredState, Role, SnapshotMeta,
+    AppendOutcome, Effect, HardState, Membership, MembershipChange, Message, ProposeError, Raft, RaftConfig,
+    RestoredState, Role, SnapshotMeta,
 };
 use chorus_core::state::{MemoryState, StateView};
 use chorus_core::types::{LogIndex, NodeId, Term, UnixMillis};
 
 use crate::SimRng;
 use crate::checker::safety::{AppliedLog, ElectionSafety, check_prefixes};
+use crate::checker::session::{SessionChecker, SessionEvent};
 use crate::history::{Command, History, OpId, Outcome, Output};
 use crate::options::{DriverBug, Knobs, SimOptions};
 
@@ -45,6 +47,13 @@ const TICK_MS: u64 = 10;
 const FAILURES_MAX: usize = 20;
 /// A client that is refused waits this long before asking again.
 const RETRY_BACKOFF_MS_MAX: u64 = 30;
+/// A replica waits this long (simulated) to have applied a session read's token, then answers
+/// with an error (the node's follower-read timeout).
+const SESSION_WAIT_MS: u64 = 400;
+/// A replayed message arrives at least this long after it was sent.
+const REPLAY_MS_MIN: u64 = 150;
+/// With membership faults, this many spare nodes start outside the group, ready to join.
+const SPARE_NODES: usize = 2;
 
 /// Counters for the report.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -57,6 +66,8 @@ pub struct RunStats {
     pub messages_sent: u64,
     pub messages_dropped: u64,
     pub messages_duplicated: u64,
+    /// Peer messages delivered again long after they were sent (stale replays).
+    pub messages_replayed: u64,
     pub elections: u64,
     pub max_term: u64,
     pub entries_committed: u64,
@@ -69,6 +80,14 @@ pub struct RunStats {
     /// Writes acknowledged to a client whose entry is not in the final log (async / semi-sync).
     pub acknowledged_writes_lost: u64,
     pub reads_served: u64,
+    /// Membership changes proposed (accepted by a leader), and refused by one.
+    pub membership_changes: u64,
+    pub membership_refused: u64,
+    /// Nodes whose disk was wiped before they joined again (a fresh `RestoredState::joining()`).
+    pub nodes_wiped: u64,
+    /// Session (follower) reads served, and given up (by the replica's wait or the client).
+    pub session_reads_served: u64,
+    pub session_reads_failed: u64,
     /// When the liveness phase first saw a leader, and a write acknowledged, after healing.
     pub leader_after_heal_ms: Option<u64>,
     pub write_after_heal_ms: Option<u64>,
@@ -84,7 +103,10 @@ enum Endpoint {
 /// What a client is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ClientReply {
-    Ok(Output),
+    /// Done; a write says the index of its entry (the client's next session token).
+    Ok(Output, Option<LogIndex>),
+    /// A session read served from the replica's state applied up to `index`.
+    SessionRead { value: Option<u64>, index: LogIndex },
     /// Certainly not performed (the entry proposed for it lost its place in the log).
     Fail,
     /// Not performed here, nothing proposed: ask `hint` (or anyone).
@@ -106,8 +128,21 @@ struct SnapshotTransfer {
 enum Payload {
     Peer(Message),
     Snapshot(Box<SnapshotTransfer>),
-    Request { request: u64, key: u64, command: Command },
-    Reply { request: u64, reply: ClientReply },
+    Request {
+        request: u64,
+        key: u64,
+        command: Command,
+    },
+    /// A follower read with the client's session token.
+    SessionRead {
+        request: u64,
+        key: u64,
+        token: LogIndex,
+    },
+    Reply {
+        request: u64,
+        reply: ClientReply,
+    },
 }
 
 #[derive(Debug)]
@@ -118,6 +153,7 @@ enum Event {
     Restart { node: usize, incarnation: u64 },
     Client { client: usize, wake: u64 },
     Fault,
+    Membership,
     Heal { epoch: u64 },
 }
 
@@ -219,11 +255,23 @@ struct PendingRead {
     ready_at: Option<LogIndex>,
 }
 
+#[derive(Debug)]
+struct PendingSessionRead {
+    client: usize,
+    request: u64,
+    key: u64,
+    token: LogIndex,
+    /// Simulated ms after which the replica gives up waiting.
+    deadline: u64,
+}
+
 /// One replica: its disk, and while it runs, its engine and volatile state.
 #[derive(Debug)]
 struct Node {
     id: NodeId,
     raft: Option<Raft>,
+    /// Started at least once: a spare node waits outside the group until it is added.
+    launched: bool,
     /// Bumped at every crash: events of an earlier life are ignored.
     incarnation: u64,
     restarts: u64,
@@ -244,11 +292,15 @@ struct Node {
     held: VecDeque<(u64, NodeId, Payload)>,
     pending_writes: Vec<PendingWrite>,
     pending_reads: BTreeMap<u64, PendingRead>,
+    pending_session_reads: Vec<PendingSessionRead>,
 }
 
 #[derive(Debug)]
 struct ClientOp {
-    id: OpId,
+    /// `None` for a session read, which is not in the linearizable history.
+    id: Option<OpId>,
+    /// A session read: the replica asked, and the token sent.
+    session: Option<(usize, LogIndex)>,
     key: u64,
     command: Command,
     deadline: u64,
@@ -265,6 +317,9 @@ struct Client {
     wake: u64,
     /// The last value this client saw per key (what its compare-and-sets expect).
     seen: BTreeMap<u64, u64>,
+    /// The session token: the index of its last acknowledged write or the index its last session
+    /// read was served at, whichever is later.
+    token: LogIndex,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -282,6 +337,7 @@ pub struct ClusterRun {
     pub stats: RunStats,
     pub trace: Option<Vec<String>>,
     pub knobs: Knobs,
+    pub sessions: SessionChecker,
 }
 
 pub struct Cluster {
@@ -300,6 +356,7 @@ pub struct Cluster {
     partition_epoch: u64,
     loss_per_mille: u64,
     duplicate_per_mille: u64,
+    replay_per_mille: u64,
     tail_per_mille: u64,
     slow_fsync_per_mille: u64,
     history: History,
@@ -314,6 +371,16 @@ pub struct Cluster {
     stats: RunStats,
     trace: Option<Vec<String>>,
     heal_at: u64,
+    sessions: SessionChecker,
+    /// The latest configuration known committed (applied by some replica), and its index.
+    committed_config: (LogIndex, Membership),
+    /// The term of the replica that first applied it: no election of an earlier term (whose votes
+    /// may have been cast before the change committed) is held against a node it removed.
+    committed_config_term: Term,
+    /// Per node, the index of the latest configuration proposed that made it a voter.
+    voter_proposed_at: BTreeMap<NodeId, LogIndex>,
+    /// A voter to remove once it no longer leads (it was asked to hand over).
+    removal_after_transfer: Option<NodeId>,
 }
 
 impl Cluster {
@@ -321,10 +388,14 @@ impl Cluster {
         let mut rng = SimRng::new(seed);
         let knobs = Knobs::draw(&mut rng, options);
         let voters: Vec<NodeId> = (1..=knobs.nodes as u64).map(NodeId).collect();
+        let spares = if options.faults.membership { SPARE_NODES } else { 0 };
         let mut nodes = Vec::new();
         let empty = Rc::new(MemoryState::new());
-        for id in voters.iter().copied() {
-            let bootstrap = RestoredState::bootstrap(voters.iter().copied());
+        for id in (1..=(knobs.nodes + spares) as u64).map(NodeId) {
+            // A spare's disk is empty: it starts as `RestoredState::joining()` when it is added.
+            let launched = voters.contains(&id);
+            let bootstrap =
+                if launched { RestoredState::bootstrap(voters.iter().copied()) } else { RestoredState::joining() };
             let drift = if knobs.clock_drift_ppm_max > 0 {
                 rng.below(2 * knobs.clock_drift_ppm_max + 1) as i64 - knobs.clock_drift_ppm_max as i64
             } else {
@@ -334,6 +405,7 @@ impl Cluster {
             nodes.push(Node {
                 id,
                 raft: None,
+                launched,
                 incarnation: 0,
                 restarts: 0,
                 disk: Disk {
@@ -355,16 +427,24 @@ impl Cluster {
                 held: VecDeque::new(),
                 pending_writes: Vec::new(),
                 pending_reads: BTreeMap::new(),
+                pending_session_reads: Vec::new(),
             });
         }
         let clients = (0..knobs.clients)
-            .map(|_| Client { guess: rng.below(knobs.nodes as u64) as usize, op: None, wake: 0, seen: BTreeMap::new() })
+            .map(|_| Client {
+                guess: rng.below(knobs.nodes as u64) as usize,
+                op: None,
+                wake: 0,
+                seen: BTreeMap::new(),
+                token: LogIndex::ZERO,
+            })
             .collect();
         Cluster {
             seed,
             options: options.clone(),
             loss_per_mille: knobs.loss_per_mille,
             duplicate_per_mille: knobs.duplicate_per_mille,
+            replay_per_mille: knobs.replay_per_mille,
             tail_per_mille: knobs.tail_per_mille,
             slow_fsync_per_mille: knobs.slow_fsync_per_mille,
             knobs,
@@ -388,6 +468,11 @@ impl Cluster {
             stats: RunStats::default(),
             trace: options.trace.then(Vec::new),
             heal_at: 0,
+            sessions: SessionChecker::new(),
+            committed_config: (LogIndex::ZERO, Membership::with_voters(voters.iter().copied())),
+            committed_config_term: Term(0),
+            voter_proposed_at: BTreeMap::new(),
+            removal_after_transfer: None,
         }
     }
 
@@ -398,7 +483,9 @@ impl Cluster {
         let seed = self.seed;
         self.trace_line(|| format!("start seed {seed} knobs {knobs:?}"));
         for node in 0..self.nodes.len() {
-            self.start_node(node);
+            if self.nodes[node].launched {
+                self.start_node(node);
+            }
         }
         for client in 0..self.clients.len() {
             let at = self.rng.below(50);
@@ -407,6 +494,10 @@ impl Cluster {
         if self.fault_weights() > 0 {
             let at = self.rng.below(self.knobs.fault_interval_ms) + 1;
             self.schedule(at, Event::Fault);
+        }
+        if self.knobs.membership_interval_ms > 0 {
+            let at = self.rng.below(self.knobs.membership_interval_ms) + 1;
+            self.schedule(at, Event::Membership);
         }
 
         let safety_end = self.options.safety_ms;
@@ -450,11 +541,19 @@ impl Cluster {
     pub fn finish(self) -> ClusterRun {
         let mut history = self.history;
         // Whatever is still in flight may or may not have happened.
-        let open: Vec<OpId> = self.clients.iter().filter_map(|client| client.op.as_ref().map(|op| op.id)).collect();
+        let open: Vec<OpId> =
+            self.clients.iter().filter_map(|client| client.op.as_ref().and_then(|op| op.id)).collect();
         for id in open {
             history.complete(id, Outcome::Unknown, self.now);
         }
-        ClusterRun { history, failures: self.failures, stats: self.stats, trace: self.trace, knobs: self.knobs }
+        ClusterRun {
+            history,
+            failures: self.failures,
+            stats: self.stats,
+            trace: self.trace,
+            knobs: self.knobs,
+            sessions: self.sessions,
+        }
     }
 
     /// The trace so far and the failures, for a run cut short by a panic.
@@ -505,6 +604,14 @@ impl Cluster {
                 }
             }
             Event::Fault => self.fault(),
+            Event::Membership => {
+                if self.phase == Phase::Safety {
+                    self.membership_change();
+                    self.stats.faults_injected += 1;
+                    let next = self.now + 1 + self.rng.below(2 * self.knobs.membership_interval_ms);
+                    self.schedule(next, Event::Membership);
+                }
+            }
             Event::Heal { epoch } => {
                 if epoch == self.partition_epoch && !self.cut.is_empty() {
                     self.cut.clear();
@@ -548,14 +655,22 @@ impl Cluster {
             .iter()
             .map(|node| match node.raft.as_ref() {
                 Some(raft) => format!(
-                    "n{} {:?} term {} commit {} last {} applied {}",
+                    "n{} {:?}{} term {} commit {} last {} applied {}",
                     node.id,
                     raft.role(),
+                    if raft.membership().is_voter(node.id) {
+                        ""
+                    } else if raft.membership().is_member(node.id) {
+                        " (learner)"
+                    } else {
+                        " (not a member)"
+                    },
                     raft.term(),
                     raft.commit_index(),
                     raft.last_index(),
                     node.state.applied_index()
                 ),
+                None if !node.launched => format!("n{} spare", node.id),
                 None => format!("n{} down", node.id),
             })
             .collect();
@@ -591,6 +706,7 @@ impl Cluster {
             committed_index: n.disk.snapshot.index,
         };
         n.raft = Some(Raft::new(config, restored));
+        n.launched = true;
         n.state = MemoryState::clone(&n.disk.snapshot_state);
         n.applied_terms = n.disk.snapshot_terms.clone();
         n.diverged = false;
@@ -637,6 +753,7 @@ impl Cluster {
         n.held.clear();
         n.pending_writes.clear();
         n.pending_reads.clear();
+        n.pending_session_reads.clear();
         let incarnation = n.incarnation;
         self.stats.crashes += 1;
         for problem in problems {
@@ -656,6 +773,7 @@ impl Cluster {
             raft.tick(now);
         }
         self.drain(node);
+        self.expire_session_reads(node);
         if self.knobs.checkpoint_per_mille > 0 && self.rng.chance(self.knobs.checkpoint_per_mille, 1000) {
             self.checkpoint(node);
         }
@@ -787,6 +905,14 @@ impl Cluster {
                         self.fail(failure);
                     }
                 }
+                if role == Role::Leader && self.strict() && !self.may_campaign(id) && term >= self.committed_config_term
+                {
+                    let (index, config) = &self.committed_config;
+                    self.fail(format!(
+                        "membership: node {id}, not a voter of the configuration committed at {index} ({config}), \
+                         became leader in term {term}"
+                    ));
+                }
             }
         }
     }
@@ -881,6 +1007,7 @@ impl Cluster {
         let strict = self.strict();
         let mut problems = Vec::new();
         let n = &mut self.nodes[node];
+        let applier_term = n.raft.as_ref().map_or(Term(0), Raft::term);
         for entry in entries {
             if entry.index <= n.state.applied_index() {
                 continue;
@@ -891,14 +1018,61 @@ impl Cluster {
             }
             n.state.apply(std::slice::from_ref(entry));
             n.applied_terms.push(entry.term);
+            let known = self.applied_log.len();
             if strict && let Err(problem) = self.applied_log.observe(n.id, entry.index, entry.term) {
                 problems.push(problem);
+            }
+            if self.applied_log.len() > known {
+                // The first replica to apply this index: the committed log's entry there.
+                self.sessions.committed(entry.index, &entry_writes(entry));
+            }
+            if let EntryPayload::Membership(config) = &entry.payload
+                && entry.index > self.committed_config.0
+            {
+                self.committed_config = (entry.index, config.clone());
+                self.committed_config_term = applier_term;
             }
             self.stats.entries_committed = self.stats.entries_committed.max(entry.index.0);
         }
         for problem in problems {
             self.fail(problem);
         }
+    }
+
+    /// A vote request from `candidate` moved `node` past `term`. If the candidate was removed by a
+    /// committed change (and not added back), `node` is a member, and the new term is past every
+    /// other member's (not a member catching up with a stale request), a removed node disrupted the
+    /// group it left (its term would depose the leader).
+    fn check_not_disrupted_by(&mut self, candidate: NodeId, node: usize, term: Term) {
+        let id = self.nodes[node].id;
+        if !self.strict() || self.may_campaign(candidate) || !self.committed_config.1.is_member(id) {
+            return;
+        }
+        let now_term = self.nodes[node].raft.as_ref().map_or(term, Raft::term);
+        let members_term = self
+            .nodes
+            .iter()
+            .filter(|other| other.id != id && other.id != candidate && self.committed_config.1.is_member(other.id))
+            .filter_map(|other| other.raft.as_ref().map(Raft::term))
+            .max()
+            .unwrap_or(Term(0));
+        if now_term <= members_term || now_term < self.committed_config_term {
+            return;
+        }
+        let (index, config) = &self.committed_config;
+        self.fail(format!(
+            "membership: node {candidate}, not a voter of the configuration committed at {index} ({config}), \
+             disrupted member {id}: its vote request moved it from term {term} to {now_term}"
+        ));
+    }
+
+    /// Whether `id` may legitimately campaign: a voter of the configuration known committed, or of
+    /// one proposed since (configurations are in force once appended). A node removed by a
+    /// committed change, and not added back since, must never become a candidate: it would disrupt
+    /// the group it left.
+    fn may_campaign(&self, id: NodeId) -> bool {
+        let (index, config) = &self.committed_config;
+        config.is_voter(id) || self.voter_proposed_at.get(&id).is_some_and(|at| at > index)
     }
 
     /// Answers the writes whose entries are applied, and the reads that can be served.
@@ -913,18 +1087,19 @@ impl Cluster {
             }
             let position = usize::try_from(write.index.0 - 1).unwrap_or(usize::MAX);
             let kept = terms.get(position) == Some(&write.term);
-            let reply = if kept { ClientReply::Ok(write.output) } else { ClientReply::Fail };
+            let reply = if kept { ClientReply::Ok(write.output, Some(write.index)) } else { ClientReply::Fail };
             answers.push((write.client, write.request, reply, write.index, write.term));
             false
         });
         for (client, request, reply, index, term) in answers {
-            if let ClientReply::Ok(_) = reply {
+            if let ClientReply::Ok(..) = reply {
                 self.acknowledged.push((index, term));
                 self.stats.writes_acknowledged += 1;
             }
             self.reply(node, client, request, reply);
         }
         self.serve_reads(node);
+        self.serve_session_reads(node);
     }
 
     fn serve_reads(&mut self, node: usize) {
@@ -943,7 +1118,53 @@ impl Cluster {
             let Some(read) = self.nodes[node].pending_reads.remove(&read_id) else { continue };
             let value = self.read_value(node, read.key);
             self.stats.reads_served += 1;
-            self.reply(node, read.client, read.request, ClientReply::Ok(Output::Read(value)));
+            self.reply(node, read.client, read.request, ClientReply::Ok(Output::Read(value), None));
+        }
+    }
+
+    /// A session (follower) read: served from this replica's applied state once it has applied the
+    /// session's token, or given up after [`SESSION_WAIT_MS`].
+    fn handle_session_read(&mut self, node: usize, client: usize, request: u64, key: u64, token: LogIndex) {
+        if self.nodes[node].raft.is_none() {
+            return;
+        }
+        let deadline = self.now + SESSION_WAIT_MS;
+        self.nodes[node].pending_session_reads.push(PendingSessionRead { client, request, key, token, deadline });
+        self.serve_session_reads(node);
+    }
+
+    fn serve_session_reads(&mut self, node: usize) {
+        let n = &mut self.nodes[node];
+        if n.diverged || n.pending_session_reads.is_empty() {
+            return;
+        }
+        let applied = n.state.applied_index();
+        let ignore_token = self.options.driver_bug == Some(DriverBug::SessionReadWithoutWait);
+        let (ready, waiting): (Vec<PendingSessionRead>, Vec<PendingSessionRead>) =
+            std::mem::take(&mut n.pending_session_reads)
+                .into_iter()
+                .partition(|read| ignore_token || read.token <= applied);
+        n.pending_session_reads = waiting;
+        for read in ready {
+            let value = self.read_value(node, read.key);
+            self.stats.session_reads_served += 1;
+            let reply = ClientReply::SessionRead { value, index: applied };
+            self.reply(node, read.client, read.request, reply);
+        }
+    }
+
+    /// Session reads that waited too long for their token are answered with an error.
+    fn expire_session_reads(&mut self, node: usize) {
+        let now = self.now;
+        let n = &mut self.nodes[node];
+        if n.pending_session_reads.iter().all(|read| read.deadline > now) {
+            return;
+        }
+        let (expired, waiting): (Vec<PendingSessionRead>, Vec<PendingSessionRead>) =
+            std::mem::take(&mut n.pending_session_reads).into_iter().partition(|read| read.deadline <= now);
+        n.pending_session_reads = waiting;
+        for read in expired {
+            self.reply(node, read.client, read.request, ClientReply::Fail);
         }
     }
 
@@ -1009,7 +1230,7 @@ impl Cluster {
         if command == Command::Read {
             if self.options.driver_bug == Some(DriverBug::ReadWithoutReadIndex) {
                 let value = self.read_value(node, key);
-                self.reply(node, client, request, ClientReply::Ok(Output::Read(value)));
+                self.reply(node, client, request, ClientReply::Ok(Output::Read(value), None));
                 return;
             }
             self.next_read += 1;
@@ -1044,7 +1265,7 @@ impl Cluster {
                 self.trace_line(|| format!("n{} propose {index}/{term} for client {client} {command:?}", node + 1));
                 if self.options.driver_bug == Some(DriverBug::AckBeforeCommit) {
                     self.acknowledged.push((index, term));
-                    self.reply(node, client, request, ClientReply::Ok(output));
+                    self.reply(node, client, request, ClientReply::Ok(output, Some(index)));
                 } else {
                     self.nodes[node].pending_writes.push(PendingWrite { index, term, client, request, output });
                 }
@@ -1083,7 +1304,13 @@ impl Cluster {
         if let (Endpoint::Node(a), Endpoint::Node(b)) = (from, to)
             && self.cut.contains(&(a, b))
         {
-            self.stats.messages_dropped += 1;
+            // A partition drops the message, or, with stale replays, holds it (a stalled connection)
+            // and delivers it long after, possibly terms later.
+            if self.replay_per_mille > 0 && self.rng.chance(self.replay_per_mille, 1000) {
+                self.replay(from, to, payload);
+            } else {
+                self.stats.messages_dropped += 1;
+            }
             return;
         }
         if self.loss_per_mille > 0 && self.rng.chance(self.loss_per_mille, 1000) {
@@ -1101,7 +1328,21 @@ impl Cluster {
             let at = self.now + self.latency();
             self.schedule(at, Event::Deliver { from, to, payload: payload.clone() });
         }
+        if peer && self.replay_per_mille > 0 && self.rng.chance(self.replay_per_mille, 1000) {
+            self.replay(from, to, payload.clone());
+        }
         let at = self.now + self.latency();
+        self.schedule(at, Event::Deliver { from, to, payload });
+    }
+
+    /// Delivers a peer message long after it was sent (a stale replay).
+    fn replay(&mut self, from: Endpoint, to: Endpoint, payload: Payload) {
+        self.stats.messages_replayed += 1;
+        let at = self.now + REPLAY_MS_MIN + self.rng.below(self.knobs.replay_ms_max);
+        if self.trace.is_some() {
+            let what = describe(&payload);
+            self.trace_line(|| format!("REPLAY at {at} {} -> {}: {what}", endpoint(from), endpoint(to)));
+        }
         self.schedule(at, Event::Deliver { from, to, payload });
     }
 
@@ -1117,12 +1358,23 @@ impl Cluster {
                     self.handle_request(node, client, request, key, command);
                 }
             }
+            (Endpoint::Node(node), Payload::SessionRead { request, key, token }) => {
+                if let Endpoint::Client(client) = from {
+                    self.handle_session_read(node, client, request, key, token);
+                }
+            }
             (Endpoint::Node(node), Payload::Peer(message)) => {
                 let Endpoint::Node(sender) = from else { return };
                 let now = self.local_now(node);
                 let from_id = self.nodes[sender].id;
+                let vote_request = matches!(message, Message::RequestVote(_));
                 let Some(raft) = self.nodes[node].raft.as_mut() else { return };
+                let term = raft.term();
                 raft.handle_message(now, from_id, message);
+                let disrupted = raft.term() > term;
+                if vote_request && disrupted {
+                    self.check_not_disrupted_by(from_id, node, term);
+                }
                 self.drain(node);
             }
             (Endpoint::Node(node), Payload::Snapshot(transfer)) => {
@@ -1275,12 +1527,156 @@ impl Cluster {
         else {
             return;
         };
-        let target = (leader + 1 + self.rng.below(self.nodes.len() as u64 - 1) as usize) % self.nodes.len();
-        let target_id = self.nodes[target].id;
+        let target_id = if self.options.faults.membership {
+            // Among the voters the leader knows (others would be refused).
+            let others: Vec<NodeId> = self.nodes[leader]
+                .raft
+                .as_ref()
+                .map(|raft| {
+                    raft.membership().voters.iter().copied().filter(|id| *id != self.nodes[leader].id).collect()
+                })
+                .unwrap_or_default();
+            if others.is_empty() {
+                return;
+            }
+            others[self.rng.below(others.len() as u64) as usize]
+        } else {
+            let target = (leader + 1 + self.rng.below(self.nodes.len() as u64 - 1) as usize) % self.nodes.len();
+            self.nodes[target].id
+        };
         let now = self.local_now(leader);
         let result = self.nodes[leader].raft.as_mut().map(|raft| raft.transfer_leadership(now, target_id));
         self.trace_line(|| format!("TRANSFER n{} -> n{target_id}: {result:?}", leader + 1));
         self.drain(leader);
+    }
+
+    /// One online single-server change, proposed to the leader of the highest term: a node outside
+    /// the group joins (as a learner mostly, sometimes straight as a voter), a learner is promoted, a
+    /// learner or a voter leaves (a leader to be removed is first asked to hand over). A node that
+    /// joins is started if it is not running; a former member may first have its disk wiped (it then
+    /// starts as `RestoredState::joining()` and catches up by log or snapshot), but only once no
+    /// replica's configuration mentions it any more.
+    fn membership_change(&mut self) {
+        let Some(leader) = self.leader() else { return };
+        let leader_id = self.nodes[leader].id;
+        let Some(config) = self.nodes[leader].raft.as_ref().map(|raft| raft.membership().clone()) else { return };
+        let change = match self.removal_after_transfer.take() {
+            Some(voter) if voter != leader_id && config.is_voter(voter) && config.voters.len() > 2 => {
+                MembershipChange::RemoveNode(voter)
+            }
+            _ => {
+                let outsiders: Vec<usize> =
+                    (0..self.nodes.len()).filter(|node| !config.is_member(self.nodes[*node].id)).collect();
+                let learners: Vec<NodeId> = config.learners.iter().copied().collect();
+                let voters: Vec<NodeId> = config.voters.iter().copied().collect();
+                // 0: add, 1: promote, 2: remove a learner, 3: remove a voter.
+                let mut kinds = Vec::new();
+                if !outsiders.is_empty() {
+                    kinds.push(0);
+                }
+                if !learners.is_empty() {
+                    kinds.extend([1, 2]);
+                }
+                if voters.len() > 2 {
+                    kinds.push(3);
+                }
+                if kinds.is_empty() {
+                    return;
+                }
+                match kinds[self.rng.below(kinds.len() as u64) as usize] {
+                    0 => {
+                        let node = outsiders[self.rng.below(outsiders.len() as u64) as usize];
+                        self.prepare_to_join(node);
+                        let id = self.nodes[node].id;
+                        if self.rng.chance(1, 4) {
+                            MembershipChange::AddVoter(id)
+                        } else {
+                            MembershipChange::AddLearner(id)
+                        }
+                    }
+                    1 => MembershipChange::PromoteLearner(learners[self.rng.below(learners.len() as u64) as usize]),
+                    2 => MembershipChange::RemoveNode(learners[self.rng.below(learners.len() as u64) as usize]),
+                    _ => {
+                        let voter = voters[self.rng.below(voters.len() as u64) as usize];
+                        if voter == leader_id {
+                            // The leader cannot remove itself: it hands over, and goes at the next
+                            // change if it no longer leads.
+                            self.removal_after_transfer = Some(voter);
+                            self.transfer();
+                            return;
+                        }
+                        MembershipChange::RemoveNode(voter)
+                    }
+                }
+            }
+        };
+        let now = self.local_now(leader);
+        let term = self.nodes[leader].raft.as_ref().map(Raft::term);
+        let Some(result) = self.nodes[leader].raft.as_mut().map(|raft| raft.propose_membership_change(now, change))
+        else {
+            return;
+        };
+        self.trace_line(|| format!("MEMBERSHIP n{leader_id} term {term:?} proposes {change:?}: {result:?}"));
+        match result {
+            Ok(index) => {
+                self.stats.membership_changes += 1;
+                if let MembershipChange::AddVoter(id) | MembershipChange::PromoteLearner(id) = change {
+                    self.voter_proposed_at.insert(id, index);
+                }
+            }
+            Err(_) => self.stats.membership_refused += 1,
+        }
+        self.drain(leader);
+    }
+
+    /// Gets a node outside the group ready to be added: started if not running, and with
+    /// `wipe_rejoiners` half the time (when no replica's latest configuration names it) wiped first,
+    /// as a replacement machine reusing the node's id would be.
+    fn prepare_to_join(&mut self, node: usize) {
+        let running = self.nodes[node].raft.is_some();
+        let wipe = self.options.wipe_rejoiners
+            && self.nodes[node].launched
+            && self.rng.chance(1, 2)
+            && !self.mentioned_by_others(node);
+        if wipe {
+            let n = &mut self.nodes[node];
+            n.raft = None;
+            n.incarnation += 1;
+            n.queue.clear();
+            n.held.clear();
+            n.pending_writes.clear();
+            n.pending_reads.clear();
+            n.pending_session_reads.clear();
+            let joining = RestoredState::joining();
+            n.disk = Disk {
+                hard_state: joining.hard_state,
+                snapshot: joining.snapshot,
+                snapshot_state: Rc::new(MemoryState::new()),
+                snapshot_terms: Vec::new(),
+                log: Vec::new(),
+            };
+            self.stats.nodes_wiped += 1;
+            self.trace_line(|| format!("n{} WIPED to join again", node + 1));
+        }
+        if wipe || !running {
+            self.start_node(node);
+        }
+    }
+
+    /// Whether a configuration other nodes hold (in memory, or on the disk of a node that is down)
+    /// still has `node` as a member: its disk may then hold votes and entries the group counts on.
+    fn mentioned_by_others(&self, node: usize) -> bool {
+        let id = self.nodes[node].id;
+        self.nodes.iter().enumerate().filter(|(other, _)| *other != node).any(|(_, other)| match other.raft.as_ref() {
+            Some(raft) => raft.membership().is_member(id),
+            None => {
+                let latest = other.disk.log.iter().rev().find_map(|entry| match &entry.payload {
+                    EntryPayload::Membership(config) => Some(config),
+                    _ => None,
+                });
+                latest.unwrap_or(&other.disk.snapshot.membership).is_member(id)
+            }
+        })
     }
 
     fn clock_jump(&mut self) {
@@ -1299,11 +1695,12 @@ impl Cluster {
         self.partition_epoch += 1;
         self.loss_per_mille = 0;
         self.duplicate_per_mille = 0;
+        self.replay_per_mille = 0;
         self.tail_per_mille = 0;
         self.slow_fsync_per_mille = 0;
         self.trace_line(|| "HEAL everything".to_owned());
         for node in 0..self.nodes.len() {
-            if self.nodes[node].raft.is_none() {
+            if self.nodes[node].raft.is_none() && self.nodes[node].launched {
                 self.start_node(node);
             }
         }
@@ -1326,16 +1723,27 @@ impl Cluster {
         };
         let (id, attempt, deadline) = (op.id, op.attempt, op.deadline);
         if self.now >= deadline {
-            // Timed out: an attempt still out may yet take effect; refusals alone mean it did not.
-            let outcome = if attempt.is_some() { Outcome::Unknown } else { Outcome::Fail };
-            self.complete_op(client, id, outcome);
-            let guess = self.rng.below(self.nodes.len() as u64) as usize;
+            match id {
+                // Timed out: an attempt still out may yet take effect; refusals alone mean it did not.
+                Some(id) => {
+                    let outcome = if attempt.is_some() { Outcome::Unknown } else { Outcome::Fail };
+                    self.complete_op(client, id, outcome);
+                }
+                None => self.session_read_failed(client),
+            }
+            let guess = self.random_launched_node();
             self.clients[client].guess = guess;
             return;
         }
         if attempt.is_none() {
             self.send_attempt(client);
         }
+    }
+
+    /// A node that has been started, uniformly (all of them when there are no spares).
+    fn random_launched_node(&mut self) -> usize {
+        let launched: Vec<usize> = (0..self.nodes.len()).filter(|node| self.nodes[*node].launched).collect();
+        launched[self.rng.below(launched.len() as u64) as usize]
     }
 
     fn start_op(&mut self, client: usize) {
@@ -1353,10 +1761,20 @@ impl Cluster {
             }
             _ => Command::Incr,
         };
-        let id = self.history.invoke(client as u64, key, command, self.now);
         let deadline = self.now + self.knobs.client_timeout_ms;
-        self.trace_line(|| format!("client {client} invoke #{} k{key} {command:?}", id.0));
-        self.clients[client].op = Some(ClientOp { id, key, command, deadline, attempt: None });
+        if command == Command::Read && self.options.sessions && self.rng.chance(1, 2) {
+            // A session read from a random replica, with the session's token.
+            let node = self.random_launched_node();
+            let token = self.clients[client].token;
+            self.trace_line(|| format!("client {client} session read k{key} at n{} token {token}", node + 1));
+            self.clients[client].op =
+                Some(ClientOp { id: None, session: Some((node, token)), key, command, deadline, attempt: None });
+        } else {
+            let id = self.history.invoke(client as u64, key, command, self.now);
+            self.trace_line(|| format!("client {client} invoke #{} k{key} {command:?}", id.0));
+            self.clients[client].op =
+                Some(ClientOp { id: Some(id), session: None, key, command, deadline, attempt: None });
+        }
         self.send_attempt(client);
         self.wake_client(client, deadline);
     }
@@ -1367,9 +1785,13 @@ impl Cluster {
         let c = &mut self.clients[client];
         let Some(op) = c.op.as_mut() else { return };
         op.attempt = Some(request);
-        let (key, command, deadline) = (op.key, op.command, op.deadline);
+        let (key, command, deadline, session) = (op.key, op.command, op.deadline, op.session);
         let guess = c.guess;
-        self.send(Endpoint::Client(client), Endpoint::Node(guess), Payload::Request { request, key, command });
+        let (to, payload) = match session {
+            Some((node, token)) => (node, Payload::SessionRead { request, key, token }),
+            None => (guess, Payload::Request { request, key, command }),
+        };
+        self.send(Endpoint::Client(client), Endpoint::Node(to), payload);
         self.wake_client(client, deadline);
     }
 
@@ -1378,9 +1800,31 @@ impl Cluster {
         if op.attempt != Some(request) {
             return; // An answer to an attempt already given up on.
         }
-        let (id, key, command) = (op.id, op.key, op.command);
+        let (id, key, command, session) = (op.id, op.key, op.command, op.session);
+        let Some(id) = id else {
+            match (reply, session) {
+                (ClientReply::SessionRead { value, index }, Some((node, token))) => {
+                    let event = SessionEvent::Read {
+                        client: client as u64,
+                        key,
+                        token,
+                        value,
+                        node: self.nodes[node].id,
+                        served: index,
+                        at_ms: self.now,
+                    };
+                    self.sessions.record(event);
+                    let c = &mut self.clients[client];
+                    c.token = c.token.max(index);
+                    self.trace_line(|| format!("client {client} session read k{key} -> {value:?} at {index}"));
+                    self.finish_op(client);
+                }
+                _ => self.session_read_failed(client),
+            }
+            return;
+        };
         match reply {
-            ClientReply::Ok(output) => {
+            ClientReply::Ok(output, index) => {
                 let seen = match output {
                     Output::Read(value) => value,
                     Output::Incr(value) => Some(value),
@@ -1393,6 +1837,11 @@ impl Cluster {
                 if let Some(value) = seen {
                     self.clients[client].seen.insert(key, value);
                 }
+                if let Some(index) = index {
+                    self.sessions.record(SessionEvent::Wrote { client: client as u64, index });
+                    let c = &mut self.clients[client];
+                    c.token = c.token.max(index);
+                }
                 let is_write = !matches!(command, Command::Read);
                 if is_write && self.phase == Phase::Liveness && self.stats.write_after_heal_ms.is_none() {
                     let invoked = self.history.operations()[id.0].invoke_ms;
@@ -1402,14 +1851,14 @@ impl Cluster {
                 }
                 self.complete_op(client, id, Outcome::Ok(output));
             }
-            ClientReply::Fail => self.complete_op(client, id, Outcome::Fail),
+            ClientReply::Fail | ClientReply::SessionRead { .. } => self.complete_op(client, id, Outcome::Fail),
             ClientReply::Retry(hint) => {
                 if let Some(op) = self.clients[client].op.as_mut() {
                     op.attempt = None;
                 }
                 let guess = match hint {
                     Some(hint) => usize::try_from(hint.0 - 1).unwrap_or(0),
-                    None => self.rng.below(self.nodes.len() as u64) as usize,
+                    None => self.random_launched_node(),
                 };
                 self.clients[client].guess = guess;
                 let at = self.now + 1 + self.rng.below(RETRY_BACKOFF_MS_MAX);
@@ -1421,6 +1870,17 @@ impl Cluster {
     fn complete_op(&mut self, client: usize, id: OpId, outcome: Outcome) {
         self.history.complete(id, outcome, self.now);
         self.trace_line(|| format!("client {client} complete #{} {outcome:?}", id.0));
+        self.finish_op(client);
+    }
+
+    /// A session read the replica gave up on (or that got no answer): nothing to check.
+    fn session_read_failed(&mut self, client: usize) {
+        self.stats.session_reads_failed += 1;
+        self.trace_line(|| format!("client {client} session read failed"));
+        self.finish_op(client);
+    }
+
+    fn finish_op(&mut self, client: usize) {
         self.clients[client].op = None;
         let think = self.now + self.rng.below(self.knobs.think_ms_max + 1);
         self.wake_client(client, think);
@@ -1428,7 +1888,8 @@ impl Cluster {
 
     // ---------------------------------------------------------------- the end
 
-    /// Clients are idle, and every replica has applied the whole log of the one leader.
+    /// Clients are idle, and every member of the group (in the one leader's configuration) has
+    /// applied the whole log of the leader. Nodes outside the group are not waited for.
     fn converged(&self) -> bool {
         if self.clients.iter().any(|client| client.op.is_some()) {
             return false;
@@ -1444,31 +1905,53 @@ impl Cluster {
         if leader.commit_index() != leader.last_index() || leader_node.state.applied_index() != leader.commit_index() {
             return false;
         }
+        let config = leader.membership();
         self.nodes
             .iter()
+            .filter(|node| config.is_member(node.id))
             .all(|node| node.raft.is_some() && !node.diverged && node.state.applied_index() == leader.commit_index())
     }
 
+    /// The node that leads in the highest term, if any.
+    fn leader(&self) -> Option<usize> {
+        (0..self.nodes.len())
+            .filter(|node| self.nodes[*node].raft.as_ref().is_some_and(|raft| raft.role() == Role::Leader))
+            .max_by_key(|node| self.nodes[*node].raft.as_ref().map(Raft::term))
+    }
+
     fn final_checks(&mut self) {
-        let sequences: Vec<(NodeId, &[Term])> =
-            self.nodes.iter().map(|node| (node.id, node.applied_terms.as_slice())).collect();
+        let Some(leader) = self.leader() else { return };
+        let leader_id = self.nodes[leader].id;
+        let config = self.nodes[leader].raft.as_ref().map(|raft| raft.membership().clone()).unwrap_or_default();
+        // Every replica's applied sequence is a prefix of one: members' and, under `quorum` / `all`,
+        // former members' too (under `async` / `semi-sync` a node removed after applying entries a
+        // failover lost keeps them: nobody repairs a node outside the group).
+        let strict = self.strict();
+        let sequences: Vec<(NodeId, &[Term])> = self
+            .nodes
+            .iter()
+            .filter(|node| strict || config.is_member(node.id))
+            .map(|node| (node.id, node.applied_terms.as_slice()))
+            .collect();
         let problems = check_prefixes(&sequences);
         for problem in problems {
             self.fail(problem);
         }
-        // Every replica holds the same key-value state.
-        let reference: Vec<(&[u8], &[u8])> = self.nodes[0].state.iter().map(|(key, value, _)| (key, value)).collect();
+        // Every member holds the leader's key-value state (`converged` found one leader).
+        let reference: Vec<(&[u8], &[u8])> =
+            self.nodes[leader].state.iter().map(|(key, value, _)| (key, value)).collect();
         let differing: Vec<NodeId> = self
             .nodes
             .iter()
+            .filter(|node| config.is_member(node.id))
             .filter(|node| !node.state.iter().map(|(key, value, _)| (key, value)).eq(reference.iter().copied()))
             .map(|node| node.id)
             .collect();
         for id in differing {
-            self.fail(format!("convergence: node {id}'s key-value state differs from node 1's"));
+            self.fail(format!("convergence: node {id}'s key-value state differs from the leader's (node {leader_id})"));
         }
         // Acknowledged writes that did not survive.
-        let final_terms = &self.nodes[0].applied_terms;
+        let final_terms = &self.nodes[leader].applied_terms;
         let lost = self
             .acknowledged
             .iter()
@@ -1486,6 +1969,29 @@ impl Cluster {
 
 fn key_bytes(key: u64) -> Bytes {
     Bytes::from(format!("k{key}"))
+}
+
+/// What an entry writes, per key of the simulated workload (`k<n>` keys, integer values).
+fn entry_writes(entry: &LogEntry) -> Vec<(u64, Option<u64>)> {
+    let EntryPayload::Write(ops) = &entry.payload else { return Vec::new() };
+    let key_of = |key: &[u8]| std::str::from_utf8(key).ok()?.strip_prefix('k')?.parse::<u64>().ok();
+    let mut writes = Vec::new();
+    for op in ops {
+        match op {
+            WriteOp::Put { key, value, .. } => {
+                if let Some(key) = key_of(key) {
+                    writes.push((key, std::str::from_utf8(value).ok().and_then(|text| text.parse().ok())));
+                }
+            }
+            WriteOp::Delete { key } => {
+                if let Some(key) = key_of(key) {
+                    writes.push((key, None));
+                }
+            }
+            WriteOp::Clear => {}
+        }
+    }
+    writes
 }
 
 fn endpoint(endpoint: Endpoint) -> String {
@@ -1539,6 +2045,7 @@ fn describe(payload: &Payload) -> String {
             format!("Snapshot t{} at {}/{}", transfer.leader_term, transfer.meta.index, transfer.meta.term)
         }
         Payload::Request { request, key, command } => format!("request {request} k{key} {command:?}"),
+        Payload::SessionRead { request, key, token } => format!("session read {request} k{key} token {token}"),
         Payload::Reply { request, reply } => format!("reply {request} {reply:?}"),
     }
 }

@@ -11,8 +11,9 @@
 //! 3. heals everything and runs a **liveness phase**: a leader must be elected and a write
 //!    acknowledged within `liveness_ms`;
 //! 4. stops the clients and waits until every replica has applied the same log;
-//! 5. checks: election safety and state machine safety as it goes, then the client history's
-//!    linearizability (`quorum` and `all`; [`checker::linearizability`]) or, for `async` and
+//! 5. checks: election safety, state machine safety and that no removed node campaigns as it goes,
+//!    then the client history's linearizability and the session guarantees of follower reads
+//!    (`quorum` and `all`; [`checker::linearizability`], [`checker::session`]) or, for `async` and
 //!    `semi-sync`, that replicas converged, counting the acknowledged writes lost.
 //!
 //! Layout: [`cluster`] is the simulated world and the node driver, [`checker`] the checkers, each
@@ -45,6 +46,9 @@ pub struct RunReport {
     pub ops_checked: u64,
     /// Client operations invoked.
     pub ops_invoked: u64,
+    /// Session (follower) reads checked for read-your-writes, monotonic reads and consistent prefix
+    /// (`quorum` / `all`).
+    pub session_reads_checked: u64,
     pub faults_injected: u64,
     /// Empty when every check passed. Each line names the seed; [`RunReport::replay`] says how to
     /// run it again.
@@ -71,10 +75,11 @@ impl fmt::Display for RunReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "seed {}: {} ops checked of {} invoked, {} faults, {} failures",
+            "seed {}: {} ops checked of {} invoked, {} session reads checked, {} faults, {} failures",
             self.seed,
             self.ops_checked,
             self.ops_invoked,
+            self.session_reads_checked,
             self.faults_injected,
             self.failures.len()
         )?;
@@ -106,6 +111,7 @@ pub fn run_seed(seed: u64, options: &SimOptions) -> RunReport {
             seed,
             ops_checked: 0,
             ops_invoked: 0,
+            session_reads_checked: 0,
             faults_injected: stats.faults_injected,
             failures,
             undecided_keys: 0,
@@ -131,9 +137,18 @@ pub fn run_seed(seed: u64, options: &SimOptions) -> RunReport {
         }
         report.ops_checked as u64
     };
+    let mut session_reads_checked = 0;
+    if !options.durability.can_lose_committed() {
+        let report = run.sessions.check();
+        session_reads_checked = report.reads_checked;
+        for violation in &report.violations {
+            failures.push(format!("seed {seed}: {violation}"));
+        }
+    }
     RunReport {
         seed,
         ops_checked,
+        session_reads_checked,
         ops_invoked: run.history.len() as u64,
         faults_injected: run.stats.faults_injected,
         failures,
@@ -151,6 +166,8 @@ pub fn run_seed(seed: u64, options: &SimOptions) -> RunReport {
 pub struct SweepReport {
     pub seeds: u64,
     pub ops_checked: u64,
+    pub session_reads_checked: u64,
+    pub membership_changes: u64,
     pub faults_injected: u64,
     pub undecided_keys: u64,
     pub acknowledged_writes_lost: u64,
@@ -170,9 +187,11 @@ impl fmt::Display for SweepReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} seeds, {} ops checked, {} faults injected, {} failed, {} undecided keys, {} acknowledged writes lost, {:.1} s ({:.0} ops/s)",
+            "{} seeds, {} ops checked, {} session reads checked, {} membership changes, {} faults injected, {} failed, {} undecided keys, {} acknowledged writes lost, {:.1} s ({:.0} ops/s)",
             self.seeds,
             self.ops_checked,
+            self.session_reads_checked,
+            self.membership_changes,
             self.faults_injected,
             self.failed.len(),
             self.undecided_keys,
@@ -191,6 +210,8 @@ pub fn run_seeds(first: u64, count: u64, options: &SimOptions) -> SweepReport {
         let report = run_seed(seed, options);
         sweep.seeds += 1;
         sweep.ops_checked += report.ops_checked;
+        sweep.session_reads_checked += report.session_reads_checked;
+        sweep.membership_changes += report.stats.membership_changes;
         sweep.faults_injected += report.faults_injected;
         sweep.undecided_keys += report.undecided_keys;
         sweep.acknowledged_writes_lost += report.stats.acknowledged_writes_lost;

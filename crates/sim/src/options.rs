@@ -25,22 +25,51 @@ pub struct Faults {
     pub clocks: bool,
     /// Leadership transfers at random moments (the leader hands over to a random voter).
     pub transfers: bool,
+    /// Online single-server membership changes at random moments: spare nodes join empty
+    /// (`RestoredState::joining()`) as learners or voters and catch up by log or snapshot, learners
+    /// are promoted, voters and learners are removed (a leader hands over first), removed nodes come
+    /// back (with their old disk, or wiped).
+    pub membership: bool,
+    /// Stale replays: a peer message is delivered again long after it was sent (hundreds of
+    /// milliseconds to seconds), like a retransmission from a stalled connection: a deposed
+    /// leader's appends and an old candidate's votes arrive terms later.
+    pub replays: bool,
 }
 
 impl Faults {
-    pub const NONE: Faults =
-        Faults { network: false, partitions: false, crashes: false, disk: false, clocks: false, transfers: false };
-    pub const ALL: Faults =
-        Faults { network: true, partitions: true, crashes: true, disk: true, clocks: true, transfers: true };
+    pub const NONE: Faults = Faults {
+        network: false,
+        partitions: false,
+        crashes: false,
+        disk: false,
+        clocks: false,
+        transfers: false,
+        membership: false,
+        replays: false,
+    };
+    pub const ALL: Faults = Faults {
+        network: true,
+        partitions: true,
+        crashes: true,
+        disk: true,
+        clocks: true,
+        transfers: true,
+        membership: true,
+        replays: true,
+    };
+    /// Every fault class but membership changes: what `all` meant before they existed, so seeds
+    /// recorded then (regressions, planted-bug bounds) replay as they did.
+    pub const CLASSIC: Faults = Faults { membership: false, replays: false, ..Faults::ALL };
 
     /// The mixes the seed sweeps rotate through.
-    pub const MIXES: [Faults; 6] = [
+    pub const MIXES: [Faults; 7] = [
         Faults::ALL,
         Faults { network: true, ..Faults::NONE },
         Faults { partitions: true, clocks: true, transfers: true, ..Faults::NONE },
         Faults { crashes: true, disk: true, ..Faults::NONE },
         Faults { network: true, crashes: true, ..Faults::NONE },
         Faults::NONE,
+        Faults { membership: true, crashes: true, partitions: true, transfers: true, ..Faults::NONE },
     ];
 }
 
@@ -59,12 +88,20 @@ impl fmt::Display for Faults {
             (self.disk, "disk"),
             (self.clocks, "clock"),
             (self.transfers, "transfer"),
+            (self.membership, "membership"),
+            (self.replays, "replay"),
         ]
         .iter()
         .filter(|(on, _)| *on)
         .map(|(_, name)| *name)
         .collect();
-        if names.is_empty() { f.write_str("none") } else { f.write_str(&names.join(",")) }
+        if *self == Faults::ALL {
+            f.write_str("all")
+        } else if names.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&names.join(","))
+        }
     }
 }
 
@@ -76,7 +113,7 @@ impl fmt::Display for ParseFaultsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "unknown fault {:?} (expected all, none, or a list of network,partition,crash,disk,clock,transfer)",
+            "unknown fault {:?} (expected all, none, or a list of network,partition,crash,disk,clock,transfer,membership,replay)",
             self.0
         )
     }
@@ -88,7 +125,7 @@ impl FromStr for Faults {
     type Err = ParseFaultsError;
 
     /// `all`, `none`, or a comma-separated list of `network`, `partition`, `crash`, `disk`, `clock`,
-    /// `transfer`.
+    /// `transfer`, `membership`, `replay`.
     fn from_str(text: &str) -> Result<Faults, ParseFaultsError> {
         match text {
             "all" => return Ok(Faults::ALL),
@@ -104,6 +141,8 @@ impl FromStr for Faults {
                 "disk" => faults.disk = true,
                 "clock" | "clocks" => faults.clocks = true,
                 "transfer" | "transfers" => faults.transfers = true,
+                "membership" => faults.membership = true,
+                "replay" | "replays" => faults.replays = true,
                 _ => return Err(ParseFaultsError(name.to_owned())),
             }
         }
@@ -124,11 +163,18 @@ pub enum DriverBug {
     /// Applies entries to the state as soon as they are appended to the local log, before they
     /// commit, and serves reads from that state.
     ApplyBeforeCommit,
+    /// Serves a session (follower) read from the replica's applied state at once, without waiting
+    /// until it has applied the session's token.
+    SessionReadWithoutWait,
 }
 
 impl DriverBug {
-    pub const ALL: [DriverBug; 3] =
-        [DriverBug::AckBeforeCommit, DriverBug::ReadWithoutReadIndex, DriverBug::ApplyBeforeCommit];
+    pub const ALL: [DriverBug; 4] = [
+        DriverBug::AckBeforeCommit,
+        DriverBug::ReadWithoutReadIndex,
+        DriverBug::ApplyBeforeCommit,
+        DriverBug::SessionReadWithoutWait,
+    ];
 }
 
 /// What a run is asked to do. The seed decides everything else.
@@ -136,8 +182,18 @@ impl DriverBug {
 pub struct SimOptions {
     pub durability: Durability,
     pub faults: Faults,
-    /// Replicas (all voters); `None`: 3 or 5, drawn from the seed.
+    /// Replicas the group starts with (all voters); `None`: 3 or 5, drawn from the seed. With
+    /// membership faults, two spare nodes wait outside the group to join.
     pub nodes: Option<usize>,
+    /// Session clients: half the reads go to a random replica with the client's session token
+    /// (follower reads, checked for read-your-writes, monotonic reads and consistent prefix).
+    pub sessions: bool,
+    /// Membership changes may wipe a former member's disk before adding it back under the same id.
+    /// Unsafe, and off by default: a node catching up through old log entries adopts old
+    /// configurations (in force once appended) in which it is a voter, and a wiped former voter,
+    /// which has forgotten its log, votes for it (seed 44407: two leaders in one term). Ids of
+    /// removed nodes must not be reused with an empty disk.
+    pub wipe_rejoiners: bool,
     /// Simulated milliseconds of the safety phase (faults on).
     pub safety_ms: u64,
     /// Once faults heal, a leader must be elected and a write acknowledged within this long.
@@ -159,6 +215,8 @@ impl Default for SimOptions {
             durability: Durability::Quorum,
             faults: Faults::ALL,
             nodes: None,
+            sessions: true,
+            wipe_rejoiners: false,
             safety_ms: 5_000,
             liveness_ms: 5_000,
             convergence_ms: 5_000,
@@ -177,6 +235,12 @@ impl SimOptions {
             format!("chorus sim --seed {seed} --mode {} --faults {} --trace", self.durability, self.faults);
         if let Some(nodes) = self.nodes {
             command.push_str(&format!(" --nodes {nodes}"));
+        }
+        if !self.sessions {
+            command.push_str(" --no-sessions");
+        }
+        if self.wipe_rejoiners {
+            command.push_str(" --wipe-rejoiners");
         }
         if self.safety_ms != SimOptions::default().safety_ms {
             command.push_str(&format!(" --safety-ms {}", self.safety_ms));
@@ -211,6 +275,12 @@ pub struct Knobs {
     pub crash_weight: u64,
     pub clock_jump_weight: u64,
     pub transfer_weight: u64,
+    /// Mean milliseconds between membership changes (their own stream of events, beside the other
+    /// faults); 0: none.
+    pub membership_interval_ms: u64,
+    /// Chance that a peer message is delivered once more, `replay_ms_min..=replay_ms_max` later.
+    pub replay_per_mille: u64,
+    pub replay_ms_max: u64,
     /// Per node, the clock runs fast or slow by up to this many parts per million.
     pub clock_drift_ppm_max: u64,
     pub fsync_ms_max: u64,
@@ -255,6 +325,10 @@ impl Knobs {
         let entries_per_append_max = pick(&[1, 8, 64]) as usize;
         // Drawn last, so that adding a knob keeps the earlier draws (and recorded seeds) as they were.
         let transfer_weight = if faults.transfers { pick(&[0, 1, 2]) } else { 0 };
+        // Drawn only when asked for: runs without membership changes draw exactly what they did.
+        let membership_interval_ms = if faults.membership { pick(&[150, 300, 700]) } else { 0 };
+        let (replay_per_mille, replay_ms_max) =
+            if faults.replays { (pick(&[20, 60, 150]), pick(&[600, 2_000])) } else { (0, 0) };
         Knobs {
             nodes,
             clients,
@@ -270,6 +344,9 @@ impl Knobs {
             crash_weight,
             clock_jump_weight,
             transfer_weight,
+            membership_interval_ms,
+            replay_per_mille,
+            replay_ms_max,
             clock_drift_ppm_max,
             fsync_ms_max,
             slow_fsync_per_mille,
@@ -297,6 +374,9 @@ mod tests {
         assert_eq!(some.to_string(), "network,crash");
         assert_eq!(Faults::ALL.to_string().parse::<Faults>(), Ok(Faults::ALL));
         assert_eq!(Faults::NONE.to_string(), "none");
+        assert_eq!(Faults::ALL.to_string(), "all");
+        assert_eq!(Faults::CLASSIC.to_string().parse::<Faults>(), Ok(Faults::CLASSIC));
+        assert_eq!("membership".parse::<Faults>(), Ok(Faults { membership: true, ..Faults::NONE }));
         assert!("lightning".parse::<Faults>().is_err());
     }
 

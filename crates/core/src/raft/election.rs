@@ -213,7 +213,7 @@ impl Raft {
             pending_reads: Default::default(),
             transfer: None,
         });
-        self.sync_progress_with_membership(now);
+        self.sync_progress_with_membership(now, false);
         self.report_role();
         let index = self.append_as_leader(EntryPayload::Noop);
         assert_eq!(index, next, "the no-op does not open the term");
@@ -222,7 +222,10 @@ impl Raft {
     }
 
     /// Gives every member other than this node a progress entry, and drops those of former members.
-    pub(super) fn sync_progress_with_membership(&mut self, now: UnixMillis) {
+    /// `mid_term`: a node added during the term may be one removed earlier in it, whose answers to
+    /// the appends of its earlier life may still be in flight (and wrong: it may have been wiped);
+    /// the read-index round moves on, and answers from earlier rounds are ignored for it.
+    pub(super) fn sync_progress_with_membership(&mut self, now: UnixMillis, mid_term: bool) {
         let Some(lead) = self.lead.as_mut() else {
             return;
         };
@@ -231,7 +234,12 @@ impl Raft {
         lead.progress.retain(|node, _| membership.is_member(*node));
         let next = self.log.last_index().next();
         for node in membership.members().filter(|node| *node != me) {
-            lead.progress.entry(node).or_insert_with(|| Progress::new(next, now));
+            if !lead.progress.contains_key(&node) {
+                if mid_term {
+                    lead.read_seq += 1;
+                }
+                lead.progress.insert(node, Progress::new(next, now, lead.read_seq));
+            }
         }
         if lead.transfer.is_some_and(|transfer| !membership.is_voter(transfer.target)) {
             lead.transfer = None;

@@ -448,8 +448,18 @@ impl Raft {
                 Message::PreVote(_) => {}
                 Message::PreVoteResponse(response) if response.granted => {}
                 // Dissertation §4.2.3: while a leader is heard from, a vote request does not disrupt
-                // it, unless the leader itself asked for the election.
-                Message::RequestVote(request) if !request.leadership_transfer && self.in_leader_lease(now) => return,
+                // it, unless the leader itself asked for the election. A transfer target has the
+                // leader's whole log (no entry is appended while a transfer runs), so one whose log
+                // is behind this node's was told to campaign long ago: a `TimeoutNow` delayed past
+                // the transfer's end, possibly to a node removed since (it never gets its removal).
+                Message::RequestVote(request)
+                    if self.in_leader_lease(now)
+                        && (!request.leadership_transfer
+                            || (request.last_log_term, request.last_log_index)
+                                < (self.log.last_term(), self.log.last_index())) =>
+                {
+                    return;
+                }
                 Message::AppendEntries(_) | Message::TimeoutNow { .. } | Message::SnapshotRequired { .. } => {
                     self.become_follower(now, term, Some(from));
                 }
@@ -511,7 +521,12 @@ impl Raft {
         let lead = self.lead.as_ref().ok_or(ProposeError::NotLeader { leader_hint: self.leader })?;
         // Dissertation §4.1 (and its 2015 erratum): one change at a time, and only once an entry of
         // this term has committed, so no uncommitted change of an earlier leader is still in play.
-        if self.log.membership_index() > self.commit_index || self.commit_index < lead.term_start_index {
+        // Both must also be held by a majority of voters, whatever the durability mode: under
+        // `async` / `semi-sync` a committed change may be lost in a failover, and a change made on
+        // top of it would leave nodes two configurations apart, whose majorities need not overlap
+        // (two leaders in one term).
+        let settled = self.commit_index.min(self.majority_durable_index());
+        if self.log.membership_index() > settled || settled < lead.term_start_index {
             return Err(ProposeError::MembershipChangePending);
         }
         if change == MembershipChange::RemoveNode(self.config.node_id) {
@@ -524,7 +539,7 @@ impl Raft {
             next = next.with_address(node, address);
         }
         let index = self.append_as_leader(EntryPayload::Membership(next));
-        self.sync_progress_with_membership(now);
+        self.sync_progress_with_membership(now, true);
         self.broadcast_append(now);
         self.leader_maybe_commit();
         Ok(index)

@@ -38,10 +38,13 @@ pub(crate) struct Progress {
     pub(crate) added_at: UnixMillis,
     /// The highest read-index round the follower has answered.
     pub(crate) read_seq_acked: u64,
+    /// Answers with an older read-index round were sent before the leader started tracking this
+    /// follower (to an earlier life of a node removed and added back in this term): ignored.
+    pub(crate) first_read_seq: u64,
 }
 
 impl Progress {
-    pub(crate) fn new(next_index: LogIndex, now: UnixMillis) -> Progress {
+    pub(crate) fn new(next_index: LogIndex, now: UnixMillis, first_read_seq: u64) -> Progress {
         Progress {
             match_index: LogIndex::ZERO,
             next_index,
@@ -53,6 +56,7 @@ impl Progress {
             last_contact: None,
             added_at: now,
             read_seq_acked: 0,
+            first_read_seq,
         }
     }
 

@@ -391,6 +391,11 @@ impl Raft {
         let Some(progress) = lead.progress.get_mut(&from) else {
             return; // No longer a member.
         };
+        if response.read_seq < progress.first_read_seq {
+            // An answer to an append sent to an earlier life of this node, before it was removed and
+            // added back: what it says about the log (a match index) may no longer hold.
+            return;
+        }
         progress.last_contact = Some(now);
         progress.read_seq_acked = progress.read_seq_acked.max(response.read_seq);
         let mut send_more = false;
@@ -415,13 +420,20 @@ impl Raft {
             }
             AppendOutcome::Rejected { prev_log_index: rejected, hint_index, hint_term } => {
                 let past_log = hint_index > last_index && can_lose_committed;
+                // The follower's snapshot point (hinted when the probe is below it) is at or past the
+                // one being streamed, and agrees with this log: its state already holds what the
+                // snapshot would bring (an acknowledgement of an earlier install may have been lost).
+                let snapshot_held = hint_index > rejected
+                    && hint_index >= progress.snapshot_index
+                    && self.log.term_at(hint_index) == Some(hint_term);
                 let stale = match progress.state {
                     ReplicationState::Probe => rejected.next() != progress.next_index,
                     ReplicationState::Replicate => rejected <= progress.match_index,
                     // While a snapshot streams, rejections answer earlier appends, except one saying the
-                    // follower's committed state is past this whole log: the follower refuses the
-                    // snapshot (older than its own state) until told to discard what it cannot show.
-                    ReplicationState::Snapshot => !past_log,
+                    // follower's committed state is past this whole log (the follower refuses the
+                    // snapshot, older than its own state, until told to discard what it cannot show),
+                    // or that it holds the snapshot already (it refuses one not newer than its state).
+                    ReplicationState::Snapshot => !past_log && !snapshot_held,
                 };
                 if !stale && past_log {
                     // The follower's snapshot point, committed there, is past this whole log: its state
@@ -486,6 +498,24 @@ impl Raft {
             self.set_commit_index(point);
             self.process_reads();
         }
+    }
+
+    /// The highest index a majority of voters (the leader included) hold durably and matching the
+    /// leader's log: what `quorum` would commit, whatever the durability mode.
+    pub(super) fn majority_durable_index(&self) -> LogIndex {
+        let Some(lead) = self.lead.as_ref() else {
+            return LogIndex::ZERO;
+        };
+        let me = self.config.node_id;
+        let followers = self
+            .log
+            .membership()
+            .voters
+            .iter()
+            .filter(|voter| **voter != me)
+            .map(|voter| lead.progress.get(voter).map_or(LogIndex::ZERO, |progress| progress.match_index))
+            .collect();
+        commit_point(super::Durability::Quorum, self.persisted_index, followers)
     }
 
     /// Answers the read-index requests whose round a majority of voters acknowledged, once the leader

@@ -332,3 +332,37 @@ fn a_follower_compacted_past_the_leaders_log_is_repaired_while_a_snapshot_stream
     leader.handle_message(at(150), n(2), accepted(2, 0, 3, 3));
     assert_eq!(leader.status().followers[0].state, ReplicationState::Replicate);
 }
+
+#[test]
+fn a_follower_that_holds_the_streamed_snapshot_already_is_probed_past_it() {
+    // Found by the simulator (seed 2310, quorum, all faults): the leader, compacted to 2, asked for a
+    // snapshot; its driver streamed its state at 3; the follower installed it, but its
+    // acknowledgement was lost. Every later stream (again at 3) was refused as not newer than the
+    // follower's state, and every heartbeat rejection (probe below the follower's snapshot point)
+    // was dropped as stale while streaming: with two voters, nothing committed again.
+    let mut raft = elect(1, &[1, 2, 3], Q);
+    raft.propose(T0, write("a")).expect("leader");
+    raft.propose(T0, write("b")).expect("leader");
+    settle(&mut raft, &[3], T0);
+    raft.compact(LogIndex(2));
+    raft.tick(at(100));
+    take(&mut raft);
+    assert_eq!(raft.status().followers[0].state, ReplicationState::Snapshot);
+    // The heartbeat at the leader's snapshot point (2) is below the follower's (3): rejected, hint 3/1.
+    raft.handle_message(at(200), n(2), rejected(1, 0, 2, (3, 1)));
+    assert_eq!(raft.status().followers[0].state, ReplicationState::Probe);
+    assert_eq!(sent(&take(&mut raft)), vec![(2, append(1, (3, 1), Vec::new(), 3, 0))]);
+    raft.handle_message(at(210), n(2), accepted(1, 0, 3, 3));
+    assert_eq!(raft.status().followers[0].match_index, LogIndex(3));
+    // A hint that disagrees with the log, or is below the streamed snapshot, is still stale.
+    let mut raft = elect(1, &[1, 2, 3], Q);
+    raft.propose(T0, write("a")).expect("leader");
+    raft.propose(T0, write("b")).expect("leader");
+    settle(&mut raft, &[3], T0);
+    raft.compact(LogIndex(2));
+    raft.tick(at(100));
+    take(&mut raft);
+    raft.handle_message(at(200), n(2), rejected(1, 0, 2, (3, 7)));
+    raft.handle_message(at(200), n(2), rejected(1, 0, 0, (1, 1)));
+    assert_eq!(raft.status().followers[0].state, ReplicationState::Snapshot);
+}

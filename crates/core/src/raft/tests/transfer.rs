@@ -87,3 +87,25 @@ fn a_transfer_that_does_not_finish_in_an_election_timeout_is_abandoned() {
     assert_eq!(raft.status().transfer_target, None);
     assert_eq!(raft.propose(at(2000), write("a")), Ok(LogIndex(2)));
 }
+
+#[test]
+fn a_stale_transfer_request_does_not_disrupt_the_leader() {
+    // Found by the simulator (seed 12680, quorum, all faults): the leader's `TimeoutNow` to node 3
+    // was delayed past the transfer's end; the leader then removed node 3 (which never receives its
+    // own removal) and went on. The late `TimeoutNow` made node 3 campaign with the transfer flag,
+    // which bypassed leader stickiness: every member took its term and the leader stepped down.
+    let mut leader = elect(1, &[1, 2, 3], Q);
+    settle(&mut leader, &[2, 3], T0);
+    leader.propose_membership_change(T0, MembershipChange::RemoveNode(n(3))).expect("leader");
+    settle(&mut leader, &[2], T0);
+    // Node 3's log ends at 1/1, the leader's at 2/1.
+    leader.handle_message(at(10), n(3), Message::RequestVote(vote_request(2, (1, 1), true)));
+    assert_eq!(take(&mut leader), vec![], "ignored, like any vote request while leading");
+    assert_eq!((leader.role(), leader.term()), (Role::Leader, Term(1)));
+    let mut follower = fresh(2, &[1, 2, 3], Q);
+    follower.handle_message(T0, n(1), append(1, (0, 0), vec![noop(1, 1), noop(2, 1)], 0, 0));
+    take(&mut follower);
+    follower.handle_message(at(10), n(3), Message::RequestVote(vote_request(2, (1, 1), true)));
+    assert_eq!(take(&mut follower), vec![]);
+    assert_eq!(follower.term(), Term(1));
+}
