@@ -251,6 +251,27 @@ pub struct Put {
     pub quorum: Option<Quorum>,
 }
 
+/// Counters of what the replication machinery did on this node, for INFO and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CoordinatorStats {
+    /// Read repairs: `Repair` messages sent, plus this node's own copy repaired by a read.
+    pub read_repairs: u64,
+    /// Anti-entropy exchanges this node started.
+    pub anti_entropy_rounds: u64,
+    /// Containers received in anti-entropy exchanges (merged into the local store).
+    pub anti_entropy_keys_received: u64,
+    /// Containers sent in anti-entropy exchanges.
+    pub anti_entropy_keys_sent: u64,
+    /// Keys taken as hints for a down home replica (counted when a key is first held).
+    pub hints_stored: u64,
+    /// Hints dropped after their home replica acknowledged the handoff.
+    pub hints_delivered: u64,
+    /// Containers received by hinted handoff (this node being the home replica).
+    pub handoffs_received: u64,
+    /// Tombstones collected from the local store.
+    pub tombstones_purged: u64,
+}
+
 /// Something the driver must do, in the order drained.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
@@ -308,6 +329,7 @@ pub struct Coordinator {
     anti_entropy_due: Option<UnixMillis>,
     /// The last peer an anti-entropy exchange was started with.
     anti_entropy_peer: Option<NodeId>,
+    stats: CoordinatorStats,
     effects: Vec<Effect>,
 }
 
@@ -337,6 +359,7 @@ impl Coordinator {
             peer_trees: BTreeMap::new(),
             anti_entropy_due: None,
             anti_entropy_peer: None,
+            stats: CoordinatorStats::default(),
             effects: Vec::new(),
         }
     }
@@ -358,6 +381,17 @@ impl Coordinator {
     /// Number of keys held as hints for other nodes.
     pub fn hint_count(&self) -> usize {
         self.hint_count
+    }
+
+    /// What the replication machinery did so far.
+    pub fn stats(&self) -> CoordinatorStats {
+        self.stats
+    }
+
+    /// The root of the Merkle tree over the slots this node and `peer` are both home replicas of
+    /// (what anti-entropy compares): equal on both sides once they agree on those slots.
+    pub fn shared_digest(&mut self, peer: NodeId) -> u64 {
+        self.shared_tree(peer).root()
     }
 
     /// The home replicas of `key`.
@@ -537,10 +571,12 @@ impl Coordinator {
             }
             Message::Purge { key, digest } => {
                 if store.get(&key).is_some_and(|held| held.is_tombstone() && held.digest() == digest) {
+                    self.stats.tombstones_purged += 1;
                     self.store_remove(store, &key);
                 }
             }
             Message::Handoff { key, value } => {
+                self.stats.handoffs_received += 1;
                 self.observe(now, &value);
                 self.merge_into(&key, &value, None, store);
                 let digest = value.digest();
@@ -553,6 +589,7 @@ impl Coordinator {
                 for (key, value) in &values {
                     // Only keys this node is a home replica of: a peer cannot plant others.
                     if self.shares_slot(from, Slot::of_key(key)) {
+                        self.stats.anti_entropy_keys_received += 1;
                         self.observe(now, value);
                         self.merge_into(key, value, None, store);
                     }
@@ -563,6 +600,7 @@ impl Coordinator {
                     .filter_map(|key| store.get(&key).map(|value| (key, value)))
                     .collect();
                 if !values.is_empty() {
+                    self.stats.anti_entropy_keys_sent += values.len() as u64;
                     let message = Message::AntiEntropyKeys { values, want: Vec::new() };
                     self.effects.push(Effect::Send { to: from, message });
                 }
@@ -574,6 +612,7 @@ impl Coordinator {
                 {
                     hints.remove(&key);
                     self.hint_count -= 1;
+                    self.stats.hints_delivered += 1;
                     if hints.is_empty() {
                         self.hints.remove(&from);
                     }
@@ -685,6 +724,7 @@ impl Coordinator {
         let peer =
             self.anti_entropy_peer.and_then(|last| peers.iter().copied().find(|&node| node > last)).unwrap_or(first);
         self.anti_entropy_peer = Some(peer);
+        self.stats.anti_entropy_rounds += 1;
         let tree = self.shared_tree(peer);
         let message = Message::AntiEntropyTree { root: tree.root(), hashes: tree.level(1).to_vec() };
         self.effects.push(Effect::Send { to: peer, message });
@@ -772,6 +812,7 @@ impl Coordinator {
             }
         }
         if !values.is_empty() || !want.is_empty() {
+            self.stats.anti_entropy_keys_sent += values.len() as u64;
             self.effects.push(Effect::Send { to: from, message: Message::AntiEntropyKeys { values, want } });
         }
     }
@@ -824,6 +865,7 @@ impl Coordinator {
                 self.hints.entry(home).or_default().insert(key.clone(), merged);
                 if !held {
                     self.hint_count += 1;
+                    self.stats.hints_stored += 1;
                 }
                 true
             }
@@ -878,6 +920,7 @@ impl Coordinator {
             if !stale {
                 continue;
             }
+            self.stats.read_repairs += 1;
             if target.node == me {
                 self.merge_into(&pending.key, &merged, target.hint_for, store);
             } else {
@@ -903,6 +946,7 @@ impl Coordinator {
         for target in &pending.targets {
             if target.node == me {
                 if store.get(&pending.key).is_some_and(|held| held.digest() == digest) {
+                    self.stats.tombstones_purged += 1;
                     self.store_remove(store, &pending.key);
                 }
             } else {
