@@ -35,8 +35,8 @@ use bytes::Bytes;
 use chorus_core::command::{CommandKind, CommandSpec};
 use chorus_core::leaderless::coordinator::Effect;
 use chorus_core::leaderless::{
-    ClientReply, Coordinator, CoordinatorConfig, CoordinatorStats, Message, Payload, Put, Quorum, RequestError,
-    Store, VersionVector, VersionedValue,
+    ClientReply, Coordinator, CoordinatorConfig, CoordinatorStats, Message, Payload, Put, Quorum, RequestError, Store,
+    VersionVector, VersionedValue,
 };
 use chorus_core::{NodeId, RequestId, UnixMillis};
 use chorus_resp::Reply;
@@ -44,7 +44,7 @@ use chorus_transport::PeerNetwork;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
-use crate::config::{FsyncPolicy, LeaderlessConfig};
+use crate::config::{FsyncPolicy, LeaderlessConfig, NodeConfig};
 use crate::connection::ConnectionState;
 use crate::context::{NodeContext, now_millis};
 use crate::core_handle::CoreHandle;
@@ -64,27 +64,52 @@ pub enum LeaderlessMessage {
     Core(Message),
     /// A write this node cannot coordinate (not a home replica of the key): run it and answer with
     /// `ForwardReply { id }`.
-    Forward { id: u64, op: Op, quorum: Option<Quorum> },
-    ForwardReply { id: u64, outcome: Outcome },
+    Forward {
+        id: u64,
+        op: Op,
+        quorum: Option<Quorum>,
+    },
+    ForwardReply {
+        id: u64,
+        outcome: Outcome,
+    },
 }
 
 /// One key-value operation for the coordinator.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Op {
-    Get { key: Bytes },
+    Get {
+        key: Bytes,
+    },
     /// `overwrite`: supersede whatever the coordinating replica's copy has seen (plain SET and DEL),
     /// on top of `context`; without it only what `context` covers is superseded (CHORUS.PUT).
-    Put { key: Bytes, payload: Payload, context: VersionVector, overwrite: bool },
-    Increment { key: Bytes, delta: i64 },
+    Put {
+        key: Bytes,
+        payload: Payload,
+        context: VersionVector,
+        overwrite: bool,
+    },
+    Increment {
+        key: Bytes,
+        delta: i64,
+    },
 }
 
 /// How an operation ended (travels back with a forwarded request).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Outcome {
     /// `existed`: the coordinator's copy had a live value before (what DEL counts).
-    Written { existed: bool },
-    Incremented { value: i64 },
-    Read { values: Vec<Bytes>, chosen: Option<Bytes>, context: Bytes },
+    Written {
+        existed: bool,
+    },
+    Incremented {
+        value: i64,
+    },
+    Read {
+        values: Vec<Bytes>,
+        chosen: Option<Bytes>,
+        context: Bytes,
+    },
     Failed(String),
 }
 
@@ -95,7 +120,11 @@ pub enum Request {
     GetAll(Bytes),
     Set(Bytes, Bytes),
     /// CHORUS.PUT: a write superseding what `context` saw.
-    Put { key: Bytes, value: Bytes, context: VersionVector },
+    Put {
+        key: Bytes,
+        value: Bytes,
+        context: VersionVector,
+    },
     Del(Vec<Bytes>),
     Increment(Bytes, i64),
 }
@@ -112,11 +141,20 @@ enum Render {
 /// Where an operation's outcome goes.
 #[derive(Debug, Clone, Copy)]
 enum Continuation {
-    Client { connection: u64, sequence: u64, render: Render },
+    Client {
+        connection: u64,
+        sequence: u64,
+        render: Render,
+    },
     /// One key of a multi-key DEL.
-    DelPart { aggregate: u64 },
+    DelPart {
+        aggregate: u64,
+    },
     /// A request forwarded by `from`, who waits for `ForwardReply { id }`.
-    Remote { from: NodeId, id: u64 },
+    Remote {
+        from: NodeId,
+        id: u64,
+    },
 }
 
 struct PendingOp {
@@ -256,7 +294,9 @@ fn replay(path: &Path) -> Result<(HashMap<Bytes, VersionedValue>, u64, bool), St
             file.read_to_end(&mut data).map_err(io_error(format!("cannot read {}", path.display())))?;
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok((keys, 0, false)),
-        Err(error) => return Err(StoreLogError::Io { context: format!("cannot open {}", path.display()), source: error }),
+        Err(error) => {
+            return Err(StoreLogError::Io { context: format!("cannot open {}", path.display()), source: error });
+        }
     }
     let mut offset = 0usize;
     let mut count = 0u64;
@@ -315,8 +355,9 @@ impl StoreLog {
         let temporary = dir.join(format!("{STORE_LOG}.compacting"));
         let mut compacted = Vec::new();
         for (key, value) in &keys {
-            let frame = encode_record(&Record::Put { key: key.clone(), value: value.clone() })
-                .map_err(|error| StoreLogError::Io { context: "cannot encode a record".into(), source: std::io::Error::other(error) })?;
+            let frame = encode_record(&Record::Put { key: key.clone(), value: value.clone() }).map_err(|error| {
+                StoreLogError::Io { context: "cannot encode a record".into(), source: std::io::Error::other(error) }
+            })?;
             compacted.extend_from_slice(&frame);
         }
         let mut file = File::create(&temporary).map_err(io_error(format!("cannot create {}", temporary.display())))?;
@@ -324,9 +365,7 @@ impl StoreLog {
         file.sync_all().map_err(io_error(format!("cannot sync {}", temporary.display())))?;
         drop(file);
         std::fs::rename(&temporary, &path).map_err(io_error(format!("cannot rename to {}", path.display())))?;
-        File::open(dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(io_error(format!("cannot sync {}", dir.display())))?;
+        File::open(dir).and_then(|dir| dir.sync_all()).map_err(io_error(format!("cannot sync {}", dir.display())))?;
         let file = std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
@@ -413,17 +452,15 @@ pub struct Status {
 impl LeaderlessNode {
     /// Loads the store from `data_dir` and builds the coordinator.
     pub fn open(
-        node_id: u64,
+        node_config: &NodeConfig,
         members: &BTreeMap<u64, SocketAddr>,
-        data_dir: &Path,
-        fsync: FsyncPolicy,
-        config: LeaderlessConfig,
         network: PeerNetwork<PeerMessage>,
         core: CoreHandle,
         isolated: Arc<AtomicBool>,
     ) -> Result<LeaderlessNode, StoreLogError> {
-        let (log, keys) = StoreLog::open(data_dir, fsync)?;
-        let me = NodeId(node_id);
+        let config = node_config.leaderless;
+        let (log, keys) = StoreLog::open(&node_config.data_dir, node_config.fsync)?;
+        let me = NodeId(node_config.id);
         let mut coordinator_config = CoordinatorConfig::new(me);
         coordinator_config.quorum = Quorum { n: config.n, w: config.w, r: config.r };
         coordinator_config.request_timeout_ms = config.request_timeout_ms;
@@ -541,12 +578,16 @@ impl LeaderlessNode {
                 Request::Del(keys) => {
                     let aggregate = inner.next_id();
                     let remaining = keys.len();
-                    inner.deletes.insert(
-                        aggregate,
-                        DelAggregate { connection, sequence, remaining, deleted: 0, error: None },
-                    );
+                    inner
+                        .deletes
+                        .insert(aggregate, DelAggregate { connection, sequence, remaining, deleted: 0, error: None });
                     for key in keys {
-                        let op = Op::Put { key, payload: Payload::Tombstone, context: VersionVector::new(), overwrite: true };
+                        let op = Op::Put {
+                            key,
+                            payload: Payload::Tombstone,
+                            context: VersionVector::new(),
+                            overwrite: true,
+                        };
                         inner.submit(now, op, quorum, Continuation::DelPart { aggregate }, false);
                     }
                 }
@@ -858,10 +899,14 @@ pub fn dispatch(
         "chorus.getall" => Request::GetAll(args[1].clone()),
         "chorus.put" => {
             let Some(encoded) = unhex(&args[3]) else {
-                return Some(Dispatch::Reply(Reply::err("invalid context: expected the hex text CHORUS.GETALL returned")));
+                return Some(Dispatch::Reply(Reply::err(
+                    "invalid context: expected the hex text CHORUS.GETALL returned",
+                )));
             };
             let Ok(context) = VersionVector::decode(&encoded) else {
-                return Some(Dispatch::Reply(Reply::err("invalid context: expected the hex text CHORUS.GETALL returned")));
+                return Some(Dispatch::Reply(Reply::err(
+                    "invalid context: expected the hex text CHORUS.GETALL returned",
+                )));
             };
             Request::Put { key: args[1].clone(), value: args[2].clone(), context }
         }

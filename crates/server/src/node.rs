@@ -162,11 +162,8 @@ pub async fn run(
     let leaderless = match (&leaderless_members, &leaderless_network) {
         (Some(members), Some(network)) => {
             let node = crate::leaderless::LeaderlessNode::open(
-                config.id,
+                &config,
                 members,
-                &config.data_dir,
-                config.fsync,
-                config.leaderless,
                 network.clone(),
                 core.clone(),
                 Arc::clone(&isolated),
