@@ -251,3 +251,25 @@ def test_restart_keeps_acknowledged_writes(tmp_path):
             del local
     finally:
         group.stop_all()
+
+
+def stale_read_rate(group, w, r, rounds=300):
+    """Writes a fresh key through node 1 with `w`, then at once reads it through node 2 with `r`:
+    the fraction of reads that miss the acknowledged write."""
+    writer_client = quorum_client(group, 1, 3, w, 1)
+    reader_client = quorum_client(group, 2, 3, 1, r)
+    stale = 0
+    for i in range(rounds):
+        key = f"stale:{w}{r}:{i}"
+        assert writer_client.set(key, i) is True
+        if reader_client.get(key) != str(i).encode():
+            stale += 1
+    return stale / rounds
+
+
+def test_stale_reads_only_below_overlapping_quorums(cluster):
+    rates = {(w, r): stale_read_rate(cluster, w, r) for (w, r) in [(1, 1), (2, 2), (3, 1)]}
+    print("stale-read rate (n=3, write via node 1, read via node 2 right after):", rates)
+    # r + w > n: every read quorum meets every write quorum, so no read misses an acknowledged write.
+    assert rates[(2, 2)] == 0
+    assert rates[(3, 1)] == 0

@@ -346,8 +346,15 @@ impl NodeConfig {
             let ll = &self.leaderless;
             chorus_core::leaderless::Quorum::new(ll.n, ll.w, ll.r)
                 .map_err(|error| ConfigError::Invalid(format!("leaderless: {error}")))?;
-            if self.initial_cluster.is_none() {
+            let members = self.members()?.map_or(0, |members| members.len());
+            if members == 0 {
                 return Err(ConfigError::Invalid("mode = \"leaderless\" needs initial_cluster".into()));
+            }
+            if usize::from(ll.n) > members {
+                return Err(ConfigError::Invalid(format!(
+                    "leaderless: n = {} replicas per key but initial_cluster names {members} nodes",
+                    ll.n
+                )));
             }
             if self.learner {
                 return Err(ConfigError::Invalid("leaderless mode has no learners".into()));
@@ -394,5 +401,22 @@ mod tests {
         assert_eq!(config.limits.bulk_bytes_max, 1024);
         assert_eq!(config.limits.array_len_max, LimitsConfig::default().array_len_max);
         assert!(toml::from_str::<NodeConfig>("unknown_option = 1").is_err(), "typos are errors");
+    }
+
+    #[test]
+    fn leaderless_mode_is_configured_and_checked() {
+        let cluster = "initial_cluster = \"1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3\"\n";
+        let config: NodeConfig =
+            toml::from_str(&format!("{cluster}mode = \"leaderless\"\n[leaderless]\nw = 3\nr = 1\n")).unwrap();
+        assert_eq!(config.mode, Mode::Leaderless);
+        assert_eq!((config.leaderless.n, config.leaderless.w, config.leaderless.r), (3, 3, 1));
+        config.validate().unwrap();
+        assert_eq!(NodeConfig::default().mode, Mode::SingleLeader);
+        assert_eq!("leaderless".parse::<Mode>().unwrap().to_string(), "leaderless");
+        assert!("leaderfull".parse::<Mode>().is_err());
+        let bad = |text: &str| toml::from_str::<NodeConfig>(text).unwrap().validate().is_err();
+        assert!(bad("mode = \"leaderless\"\n"), "needs a cluster");
+        assert!(bad(&format!("{cluster}mode = \"leaderless\"\n[leaderless]\nw = 4\n")), "w > n");
+        assert!(bad(&format!("{cluster}mode = \"leaderless\"\n[leaderless]\nn = 5\nw = 1\nr = 1\n")), "n > members");
     }
 }

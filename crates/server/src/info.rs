@@ -203,6 +203,14 @@ fn render_section(context: &NodeContext, section: &str, out: &mut String) {
                 status.discarded_committed_events,
             )
         }
+        "keyspace" if context.leaderless.is_some() => {
+            let keys = context.leaderless.as_ref().map_or(0, |node| node.key_count());
+            if keys > 0 {
+                write!(out, "# Keyspace\r\ndb0:keys={keys},expires=0,avg_ttl=0\r\n")
+            } else {
+                write!(out, "# Keyspace\r\n")
+            }
+        }
         "keyspace" => {
             let state_guard = context.state.read();
             let state = &*state_guard;

@@ -667,6 +667,11 @@ impl LeaderlessNode {
         }
     }
 
+    /// Keys in the local store (tombstones not yet collected included).
+    pub fn key_count(&self) -> usize {
+        self.lock().store.len()
+    }
+
     pub fn default_quorum(&self) -> Quorum {
         Quorum { n: self.config.n, w: self.config.w, r: self.config.r }
     }
