@@ -35,8 +35,8 @@ use bytes::Bytes;
 use chorus_core::command::{CommandKind, CommandSpec};
 use chorus_core::leaderless::coordinator::Effect;
 use chorus_core::leaderless::{
-    ClientReply, Coordinator, CoordinatorConfig, CoordinatorStats, Message, Payload, Put, Quorum, RequestError, Store,
-    VersionVector, VersionedValue,
+    ClientReply, Coordinator, CoordinatorConfig, CoordinatorStats, HintChange, Message, Payload, Put, Quorum,
+    RequestError, Store, VersionVector, VersionedValue,
 };
 use chorus_core::{NodeId, RequestId, UnixMillis};
 use chorus_resp::Reply;
@@ -198,8 +198,34 @@ pub struct NodeStats {
 /// Store log records.
 #[derive(Debug, Serialize, Deserialize)]
 enum Record {
-    Put { key: Bytes, value: VersionedValue },
-    Remove { key: Bytes },
+    Put {
+        key: Bytes,
+        value: VersionedValue,
+    },
+    Remove {
+        key: Bytes,
+    },
+    /// The hint this node holds for `home` (a down home replica) of `key`.
+    Hint {
+        home: u64,
+        key: Bytes,
+        value: VersionedValue,
+    },
+    /// The hint was handed off.
+    HintDropped {
+        home: u64,
+        key: Bytes,
+    },
+}
+
+/// Hints held for other nodes, by (home replica, key).
+type Hints = BTreeMap<(u64, Bytes), VersionedValue>;
+
+/// What the store log holds.
+#[derive(Default)]
+struct Loaded {
+    keys: HashMap<Bytes, VersionedValue>,
+    hints: Hints,
 }
 
 /// The local key-value data: the containers in memory, every change also encoded as a record for
@@ -286,14 +312,14 @@ fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreL
 
 /// Reads the store log: every whole, intact record in order; stops at the first torn or corrupt
 /// one (a crash mid-append). Returns the keys and how many records were read.
-fn replay(path: &Path) -> Result<(HashMap<Bytes, VersionedValue>, u64, bool), StoreLogError> {
-    let mut keys = HashMap::new();
+fn replay(path: &Path) -> Result<(Loaded, u64, bool), StoreLogError> {
+    let mut loaded = Loaded::default();
     let mut data = Vec::new();
     match File::open(path) {
         Ok(mut file) => {
             file.read_to_end(&mut data).map_err(io_error(format!("cannot read {}", path.display())))?;
         }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok((keys, 0, false)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok((loaded, 0, false)),
         Err(error) => {
             return Err(StoreLogError::Io { context: format!("cannot open {}", path.display()), source: error });
         }
@@ -318,10 +344,16 @@ fn replay(path: &Path) -> Result<(HashMap<Bytes, VersionedValue>, u64, bool), St
         }
         match postcard::from_bytes::<Record>(payload) {
             Ok(Record::Put { key, value }) => {
-                keys.insert(key, value);
+                loaded.keys.insert(key, value);
             }
             Ok(Record::Remove { key }) => {
-                keys.remove(&key);
+                loaded.keys.remove(&key);
+            }
+            Ok(Record::Hint { home, key, value }) => {
+                loaded.hints.insert((home, key), value);
+            }
+            Ok(Record::HintDropped { home, key }) => {
+                loaded.hints.remove(&(home, key));
             }
             Err(_) => {
                 torn = true;
@@ -331,7 +363,7 @@ fn replay(path: &Path) -> Result<(HashMap<Bytes, VersionedValue>, u64, bool), St
         offset += 8 + length;
         count += 1;
     }
-    Ok((keys, count, torn))
+    Ok((loaded, count, torn))
 }
 
 /// The append-only store log, with group commit.
@@ -346,17 +378,24 @@ struct StoreLog {
 
 impl StoreLog {
     /// Replays the log at `dir`, then rewrites it compacted (one record per key), durably.
-    fn open(dir: &Path, fsync: FsyncPolicy) -> Result<(StoreLog, HashMap<Bytes, VersionedValue>), StoreLogError> {
+    fn open(dir: &Path, fsync: FsyncPolicy) -> Result<(StoreLog, Loaded), StoreLogError> {
         let path = dir.join(STORE_LOG);
-        let (keys, records, torn) = replay(&path)?;
+        let (loaded, records, torn) = replay(&path)?;
         if torn {
             tracing::warn!(path = %path.display(), records, "the store log ends with a torn or corrupt record (a crash mid-write); it is dropped");
         }
         let temporary = dir.join(format!("{STORE_LOG}.compacting"));
         let mut compacted = Vec::new();
-        for (key, value) in &keys {
-            let frame = encode_record(&Record::Put { key: key.clone(), value: value.clone() }).map_err(|error| {
-                StoreLogError::Io { context: "cannot encode a record".into(), source: std::io::Error::other(error) }
+        let puts = loaded.keys.iter().map(|(key, value)| Record::Put { key: key.clone(), value: value.clone() });
+        let hints = loaded.hints.iter().map(|((home, key), value)| Record::Hint {
+            home: *home,
+            key: key.clone(),
+            value: value.clone(),
+        });
+        for record in puts.chain(hints) {
+            let frame = encode_record(&record).map_err(|error| StoreLogError::Io {
+                context: "cannot encode a record".into(),
+                source: std::io::Error::other(error),
             })?;
             compacted.extend_from_slice(&frame);
         }
@@ -370,7 +409,12 @@ impl StoreLog {
             .append(true)
             .open(&path)
             .map_err(io_error(format!("cannot open {}", path.display())))?;
-        tracing::info!(keys = keys.len(), replayed = records, "leaderless store loaded");
+        tracing::info!(
+            keys = loaded.keys.len(),
+            hints = loaded.hints.len(),
+            replayed = records,
+            "leaderless store loaded"
+        );
         let log = StoreLog {
             file,
             fsync,
@@ -378,7 +422,7 @@ impl StoreLog {
             synced: Mutex::new((0, Instant::now())),
             failed: AtomicBool::new(false),
         };
-        Ok((log, keys))
+        Ok((log, loaded))
     }
 
     /// Appends `frames` (called in order, under the node's mutex). Returns the position to sync to.
@@ -459,13 +503,14 @@ impl LeaderlessNode {
         isolated: Arc<AtomicBool>,
     ) -> Result<LeaderlessNode, StoreLogError> {
         let config = node_config.leaderless;
-        let (log, keys) = StoreLog::open(&node_config.data_dir, node_config.fsync)?;
+        let (log, Loaded { keys, hints }) = StoreLog::open(&node_config.data_dir, node_config.fsync)?;
         let me = NodeId(node_config.id);
         let mut coordinator_config = CoordinatorConfig::new(me);
         coordinator_config.quorum = Quorum { n: config.n, w: config.w, r: config.r };
         coordinator_config.request_timeout_ms = config.request_timeout_ms;
         coordinator_config.anti_entropy_interval_ms = config.anti_entropy_interval_ms;
         coordinator_config.handoff_interval_ms = config.handoff_interval_ms;
+        coordinator_config.track_hint_changes = true;
         let mut member_ids: Vec<NodeId> = members.keys().map(|&id| NodeId(id)).collect();
         if !member_ids.contains(&me) {
             member_ids.push(me);
@@ -474,6 +519,9 @@ impl LeaderlessNode {
         let now = now_millis();
         for (key, value) in &keys {
             coordinator.load(now, key.clone(), value);
+        }
+        for ((home, key), value) in hints {
+            coordinator.load_hint(now, NodeId(home), key, value);
         }
         let started = Instant::now();
         let peers: Vec<NodeId> = member_ids.into_iter().filter(|&node| node != me).collect();
@@ -514,6 +562,7 @@ impl LeaderlessNode {
             let now = now_millis();
             let result = input(&mut inner, now);
             inner.process_effects(now, self.request_timeout_ms);
+            inner.record_hint_changes();
             let outputs = std::mem::take(&mut inner.outputs);
             let frames = std::mem::take(&mut inner.store.records);
             if let Some(error) = inner.store.encode_error.take() {
@@ -528,7 +577,18 @@ impl LeaderlessNode {
             };
             (result, outputs, position)
         };
-        let durable = position.and_then(|position| self.log.sync_to(position));
+        let durable = position.and_then(|position| {
+            if self.log.fsync == FsyncPolicy::Never {
+                return Ok(());
+            }
+            // An fdatasync blocks: let the runtime move this worker's other tasks elsewhere meanwhile.
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                    tokio::task::block_in_place(|| self.log.sync_to(position))
+                }
+                _ => self.log.sync_to(position),
+            }
+        });
         if let Err(error) = &durable
             && !self.log.failed.swap(true, Ordering::AcqRel)
         {
@@ -740,6 +800,18 @@ impl LeaderlessNode {
 }
 
 impl Inner {
+    /// Hints held or dropped by the last input go to the store log with its other records.
+    fn record_hint_changes(&mut self) {
+        let changes: Vec<HintChange> = self.coordinator.drain_hint_changes().collect();
+        for change in changes {
+            let record = match change {
+                HintChange::Held { home, key, value } => Record::Hint { home: home.0, key, value },
+                HintChange::Dropped { home, key } => Record::HintDropped { home: home.0, key },
+            };
+            self.store.record(&record);
+        }
+    }
+
     fn next_id(&mut self) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
@@ -1002,25 +1074,36 @@ mod tests {
         // A torn record at the end.
         frames.extend_from_slice(&[9, 0, 0, 0, 1, 2]);
         std::fs::write(store_log_path(dir.path()), &frames).unwrap();
-        let (_log, keys) = StoreLog::open(dir.path(), FsyncPolicy::Always).unwrap();
-        assert_eq!(keys.len(), 1);
-        assert_eq!(keys.get(&Bytes::from_static(b"a")), Some(&value));
+        let (_log, loaded) = StoreLog::open(dir.path(), FsyncPolicy::Always).unwrap();
+        assert_eq!(loaded.keys.len(), 1);
+        assert_eq!(loaded.keys.get(&Bytes::from_static(b"a")), Some(&value));
         // Compacted: reopening gives the same.
-        let (log, keys) = StoreLog::open(dir.path(), FsyncPolicy::Always).unwrap();
-        assert_eq!(keys.len(), 1);
+        let (log, loaded) = StoreLog::open(dir.path(), FsyncPolicy::Always).unwrap();
+        assert_eq!(loaded.keys.len(), 1);
+        for record in [
+            Record::Hint { home: 2, key: Bytes::from_static(b"h"), value: value.clone() },
+            Record::Hint { home: 3, key: Bytes::from_static(b"h"), value: value.clone() },
+            Record::HintDropped { home: 2, key: Bytes::from_static(b"h") },
+        ] {
+            log.append(&encode_record(&record).unwrap()).unwrap();
+        }
         let position = log.append(&encode_record(&Record::Remove { key: Bytes::from_static(b"a") }).unwrap()).unwrap();
         log.sync_to(position).unwrap();
         drop(log);
-        let (_log, keys) = StoreLog::open(dir.path(), FsyncPolicy::Always).unwrap();
-        assert!(keys.is_empty());
+        let (_log, loaded) = StoreLog::open(dir.path(), FsyncPolicy::Always).unwrap();
+        assert!(loaded.keys.is_empty());
+        assert_eq!(loaded.hints.keys().collect::<Vec<_>>(), vec![&(3, Bytes::from_static(b"h"))]);
+        // Compaction keeps the hints.
+        let (_log, loaded) = StoreLog::open(dir.path(), FsyncPolicy::Always).unwrap();
+        assert_eq!(loaded.hints.len(), 1);
     }
 
     #[test]
     fn garbage_in_the_store_log_is_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(store_log_path(dir.path()), [0xffu8; 64]).unwrap();
-        let (_log, keys) = StoreLog::open(dir.path(), FsyncPolicy::Never).unwrap();
-        assert!(keys.is_empty());
+        let (_log, loaded) = StoreLog::open(dir.path(), FsyncPolicy::Never).unwrap();
+        assert!(loaded.keys.is_empty());
     }
 
     #[test]

@@ -107,6 +107,9 @@ pub struct CoordinatorConfig {
     pub anti_entropy_interval_ms: u64,
     /// Most differing slots reconciled per exchange (the rest wait for the next round).
     pub anti_entropy_slots_max: usize,
+    /// Record every change to the hints held, for a driver that persists them
+    /// ([`Coordinator::drain_hint_changes`]; then it must drain them after every input).
+    pub track_hint_changes: bool,
 }
 
 impl CoordinatorConfig {
@@ -124,6 +127,7 @@ impl CoordinatorConfig {
             handoff_batch_max: 64,
             anti_entropy_interval_ms: 10_000,
             anti_entropy_slots_max: 64,
+            track_hint_changes: false,
         }
     }
 }
@@ -272,6 +276,15 @@ pub struct CoordinatorStats {
     pub tombstones_purged: u64,
 }
 
+/// A change to the hints this node holds (see [`CoordinatorConfig::track_hint_changes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HintChange {
+    /// The hint for `home` of `key` is now `value`.
+    Held { home: NodeId, key: Bytes, value: VersionedValue },
+    /// The hint was handed off and dropped.
+    Dropped { home: NodeId, key: Bytes },
+}
+
 /// Something the driver must do, in the order drained.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
@@ -330,6 +343,7 @@ pub struct Coordinator {
     /// The last peer an anti-entropy exchange was started with.
     anti_entropy_peer: Option<NodeId>,
     stats: CoordinatorStats,
+    hint_changes: Vec<HintChange>,
     effects: Vec<Effect>,
 }
 
@@ -360,6 +374,7 @@ impl Coordinator {
             anti_entropy_due: None,
             anti_entropy_peer: None,
             stats: CoordinatorStats::default(),
+            hint_changes: Vec::new(),
             effects: Vec::new(),
         }
     }
@@ -381,6 +396,22 @@ impl Coordinator {
     /// Number of keys held as hints for other nodes.
     pub fn hint_count(&self) -> usize {
         self.hint_count
+    }
+
+    /// The hint changes since the last call (only with `track_hint_changes`), in order.
+    pub fn drain_hint_changes(&mut self) -> std::vec::Drain<'_, HintChange> {
+        self.hint_changes.drain(..)
+    }
+
+    /// Tells the coordinator about a hint held before a restart (like [`Coordinator::load`]).
+    pub fn load_hint(&mut self, now: UnixMillis, home: NodeId, key: Bytes, value: VersionedValue) {
+        if home == self.config.node_id {
+            return;
+        }
+        self.observe(now, &value);
+        if self.hints.entry(home).or_default().insert(key, value).is_none() {
+            self.hint_count += 1;
+        }
     }
 
     /// What the replication machinery did so far.
@@ -613,6 +644,9 @@ impl Coordinator {
                     hints.remove(&key);
                     self.hint_count -= 1;
                     self.stats.hints_delivered += 1;
+                    if self.config.track_hint_changes {
+                        self.hint_changes.push(HintChange::Dropped { home: from, key });
+                    }
                     if hints.is_empty() {
                         self.hints.remove(&from);
                     }
@@ -862,6 +896,10 @@ impl Coordinator {
                 let mut merged = self.hints.get(&home).and_then(|hints| hints.get(key)).cloned().unwrap_or_default();
                 merged.merge(value);
                 self.settle(&mut merged);
+                if self.config.track_hint_changes {
+                    let change = HintChange::Held { home, key: key.clone(), value: merged.clone() };
+                    self.hint_changes.push(change);
+                }
                 self.hints.entry(home).or_default().insert(key.clone(), merged);
                 if !held {
                     self.hint_count += 1;
