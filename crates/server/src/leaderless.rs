@@ -667,6 +667,13 @@ impl LeaderlessNode {
                 }
                 LeaderlessMessage::Forward { id, op, quorum } => {
                     inner.stats.forwards_received += 1;
+                    // A peer's quorum did not go through `Quorum::new`: check it as such.
+                    if let Some(quorum) = quorum
+                        && let Err(error) = Quorum::new(quorum.n, quorum.w, quorum.r)
+                    {
+                        inner.complete(Continuation::Remote { from, id }, Outcome::Failed(error.to_string()));
+                        return;
+                    }
                     inner.submit(now, op, quorum, Continuation::Remote { from, id }, true);
                 }
                 LeaderlessMessage::ForwardReply { id, outcome } => {
