@@ -77,6 +77,12 @@ pub struct BenchArgs {
     #[arg(long)]
     pub password: Option<String>,
 
+    /// A command sent on every connection before the run (after AUTH), split on whitespace, e.g.
+    /// `--on-connect "CHORUS.QUORUM 3 1 1"` for a leaderless cluster's per-connection n/w/r.
+    /// An error reply stops the benchmark.
+    #[arg(long, value_name = "COMMAND")]
+    pub on_connect: Option<String>,
+
     /// What each request does. `mixed` sends GET with probability --read-ratio, SET otherwise;
     /// `incr` sends INCR to `counter:<n>` keys (so it does not collide with the string values of
     /// the other workloads).
@@ -216,6 +222,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 struct Plan {
     addr: String,
     password: Option<String>,
+    on_connect: Vec<String>,
     workload: Workload,
     read_ratio: f64,
     keys: u64,
@@ -283,6 +290,12 @@ impl Plan {
         Ok(Plan {
             addr,
             password: args.password.clone(),
+            on_connect: args
+                .on_connect
+                .iter()
+                .flat_map(|command| command.split_whitespace())
+                .map(String::from)
+                .collect(),
             workload: args.workload,
             read_ratio: args.read_ratio,
             keys: args.keys,
@@ -737,6 +750,12 @@ async fn bench(plan: Arc<Plan>) -> anyhow::Result<Option<Report>> {
             if let Some(password) = &plan.password {
                 auth(&mut conn, password).await.with_context(|| format!("AUTH failed on {}", plan.addr))?;
             }
+            if !plan.on_connect.is_empty() {
+                let command: Vec<&str> = plan.on_connect.iter().map(String::as_str).collect();
+                send_command(&mut conn, &command)
+                    .await
+                    .with_context(|| format!("--on-connect failed on {}", plan.addr))?;
+            }
             Ok((index, conn))
         });
     }
@@ -845,13 +864,18 @@ async fn join_all<T: 'static>(
 }
 
 async fn auth(conn: &mut Conn, password: &str) -> anyhow::Result<()> {
-    encode_request(&["AUTH", password], &mut conn.wbuf);
+    send_command(conn, &["AUTH", password]).await
+}
+
+/// Sends one command and fails on an error reply.
+async fn send_command(conn: &mut Conn, command: &[&str]) -> anyhow::Result<()> {
+    encode_request(command, &mut conn.wbuf);
     let mut answer = None;
     conn.exchange(1, |reply, _| answer = Some(reply)).await?;
     match answer {
         Some(Reply::Error(text)) => bail!("{text}"),
         Some(_) => Ok(()),
-        None => bail!("no reply to AUTH"),
+        None => bail!("no reply to {}", command.first().copied().unwrap_or_default()),
     }
 }
 

@@ -41,6 +41,15 @@ pub struct ServerArgs {
     /// The group's commit rule: async | semi-sync:K | quorum | all.
     #[arg(long)]
     durability: Option<String>,
+    /// single-leader (Raft, the default) | leaderless (Dynamo-style quorums; docs/leaderless.md).
+    #[arg(long)]
+    mode: Option<chorus_server::Mode>,
+    /// Leaderless mode: replicas per key and default write/read quorums, as N/W/R (e.g. 3/2/2).
+    #[arg(long)]
+    leaderless_quorum: Option<String>,
+    /// Leaderless mode: milliseconds between Merkle anti-entropy exchanges.
+    #[arg(long)]
+    anti_entropy_interval_ms: Option<u64>,
     /// Threads serving client connections (0: half the cores).
     #[arg(long)]
     io_threads: Option<usize>,
@@ -94,6 +103,19 @@ impl ServerArgs {
         }
         if let Some(durability) = self.durability {
             config.durability = durability;
+        }
+        if let Some(mode) = self.mode {
+            config.mode = mode;
+        }
+        if let Some(quorum) = &self.leaderless_quorum {
+            let parts: Vec<Option<u8>> = quorum.split('/').map(|part| part.trim().parse().ok()).collect();
+            let [Some(n), Some(w), Some(r)] = parts[..] else {
+                anyhow::bail!("--leaderless-quorum '{quorum}': expected N/W/R, e.g. 3/2/2");
+            };
+            (config.leaderless.n, config.leaderless.w, config.leaderless.r) = (n, w, r);
+        }
+        if let Some(interval) = self.anti_entropy_interval_ms {
+            config.leaderless.anti_entropy_interval_ms = interval;
         }
         if let Some(io_threads) = self.io_threads {
             config.io_threads = io_threads;

@@ -35,6 +35,9 @@ pub struct UpArgs {
     /// always | periodic:MS | never.
     #[arg(long, default_value = "always")]
     fsync: String,
+    /// single-leader (Raft) | leaderless (Dynamo-style quorums, any node serves writes).
+    #[arg(long, default_value = "single-leader")]
+    mode: chorus_server::Mode,
 }
 
 struct NodeProcess {
@@ -46,6 +49,10 @@ struct NodeProcess {
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
     if args.nodes == 0 || args.nodes > 99 {
         bail!("--nodes must be between 1 and 99");
+    }
+    let leaderless = args.mode == chorus_server::Mode::Leaderless;
+    if leaderless && (args.learners > 0 || args.nodes == 1) {
+        bail!("--mode leaderless needs --nodes 2 or more and no learners");
     }
     if args.learners > 0 && args.nodes == 1 {
         bail!("--learners needs a replication group: use --nodes 2 or more");
@@ -65,7 +72,14 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     for process in &mut processes {
         wait_until_ready(process)?;
     }
-    if args.nodes == 1 {
+    if leaderless {
+        println!(
+            "ready: {} leaderless nodes at {} (any node takes reads and writes; redis-cli -p {})",
+            args.nodes,
+            processes.iter().map(|process| process.client.to_string()).collect::<Vec<_>>().join(", "),
+            processes[0].client.port()
+        );
+    } else if args.nodes == 1 {
         println!("ready: one standalone node at {} (redis-cli -p {})", processes[0].client, processes[0].client.port());
     } else {
         let (mut leader, mut leader_addr) = wait_for_leader(&processes)?;
@@ -133,6 +147,7 @@ fn start_node(
         .stdin(Stdio::null());
     if args.nodes > 1 {
         command.args(["--initial-cluster", initial_cluster, "--durability", &args.durability]);
+        command.args(["--mode", &args.mode.to_string()]);
     }
     if learner {
         command.arg("--learner");

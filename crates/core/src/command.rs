@@ -425,6 +425,50 @@ pub static COMMANDS: &[CommandSpec] = &[
         "Makes later reads on this connection wait until this replica has applied the token's position."
     ),
     spec!("time", 1, ["fast"], 0, 0, 0, Node, "server", "Returns the server time."),
+    spec!(
+        "chorus.getall",
+        2,
+        ["readonly"],
+        1,
+        1,
+        1,
+        Node,
+        "chorus",
+        "Leaderless mode: every concurrent value (sibling) of a key, and the context to write back with."
+    ),
+    spec!(
+        "chorus.put",
+        4,
+        ["write"],
+        1,
+        1,
+        1,
+        Node,
+        "chorus",
+        "Leaderless mode: CHORUS.PUT key value context writes a value superseding what the context (from CHORUS.GETALL; empty: nothing) saw."
+    ),
+    spec!(
+        "chorus.quorum",
+        -1,
+        ["fast"],
+        0,
+        0,
+        0,
+        Node,
+        "chorus",
+        "Leaderless mode: CHORUS.QUORUM n w r | ONE | QUORUM | ALL | DEFAULT sets this connection's replication parameters (no argument: shows them)."
+    ),
+    spec!(
+        "chorus.digest",
+        -1,
+        ["fast"],
+        0,
+        0,
+        0,
+        Node,
+        "chorus",
+        "Leaderless mode: the Merkle root of this node's store, or (CHORUS.DIGEST peer) of the slots it shares with that peer."
+    ),
 ];
 
 /// The table row for `name`, compared case-insensitively.

@@ -118,6 +118,72 @@ impl Default for StorageConfig {
     }
 }
 
+/// How a group replicates key-value data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Raft: one leader orders every write (the default).
+    #[default]
+    SingleLeader,
+    /// Dynamo style: any node coordinates, quorums of `n`/`w`/`r` replicas (docs/leaderless.md).
+    Leaderless,
+}
+
+impl FromStr for Mode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "single-leader" => Ok(Mode::SingleLeader),
+            "leaderless" => Ok(Mode::Leaderless),
+            other => Err(format!("invalid mode '{other}': expected single-leader or leaderless")),
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::SingleLeader => "single-leader",
+            Mode::Leaderless => "leaderless",
+        })
+    }
+}
+
+/// Tuning of leaderless mode (`[leaderless]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LeaderlessConfig {
+    /// Replicas per key, and the default write and read quorums (a connection can pick its own with
+    /// `CHORUS.QUORUM`). Every node of a cluster must use the same `n`.
+    pub n: u8,
+    pub w: u8,
+    pub r: u8,
+    /// A request not answered by its quorum by then fails.
+    pub request_timeout_ms: u64,
+    /// How often a node starts a Merkle-tree exchange with the next peer.
+    pub anti_entropy_interval_ms: u64,
+    /// How often hints are offered back to their home replicas.
+    pub handoff_interval_ms: u64,
+    /// A peer not heard from (it pings every `failure_timeout_ms / 5`) for this long is taken as
+    /// down: fallbacks stand in for it (sloppy quorum).
+    pub failure_timeout_ms: u64,
+}
+
+impl Default for LeaderlessConfig {
+    fn default() -> Self {
+        LeaderlessConfig {
+            n: 3,
+            w: 2,
+            r: 2,
+            request_timeout_ms: 1000,
+            anti_entropy_interval_ms: 10_000,
+            handoff_interval_ms: 1000,
+            failure_timeout_ms: 1000,
+        }
+    }
+}
+
 /// Marks a data directory whose node joined an existing group (`--learner`), so that a restart,
 /// with or without the flag, still waits for the leader instead of bootstrapping a group.
 pub const JOINED_MARKER: &str = "JOINED_AS_LEARNER";
@@ -143,6 +209,9 @@ pub struct NodeConfig {
     pub initial_cluster: Option<String>,
     /// The group's commit rule: `async`, `semi-sync:K`, `quorum` (default) or `all`.
     pub durability: String,
+    /// `single-leader` (Raft, the default) or `leaderless` (needs `initial_cluster`).
+    pub mode: Mode,
+    pub leaderless: LeaderlessConfig,
     /// Join an existing group as a learner (added with `CHORUS.MEMBER ADD` on its leader): the node
     /// starts knowing no configuration and learns it, and the data, from the leader. Remembered in
     /// the data directory, so a restart needs no flag.
@@ -181,6 +250,8 @@ impl Default for NodeConfig {
             io_threads: 0,
             initial_cluster: None,
             durability: "quorum".into(),
+            mode: Mode::SingleLeader,
+            leaderless: LeaderlessConfig::default(),
             learner: false,
             replica_read_staleness_max_ms: None,
             debug_commands: false,
@@ -278,6 +349,33 @@ impl NodeConfig {
         if self.appends_in_flight_max == 0 {
             return Err(ConfigError::Invalid("appends_in_flight_max must be at least 1".into()));
         }
+        if self.mode == Mode::Leaderless {
+            let ll = &self.leaderless;
+            chorus_core::leaderless::Quorum::new(ll.n, ll.w, ll.r)
+                .map_err(|error| ConfigError::Invalid(format!("leaderless: {error}")))?;
+            let members = self.members()?.map_or(0, |members| members.len());
+            if members == 0 {
+                return Err(ConfigError::Invalid("mode = \"leaderless\" needs initial_cluster".into()));
+            }
+            if usize::from(ll.n) > members {
+                return Err(ConfigError::Invalid(format!(
+                    "leaderless: n = {} replicas per key but initial_cluster names {members} nodes",
+                    ll.n
+                )));
+            }
+            if self.learner {
+                return Err(ConfigError::Invalid("leaderless mode has no learners".into()));
+            }
+            if ll.request_timeout_ms == 0
+                || ll.anti_entropy_interval_ms == 0
+                || ll.handoff_interval_ms == 0
+                || ll.failure_timeout_ms < 5
+            {
+                return Err(ConfigError::Invalid(
+                    "leaderless: timeouts and intervals must be positive (failure_timeout_ms at least 5)".into(),
+                ));
+            }
+        }
         if self.storage.checkpoint_entries == 0 {
             return Err(ConfigError::Invalid("storage.checkpoint_entries must be at least 1".into()));
         }
@@ -310,5 +408,22 @@ mod tests {
         assert_eq!(config.limits.bulk_bytes_max, 1024);
         assert_eq!(config.limits.array_len_max, LimitsConfig::default().array_len_max);
         assert!(toml::from_str::<NodeConfig>("unknown_option = 1").is_err(), "typos are errors");
+    }
+
+    #[test]
+    fn leaderless_mode_is_configured_and_checked() {
+        let cluster = "initial_cluster = \"1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3\"\n";
+        let config: NodeConfig =
+            toml::from_str(&format!("{cluster}mode = \"leaderless\"\n[leaderless]\nw = 3\nr = 1\n")).unwrap();
+        assert_eq!(config.mode, Mode::Leaderless);
+        assert_eq!((config.leaderless.n, config.leaderless.w, config.leaderless.r), (3, 3, 1));
+        config.validate().unwrap();
+        assert_eq!(NodeConfig::default().mode, Mode::SingleLeader);
+        assert_eq!("leaderless".parse::<Mode>().unwrap().to_string(), "leaderless");
+        assert!("leaderfull".parse::<Mode>().is_err());
+        let bad = |text: &str| toml::from_str::<NodeConfig>(text).unwrap().validate().is_err();
+        assert!(bad("mode = \"leaderless\"\n"), "needs a cluster");
+        assert!(bad(&format!("{cluster}mode = \"leaderless\"\n[leaderless]\nw = 4\n")), "w > n");
+        assert!(bad(&format!("{cluster}mode = \"leaderless\"\n[leaderless]\nn = 5\nw = 1\nr = 1\n")), "n > members");
     }
 }

@@ -36,6 +36,8 @@ pub struct ConnectionState {
     pub readonly: bool,
     /// The session position (CHORUS.SESSION): follower reads wait until it is applied.
     pub session_index: u64,
+    /// Leaderless mode: this connection's n/w/r (CHORUS.QUORUM), or the configured default.
+    pub quorum: Option<chorus_core::leaderless::Quorum>,
 }
 
 const READ_CHUNK_BYTES: usize = 16 * 1024;
@@ -60,6 +62,7 @@ pub async fn serve(context: Arc<NodeContext>, mut socket: TcpStream, id: u64) {
         connected_at: std::time::Instant::now(),
         readonly: false,
         session_index: 0,
+        quorum: None,
     };
     let (reply_tx, mut reply_rx) = mpsc::unbounded_channel();
     context.core.register(id, reply_tx);
@@ -220,6 +223,12 @@ fn process_requests(
             Dispatch::Member { change, address } => {
                 slots.push_back((connection.protocol, None));
                 batch.push((sequence, Submission::Member { change, address }));
+            }
+            Dispatch::Leaderless(request) => {
+                slots.push_back((connection.protocol, None));
+                if let Some(node) = &context.leaderless {
+                    node.submit(connection.id, sequence, request, connection.quorum);
+                }
             }
             Dispatch::Close(reply) => {
                 slots.push_back((connection.protocol, Some(reply)));

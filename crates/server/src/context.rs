@@ -39,6 +39,8 @@ pub struct NodeContext {
     /// Fault injection (`CHORUS.DEBUG ISOLATE`, with `debug_commands` on): drop every message to
     /// and from peers, as if the network cut this node off, while clients can still reach it.
     pub isolated: Arc<std::sync::atomic::AtomicBool>,
+    /// Leaderless mode: the coordinator that serves key-value commands instead of the replica.
+    pub leaderless: Option<Arc<crate::leaderless::LeaderlessNode>>,
 }
 
 /// The wall clock, read at the edge and handed to the core as an input.

@@ -201,6 +201,14 @@ impl CoreHandle {
         self.lock().connections.insert(connection, sender);
     }
 
+    /// Sends a reply to a connection's channel (leaderless mode answers outside the replica).
+    pub fn deliver(&self, connection: u64, sequence: u64, reply: Reply) {
+        if let Some(sender) = self.lock().connections.get(&connection) {
+            // A closed connection has stopped listening; its reply has nowhere to go.
+            let _ = sender.send((sequence, reply));
+        }
+    }
+
     pub fn unregister(&self, connection: u64) {
         self.lock().connections.remove(&connection);
     }

@@ -116,6 +116,9 @@ pub fn spawn_tasks(
                     receiver_context.core.with_remote(|inner| inner.replica.set_peer_client_addr(from, client_addr))
                 }
                 PeerMessage::SnapshotChunk(chunk) => snapshots.take(from, chunk),
+                PeerMessage::Leaderless(_) => {
+                    tracing::debug!(%from, "a leaderless message in single-leader mode; ignored")
+                }
             }
         }
     });

@@ -18,7 +18,8 @@ pub fn info_reply(context: &NodeContext, connection: &ConnectionState, args: &[B
     let wanted: Vec<String> = args.iter().map(|arg| String::from_utf8_lossy(arg).to_ascii_lowercase()).collect();
     let everything = wanted.is_empty() || wanted.iter().any(|w| w == "all" || w == "everything" || w == "default");
     let mut text = String::new();
-    for section in DEFAULT_SECTIONS {
+    let leaderless: &[&str] = if context.leaderless.is_some() { &["leaderless"] } else { &[] };
+    for section in DEFAULT_SECTIONS.iter().chain(leaderless) {
         if everything || wanted.iter().any(|w| w == section) {
             if !text.is_empty() {
                 text.push_str("\r\n");
@@ -99,6 +100,49 @@ fn render_section(context: &NodeContext, section: &str, out: &mut String) {
             status.kv.keyspace_misses,
             ServerStats::get(&stats.protocol_errors),
         ),
+        "leaderless" => {
+            let Some(node) = &context.leaderless else { return };
+            let ll = node.status();
+            let (c, n) = (ll.coordinator, ll.node);
+            let down: Vec<String> = ll.peers_down.iter().map(ToString::to_string).collect();
+            write!(
+                out,
+                "# Leaderless\r\nchorus_ll_n:{}\r\nchorus_ll_w:{}\r\nchorus_ll_r:{}\r\nchorus_ll_keys:{}\r\n\
+                 chorus_ll_keys_with_siblings:{}\r\nchorus_ll_siblings_max:{}\r\nchorus_ll_hints:{}\r\n\
+                 chorus_ll_hints_stored:{}\r\nchorus_ll_hints_delivered:{}\r\nchorus_ll_handoffs_received:{}\r\n\
+                 chorus_ll_read_repairs:{}\r\nchorus_ll_anti_entropy_rounds:{}\r\nchorus_ll_anti_entropy_keys_received:{}\r\n\
+                 chorus_ll_anti_entropy_keys_sent:{}\r\nchorus_ll_tombstones_purged:{}\r\nchorus_ll_forwarded:{}\r\n\
+                 chorus_ll_forwards_received:{}\r\nchorus_ll_forward_timeouts:{}\r\nchorus_ll_peers_down:{}\r\n\
+                 chorus_ll_peer_down_events:{}\r\nchorus_ll_in_flight:{}\r\nchorus_ll_store_records:{}\r\n",
+                ll.quorum.n,
+                ll.quorum.w,
+                ll.quorum.r,
+                ll.keys,
+                ll.keys_with_siblings,
+                ll.siblings_max,
+                ll.hints,
+                c.hints_stored,
+                c.hints_delivered,
+                c.handoffs_received,
+                c.read_repairs,
+                c.anti_entropy_rounds,
+                c.anti_entropy_keys_received,
+                c.anti_entropy_keys_sent,
+                c.tombstones_purged,
+                n.forwarded,
+                n.forwards_received,
+                n.forward_timeouts,
+                down.join(","),
+                n.peers_down,
+                ll.in_flight,
+                n.store_records,
+            )
+        }
+        "replication" if context.leaderless.is_some() => write!(
+            out,
+            "# Replication\r\nrole:master\r\nconnected_slaves:0\r\nmaster_repl_offset:0\r\nchorus_mode:leaderless\r\n\
+             chorus_role:leaderless\r\n"
+        ),
         "replication" => {
             let (redis_role, chorus_role, mode) = match status.role {
                 None => ("master", "standalone", "standalone"),
@@ -158,6 +202,14 @@ fn render_section(context: &NodeContext, section: &str, out: &mut String) {
                 status.discarded_entries,
                 status.discarded_committed_events,
             )
+        }
+        "keyspace" if context.leaderless.is_some() => {
+            let keys = context.leaderless.as_ref().map_or(0, |node| node.key_count());
+            if keys > 0 {
+                write!(out, "# Keyspace\r\ndb0:keys={keys},expires=0,avg_ttl=0\r\n")
+            } else {
+                write!(out, "# Keyspace\r\n")
+            }
         }
         "keyspace" => {
             let state_guard = context.state.read();

@@ -16,6 +16,7 @@ pub mod context;
 pub mod core_handle;
 pub mod group;
 pub mod info;
+pub mod leaderless;
 pub mod metrics_names;
 pub mod node;
 pub mod node_commands;
@@ -23,5 +24,5 @@ pub mod peer;
 pub mod pipeline;
 pub mod shared_state;
 
-pub use config::{FsyncPolicy, NodeConfig};
+pub use config::{FsyncPolicy, Mode, NodeConfig};
 pub use node::{BoundAddrs, NodeError, run};

@@ -87,7 +87,10 @@ pub async fn run(
             log.first_index()
         )));
     }
-    let members = config.members()?;
+    let leaderless_members = if config.mode == crate::config::Mode::Leaderless { config.members()? } else { None };
+    // In leaderless mode the Raft replica runs standalone and idle (key-value commands go to the
+    // leaderless coordinator); it still answers the node's own commands.
+    let members = if leaderless_members.is_some() { None } else { config.members()? };
     let replayed_from = state.applied_index();
     // Standalone, everything in the log was committed. In a group, entries after the snapshot may
     // not be: they are re-applied as the group commits them.
@@ -108,6 +111,21 @@ pub async fn run(
     let isolated = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(65_536);
     let (snapshot_tx, snapshot_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut leaderless_network = None;
+    if let Some(members) = &leaderless_members {
+        let peer_listener = TcpListener::bind(config.peer_addr)
+            .await
+            .map_err(io_error(format!("cannot listen for peers on {}", config.peer_addr)))?;
+        leaderless_network = Some(PeerNetwork::<crate::peer::PeerMessage>::start(
+            PeerConfig {
+                node_id: config.id,
+                peers: members.clone(),
+                frame_bytes_max: chorus_transport::FRAME_BYTES_MAX_DEFAULT,
+            },
+            peer_listener,
+            inbound_tx.clone(),
+        ));
+    }
     let (replica, group_io) = match &members {
         None => {
             let recovered =
@@ -141,6 +159,20 @@ pub async fn run(
     let (log_tx, log_rx) = std::sync::mpsc::channel();
     let (apply_tx, apply_rx) = std::sync::mpsc::channel();
     let core = CoreHandle::new(replica, log_tx, apply_tx, group_io.clone());
+    let leaderless = match (&leaderless_members, &leaderless_network) {
+        (Some(members), Some(network)) => {
+            let node = crate::leaderless::LeaderlessNode::open(
+                &config,
+                members,
+                network.clone(),
+                core.clone(),
+                Arc::clone(&isolated),
+            )
+            .map_err(|error| NodeError::Inconsistent(format!("leaderless store: {error}")))?;
+            Some(Arc::new(node))
+        }
+        _ => None,
+    };
     let admin_listener = match config.admin_addr {
         Some(addr) => Some(TcpListener::bind(addr).await.map_err(io_error(format!("cannot listen on admin {addr}")))?),
         None => None,
@@ -176,6 +208,7 @@ pub async fn run(
         run_id: run_id.chars().take(40).collect(),
         client_port: client_addr.port(),
         isolated,
+        leaderless: leaderless.clone(),
     });
 
     let admin_task = admin_listener.map(|admin_listener| {
@@ -187,8 +220,12 @@ pub async fn run(
         })
     });
     let network = group_io.as_ref().map(|io| io.network.clone());
-    let group_tasks =
-        group_io.map(|io| group::spawn_tasks(Arc::clone(&context), io, inbound_rx, snapshot_rx, client_addr));
+    let network = network.or_else(|| leaderless_network.clone());
+    let group_tasks = match (group_io, &leaderless) {
+        (Some(io), _) => Some(group::spawn_tasks(Arc::clone(&context), io, inbound_rx, snapshot_rx, client_addr)),
+        (None, Some(node)) => Some(node.spawn_tasks(inbound_rx, client_addr)),
+        (None, None) => None,
+    };
     let ticker_context = Arc::clone(&context);
     let tick_interval = if members.is_some() { group::TICK_INTERVAL } else { pipeline::TICK_INTERVAL };
     let ticker = tokio::spawn(async move {
@@ -201,7 +238,7 @@ pub async fn run(
         }
     });
 
-    tracing::info!(node = context.config.id, %client_addr, admin = ?admin_addr, fsync = %context.config.fsync, "chorus node ready");
+    tracing::info!(node = context.config.id, %client_addr, admin = ?admin_addr, fsync = %context.config.fsync, mode = %context.config.mode, "chorus node ready");
     if let Some(bound) = bound {
         let _ = bound.send(BoundAddrs { client: client_addr, admin: admin_addr });
     }
@@ -236,6 +273,7 @@ pub async fn run(
         tracing::warn!(%error, "final snapshot failed; the next start replays the log");
     }
     drop(context);
+    drop(leaderless);
     drop(core);
     drop(state);
     drop(lock_file);

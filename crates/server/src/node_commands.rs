@@ -26,6 +26,8 @@ pub enum Dispatch {
         change: MembershipChange,
         address: Option<String>,
     },
+    /// A key-value request for the leaderless coordinator (answered through the reply channel).
+    Leaderless(crate::leaderless::Request),
 }
 
 /// The Redis version Chorus reports: the command set and replies follow Redis 7.2.
@@ -40,6 +42,11 @@ pub fn dispatch(context: &Arc<NodeContext>, connection: &mut ConnectionState, ar
     }
     if !connection.authenticated && !spec.flags.contains(&"noauth") {
         return Dispatch::Reply(Reply::Error("NOAUTH Authentication required.".into()));
+    }
+    if context.leaderless.is_some()
+        && let Some(dispatch) = crate::leaderless::dispatch(context, connection, spec, &args)
+    {
+        return dispatch;
     }
     match spec.kind {
         CommandKind::Kv => match KvCommand::parse(spec, &args) {
@@ -115,6 +122,9 @@ fn node_command(
                 Reply::Bulk(Bytes::from((micros / 1_000_000).to_string())),
                 Reply::Bulk(Bytes::from((micros % 1_000_000).to_string())),
             ])
+        }
+        "chorus.getall" | "chorus.put" | "chorus.quorum" | "chorus.digest" => {
+            Reply::err(format!("{} needs leaderless mode (mode = \"leaderless\")", spec.name.to_ascii_uppercase()))
         }
         other => Reply::err(format!("internal error: no handler for '{other}'")),
     };

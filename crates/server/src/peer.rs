@@ -15,6 +15,8 @@ pub enum PeerMessage {
     /// reaches back far enough, or its state diverged). Pieces go in order on one connection; a
     /// receiver that misses one drops the transfer and the leader starts over after a timeout.
     SnapshotChunk(SnapshotChunk),
+    /// Leaderless mode: the coordinator's messages, and requests forwarded to a home replica.
+    Leaderless(crate::leaderless::LeaderlessMessage),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -110,6 +110,9 @@ pub struct CoordinatorConfig {
     /// Test only: a bug planted on purpose (see [`PlantedBug`]). `None` in every real use.
     #[doc(hidden)]
     pub planted_bug: Option<PlantedBug>,
+    /// Record every change to the hints held, for a driver that persists them
+    /// ([`Coordinator::drain_hint_changes`]; then it must drain them after every input).
+    pub track_hint_changes: bool,
 }
 
 /// A bug planted on purpose, for the simulator (`chorus-sim`, leaderless mode) to prove its
@@ -142,6 +145,7 @@ impl CoordinatorConfig {
             anti_entropy_interval_ms: 10_000,
             anti_entropy_slots_max: 64,
             planted_bug: None,
+            track_hint_changes: false,
         }
     }
 }
@@ -269,6 +273,36 @@ pub struct Put {
     pub quorum: Option<Quorum>,
 }
 
+/// Counters of what the replication machinery did on this node, for INFO and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CoordinatorStats {
+    /// Read repairs: `Repair` messages sent, plus this node's own copy repaired by a read.
+    pub read_repairs: u64,
+    /// Anti-entropy exchanges this node started.
+    pub anti_entropy_rounds: u64,
+    /// Containers received in anti-entropy exchanges (merged into the local store).
+    pub anti_entropy_keys_received: u64,
+    /// Containers sent in anti-entropy exchanges.
+    pub anti_entropy_keys_sent: u64,
+    /// Keys taken as hints for a down home replica (counted when a key is first held).
+    pub hints_stored: u64,
+    /// Hints dropped after their home replica acknowledged the handoff.
+    pub hints_delivered: u64,
+    /// Containers received by hinted handoff (this node being the home replica).
+    pub handoffs_received: u64,
+    /// Tombstones collected from the local store.
+    pub tombstones_purged: u64,
+}
+
+/// A change to the hints this node holds (see [`CoordinatorConfig::track_hint_changes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HintChange {
+    /// The hint for `home` of `key` is now `value`.
+    Held { home: NodeId, key: Bytes, value: VersionedValue },
+    /// The hint was handed off and dropped.
+    Dropped { home: NodeId, key: Bytes },
+}
+
 /// Something the driver must do, in the order drained.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
@@ -326,6 +360,8 @@ pub struct Coordinator {
     anti_entropy_due: Option<UnixMillis>,
     /// The last peer an anti-entropy exchange was started with.
     anti_entropy_peer: Option<NodeId>,
+    stats: CoordinatorStats,
+    hint_changes: Vec<HintChange>,
     effects: Vec<Effect>,
 }
 
@@ -355,6 +391,8 @@ impl Coordinator {
             peer_trees: BTreeMap::new(),
             anti_entropy_due: None,
             anti_entropy_peer: None,
+            stats: CoordinatorStats::default(),
+            hint_changes: Vec::new(),
             effects: Vec::new(),
         }
     }
@@ -376,6 +414,33 @@ impl Coordinator {
     /// Number of keys held as hints for other nodes.
     pub fn hint_count(&self) -> usize {
         self.hint_count
+    }
+
+    /// The hint changes since the last call (only with `track_hint_changes`), in order.
+    pub fn drain_hint_changes(&mut self) -> std::vec::Drain<'_, HintChange> {
+        self.hint_changes.drain(..)
+    }
+
+    /// Tells the coordinator about a hint held before a restart (like [`Coordinator::load`]).
+    pub fn load_hint(&mut self, now: UnixMillis, home: NodeId, key: Bytes, value: VersionedValue) {
+        if home == self.config.node_id {
+            return;
+        }
+        self.observe(now, &value);
+        if self.hints.entry(home).or_default().insert(key, value).is_none() {
+            self.hint_count += 1;
+        }
+    }
+
+    /// What the replication machinery did so far.
+    pub fn stats(&self) -> CoordinatorStats {
+        self.stats
+    }
+
+    /// The root of the Merkle tree over the slots this node and `peer` are both home replicas of
+    /// (what anti-entropy compares): equal on both sides once they agree on those slots.
+    pub fn shared_digest(&mut self, peer: NodeId) -> u64 {
+        self.shared_tree(peer).root()
     }
 
     /// The home replicas of `key`.
@@ -555,10 +620,12 @@ impl Coordinator {
             }
             Message::Purge { key, digest } => {
                 if store.get(&key).is_some_and(|held| held.is_tombstone() && held.digest() == digest) {
+                    self.stats.tombstones_purged += 1;
                     self.store_remove(store, &key);
                 }
             }
             Message::Handoff { key, value } => {
+                self.stats.handoffs_received += 1;
                 self.observe(now, &value);
                 self.merge_into(&key, &value, None, store);
                 let digest = value.digest();
@@ -572,6 +639,7 @@ impl Coordinator {
                 for (key, value) in values.iter().filter(|_| !ignore) {
                     // Only keys this node is a home replica of: a peer cannot plant others.
                     if self.shares_slot(from, Slot::of_key(key)) {
+                        self.stats.anti_entropy_keys_received += 1;
                         self.observe(now, value);
                         self.merge_into(key, value, None, store);
                     }
@@ -582,6 +650,7 @@ impl Coordinator {
                     .filter_map(|key| store.get(&key).map(|value| (key, value)))
                     .collect();
                 if !values.is_empty() {
+                    self.stats.anti_entropy_keys_sent += values.len() as u64;
                     let message = Message::AntiEntropyKeys { values, want: Vec::new() };
                     self.effects.push(Effect::Send { to: from, message });
                 }
@@ -593,6 +662,10 @@ impl Coordinator {
                 {
                     hints.remove(&key);
                     self.hint_count -= 1;
+                    self.stats.hints_delivered += 1;
+                    if self.config.track_hint_changes {
+                        self.hint_changes.push(HintChange::Dropped { home: from, key });
+                    }
                     if hints.is_empty() {
                         self.hints.remove(&from);
                     }
@@ -704,6 +777,7 @@ impl Coordinator {
         let peer =
             self.anti_entropy_peer.and_then(|last| peers.iter().copied().find(|&node| node > last)).unwrap_or(first);
         self.anti_entropy_peer = Some(peer);
+        self.stats.anti_entropy_rounds += 1;
         let tree = self.shared_tree(peer);
         let message = Message::AntiEntropyTree { root: tree.root(), hashes: tree.level(1).to_vec() };
         self.effects.push(Effect::Send { to: peer, message });
@@ -791,6 +865,7 @@ impl Coordinator {
             }
         }
         if !values.is_empty() || !want.is_empty() {
+            self.stats.anti_entropy_keys_sent += values.len() as u64;
             self.effects.push(Effect::Send { to: from, message: Message::AntiEntropyKeys { values, want } });
         }
     }
@@ -840,9 +915,14 @@ impl Coordinator {
                 let mut merged = self.hints.get(&home).and_then(|hints| hints.get(key)).cloned().unwrap_or_default();
                 merged.merge(value);
                 self.settle(&mut merged);
+                if self.config.track_hint_changes {
+                    let change = HintChange::Held { home, key: key.clone(), value: merged.clone() };
+                    self.hint_changes.push(change);
+                }
                 self.hints.entry(home).or_default().insert(key.clone(), merged);
                 if !held {
                     self.hint_count += 1;
+                    self.stats.hints_stored += 1;
                 }
                 true
             }
@@ -901,6 +981,7 @@ impl Coordinator {
             if !stale {
                 continue;
             }
+            self.stats.read_repairs += 1;
             if target.node == me {
                 self.merge_into(&pending.key, &merged, target.hint_for, store);
             } else {
@@ -926,6 +1007,7 @@ impl Coordinator {
         for target in &pending.targets {
             if target.node == me {
                 if store.get(&pending.key).is_some_and(|held| held.digest() == digest) {
+                    self.stats.tombstones_purged += 1;
                     self.store_remove(store, &pending.key);
                 }
             } else {

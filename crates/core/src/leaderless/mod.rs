@@ -28,8 +28,8 @@ pub mod version;
 
 pub use clock::{ClockDriftError, Hlc, HlcTimestamp};
 pub use coordinator::{
-    ClientReply, Coordinator, CoordinatorConfig, Effect, MemoryStore, Message, PlantedBug, Put, RequestError,
-    Resolution, Store,
+    ClientReply, Coordinator, CoordinatorConfig, CoordinatorStats, Effect, HintChange, MemoryStore, Message,
+    PlantedBug, Put, RequestError, Resolution, Store,
 };
 pub use counter::{Counter, CounterBase, CounterOverflow, PnCounter};
 pub use merkle::{MerkleTree, RangeMismatch, SlotDigests};

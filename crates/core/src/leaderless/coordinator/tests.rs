@@ -437,6 +437,34 @@ fn sloppy_quorum_keeps_writes_available_and_hints_are_handed_off() {
 }
 
 #[test]
+fn tracked_hint_changes_rebuild_the_hints_after_a_restart() {
+    let mut cluster = Cluster::new(|config| config.track_hint_changes = true);
+    let ranks = ranks();
+    let (down, fallback) = (ranks[1], ranks[3]);
+    cluster.set_down(down, true);
+    cluster.put(ranks[0], value("v"), &VersionVector::new());
+    cluster.deliver(|_, to, _| to == down);
+    let changes: Vec<HintChange> = cluster.nodes.get_mut(&fallback).unwrap().0.drain_hint_changes().collect();
+    let [HintChange::Held { home, key: held_key, value: held }] = &changes[..] else {
+        panic!("one hint held: {changes:?}")
+    };
+    assert_eq!((*home, held_key), (down, &key()));
+    // A restarted fallback that replays its hints hands them off like before.
+    let mut restarted = coordinator(fallback, |config| config.track_hint_changes = true);
+    restarted.load_hint(T0, *home, held_key.clone(), held.clone());
+    assert_eq!(restarted.hint_count(), 1);
+    cluster.nodes.get_mut(&fallback).unwrap().0 = restarted;
+    cluster.set_down(down, false);
+    cluster.tick(fallback, 1000);
+    cluster.deliver_all();
+    assert!(cluster.stored(down).is_some());
+    let fallback_node = &mut cluster.nodes.get_mut(&fallback).unwrap().0;
+    assert_eq!(fallback_node.hint_count(), 0);
+    let changes: Vec<HintChange> = fallback_node.drain_hint_changes().collect();
+    assert_eq!(changes, vec![HintChange::Dropped { home: down, key: key() }]);
+}
+
+#[test]
 fn a_hint_that_changed_during_handoff_is_kept() {
     let mut cluster = Cluster::new(|_| {});
     let ranks = ranks();
