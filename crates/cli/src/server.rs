@@ -50,6 +50,21 @@ pub struct ServerArgs {
     /// Leaderless mode: milliseconds between Merkle anti-entropy exchanges.
     #[arg(long)]
     anti_entropy_interval_ms: Option<u64>,
+    /// This node's datacenter (multi-leader mode: each datacenter runs its own group).
+    #[arg(long)]
+    datacenter: Option<String>,
+    /// Extra delay (ms) on every message between nodes of different datacenters (WAN emulation).
+    #[arg(long)]
+    wan_delay_ms: Option<u64>,
+    /// Multi-leader mode: lww (last write wins, default) | siblings.
+    #[arg(long)]
+    conflict_policy: Option<chorus_server::config::ConflictPolicyConfig>,
+    /// Multi-leader mode: all-to-all (default) | star:HUB | ring:DC1,DC2,...
+    #[arg(long)]
+    topology: Option<String>,
+    /// Multi-leader mode: changes kept in the journal for downstream datacenters.
+    #[arg(long)]
+    journal_entries_max: Option<usize>,
     /// Threads serving client connections (0: half the cores).
     #[arg(long)]
     io_threads: Option<usize>,
@@ -116,6 +131,32 @@ impl ServerArgs {
         }
         if let Some(interval) = self.anti_entropy_interval_ms {
             config.leaderless.anti_entropy_interval_ms = interval;
+        }
+        if self.datacenter.is_some() {
+            config.datacenter = self.datacenter;
+        }
+        if let Some(delay) = self.wan_delay_ms {
+            config.wan_delay_ms = delay;
+        }
+        if let Some(policy) = self.conflict_policy {
+            config.multileader.conflict_policy = policy;
+        }
+        if let Some(topology) = &self.topology {
+            let (kind, rest) = topology.split_once(':').unwrap_or((topology.as_str(), ""));
+            config.multileader.topology = kind.parse().map_err(anyhow::Error::msg)?;
+            match config.multileader.topology {
+                chorus_server::config::TopologyKind::Star if !rest.is_empty() => {
+                    config.multileader.hub = Some(rest.to_string());
+                }
+                chorus_server::config::TopologyKind::Ring if !rest.is_empty() => {
+                    config.multileader.ring_order = Some(rest.to_string());
+                }
+                chorus_server::config::TopologyKind::AllToAll if rest.is_empty() => {}
+                _ => anyhow::bail!("--topology '{topology}': expected all-to-all, star:HUB or ring:DC1,DC2,..."),
+            }
+        }
+        if let Some(entries) = self.journal_entries_max {
+            config.multileader.journal_entries_max = entries;
         }
         if let Some(io_threads) = self.io_threads {
             config.io_threads = io_threads;

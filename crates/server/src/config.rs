@@ -127,6 +127,9 @@ pub enum Mode {
     SingleLeader,
     /// Dynamo style: any node coordinates, quorums of `n`/`w`/`r` replicas (docs/leaderless.md).
     Leaderless,
+    /// One Raft group per datacenter, each taking local writes; the groups' leaders stream their
+    /// committed changes to each other (docs/multileader.md).
+    MultiLeader,
 }
 
 impl FromStr for Mode {
@@ -136,7 +139,8 @@ impl FromStr for Mode {
         match text {
             "single-leader" => Ok(Mode::SingleLeader),
             "leaderless" => Ok(Mode::Leaderless),
-            other => Err(format!("invalid mode '{other}': expected single-leader or leaderless")),
+            "multi-leader" => Ok(Mode::MultiLeader),
+            other => Err(format!("invalid mode '{other}': expected single-leader, leaderless or multi-leader")),
         }
     }
 }
@@ -146,6 +150,7 @@ impl fmt::Display for Mode {
         f.write_str(match self {
             Mode::SingleLeader => "single-leader",
             Mode::Leaderless => "leaderless",
+            Mode::MultiLeader => "multi-leader",
         })
     }
 }
@@ -184,9 +189,120 @@ impl Default for LeaderlessConfig {
     }
 }
 
+/// How a multi-leader DC resolves concurrent writes to one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConflictPolicyConfig {
+    /// Last write wins by hybrid-logical-clock timestamp, then origin DC (the default).
+    #[default]
+    Lww,
+    /// Keep every concurrent write (siblings); reads see a deterministic choice.
+    Siblings,
+}
+
+impl FromStr for ConflictPolicyConfig {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "lww" => Ok(ConflictPolicyConfig::Lww),
+            "siblings" => Ok(ConflictPolicyConfig::Siblings),
+            other => Err(format!("invalid conflict policy '{other}': expected lww or siblings")),
+        }
+    }
+}
+
+impl fmt::Display for ConflictPolicyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConflictPolicyConfig::Lww => "lww",
+            ConflictPolicyConfig::Siblings => "siblings",
+        })
+    }
+}
+
+/// Which DCs stream to which (`[multileader] topology`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TopologyKind {
+    /// Every DC sends its own changes to every other DC (the default).
+    #[default]
+    AllToAll,
+    /// Spokes send to the hub (`hub`), which forwards to every other spoke.
+    Star,
+    /// Each DC sends everything to the next one in `ring_order`.
+    Ring,
+}
+
+impl FromStr for TopologyKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "all-to-all" => Ok(TopologyKind::AllToAll),
+            "star" => Ok(TopologyKind::Star),
+            "ring" => Ok(TopologyKind::Ring),
+            other => Err(format!("invalid topology '{other}': expected all-to-all, star or ring")),
+        }
+    }
+}
+
+impl fmt::Display for TopologyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TopologyKind::AllToAll => "all-to-all",
+            TopologyKind::Star => "star",
+            TopologyKind::Ring => "ring",
+        })
+    }
+}
+
+/// Multi-leader mode (`[multileader]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MultiLeaderConfig {
+    pub conflict_policy: ConflictPolicyConfig,
+    pub topology: TopologyKind,
+    /// Star: the hub DC's name.
+    pub hub: Option<String>,
+    /// Ring: DC names in ring order, comma-separated (every DC once).
+    pub ring_order: Option<String>,
+    /// Changes a DC keeps in its journal for downstream DCs; one that needs older ones gets the
+    /// whole multi-leader state instead (a bootstrap).
+    pub journal_entries_max: usize,
+    /// Most changes in one batch sent to a downstream DC.
+    pub batch_changes_max: usize,
+    /// A downstream link that has not answered for this long is reset (its leader looked up again).
+    pub link_timeout_ms: u64,
+}
+
+impl Default for MultiLeaderConfig {
+    fn default() -> Self {
+        MultiLeaderConfig {
+            conflict_policy: ConflictPolicyConfig::Lww,
+            topology: TopologyKind::AllToAll,
+            hub: None,
+            ring_order: None,
+            journal_entries_max: 100_000,
+            batch_changes_max: 512,
+            link_timeout_ms: 2_000,
+        }
+    }
+}
+
 /// Marks a data directory whose node joined an existing group (`--learner`), so that a restart,
 /// with or without the flag, still waits for the leader instead of bootstrapping a group.
 pub const JOINED_MARKER: &str = "JOINED_AS_LEARNER";
+
+/// The datacenter of a node started without `--datacenter`.
+pub const DEFAULT_DATACENTER: &str = "dc1";
+
+/// Whether `name` may name a datacenter (it appears in INFO lines and commands).
+pub fn valid_datacenter_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
+}
 
 /// Everything a node needs to start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,6 +328,12 @@ pub struct NodeConfig {
     /// `single-leader` (Raft, the default) or `leaderless` (needs `initial_cluster`).
     pub mode: Mode,
     pub leaderless: LeaderlessConfig,
+    /// This node's datacenter (multi-leader mode: each datacenter is one Raft group). Unset: `dc1`.
+    pub datacenter: Option<String>,
+    pub multileader: MultiLeaderConfig,
+    /// An extra delay on every message between nodes of different datacenters (both directions, in
+    /// order), to show WAN latency on one machine. 0: none.
+    pub wan_delay_ms: u64,
     /// Join an existing group as a learner (added with `CHORUS.MEMBER ADD` on its leader): the node
     /// starts knowing no configuration and learns it, and the data, from the leader. Remembered in
     /// the data directory, so a restart needs no flag.
@@ -252,6 +374,9 @@ impl Default for NodeConfig {
             durability: "quorum".into(),
             mode: Mode::SingleLeader,
             leaderless: LeaderlessConfig::default(),
+            datacenter: None,
+            multileader: MultiLeaderConfig::default(),
+            wan_delay_ms: 0,
             learner: false,
             replica_read_staleness_max_ms: None,
             debug_commands: false,
@@ -312,6 +437,11 @@ impl NodeConfig {
 
     pub fn durability(&self) -> Result<chorus_core::raft::Durability, ConfigError> {
         self.durability.parse().map_err(|error| ConfigError::Invalid(format!("durability: {error}")))
+    }
+
+    /// This node's datacenter name (`dc1` when unset).
+    pub fn datacenter_name(&self) -> String {
+        self.datacenter.clone().unwrap_or_else(|| DEFAULT_DATACENTER.to_string())
     }
 
     /// The number of connection threads to run (`io_threads`, or half the cores when 0).
@@ -375,6 +505,34 @@ impl NodeConfig {
                     "leaderless: timeouts and intervals must be positive (failure_timeout_ms at least 5)".into(),
                 ));
             }
+        }
+        if self.mode == Mode::MultiLeader {
+            if self.members()?.is_none() {
+                return Err(ConfigError::Invalid("mode = \"multi-leader\" needs initial_cluster".into()));
+            }
+            if self.learner {
+                return Err(ConfigError::Invalid("multi-leader mode has no learners (yet)".into()));
+            }
+            let ml = &self.multileader;
+            if ml.journal_entries_max == 0 || ml.batch_changes_max == 0 || ml.link_timeout_ms == 0 {
+                return Err(ConfigError::Invalid(
+                    "multileader: journal_entries_max, batch_changes_max and link_timeout_ms must be positive".into(),
+                ));
+            }
+            match ml.topology {
+                TopologyKind::Star if ml.hub.is_none() => {
+                    return Err(ConfigError::Invalid("multileader: topology = \"star\" needs hub".into()));
+                }
+                TopologyKind::Ring if ml.ring_order.is_none() => {
+                    return Err(ConfigError::Invalid("multileader: topology = \"ring\" needs ring_order".into()));
+                }
+                _ => {}
+            }
+        }
+        if let Some(name) = &self.datacenter
+            && !valid_datacenter_name(name)
+        {
+            return Err(ConfigError::Invalid(format!("datacenter '{name}': use 1-64 letters, digits, '-' or '_'")));
         }
         if self.storage.checkpoint_entries == 0 {
             return Err(ConfigError::Invalid("storage.checkpoint_entries must be at least 1".into()));

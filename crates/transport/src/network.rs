@@ -46,10 +46,35 @@ pub enum NetworkError {
     Hello(String),
 }
 
+/// A frame waiting to be written, stamped with when it was queued (for the WAN delay).
+type Queued = (tokio::time::Instant, BytesMut);
+
 /// One peer this node dials: where, and the queue its dialling task drains.
 struct Link {
     addr: SocketAddr,
-    queue: mpsc::Sender<BytesMut>,
+    queue: mpsc::Sender<Queued>,
+}
+
+/// Per-peer fault and latency controls, shared by the sending half, the dialling tasks and the
+/// accepting side.
+#[derive(Debug, Default)]
+struct LinkControls {
+    /// An extra delay on every frame to the peer (WAN emulation between datacenters). Frames keep
+    /// their order: each waits until its own queueing time plus the delay.
+    delays: std::sync::RwLock<BTreeMap<u64, Duration>>,
+    /// Peers cut off (fault injection): nothing is sent to them, and what they send is dropped.
+    blocked: std::sync::RwLock<std::collections::BTreeSet<u64>>,
+}
+
+impl LinkControls {
+    fn delay(&self, peer: u64) -> Duration {
+        let delays = self.delays.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        delays.get(&peer).copied().unwrap_or_default()
+    }
+
+    fn is_blocked(&self, peer: u64) -> bool {
+        self.blocked.read().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(&peer)
+    }
 }
 
 /// The sending half: cheap to clone, never blocks.
@@ -59,6 +84,7 @@ pub struct PeerNetwork<M> {
     links: Arc<std::sync::RwLock<BTreeMap<u64, Link>>>,
     runtime: tokio::runtime::Handle,
     accept_task: Arc<tokio::task::AbortHandle>,
+    controls: Arc<LinkControls>,
     _message: PhantomData<fn(M)>,
 }
 
@@ -69,6 +95,7 @@ impl<M> Clone for PeerNetwork<M> {
             links: Arc::clone(&self.links),
             runtime: self.runtime.clone(),
             accept_task: Arc::clone(&self.accept_task),
+            controls: Arc::clone(&self.controls),
             _message: PhantomData,
         }
     }
@@ -79,12 +106,14 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> PeerNetwork<M> {
     /// to `inbound` as (sender id, message). Must be called inside a tokio runtime.
     pub fn start(config: PeerConfig, listener: TcpListener, inbound: mpsc::Sender<(u64, M)>) -> PeerNetwork<M> {
         let decoder = FrameDecoder { frame_bytes_max: config.frame_bytes_max };
-        let accept_task = tokio::spawn(accept_loop(listener, decoder, inbound)).abort_handle();
+        let controls = Arc::new(LinkControls::default());
+        let accept_task = tokio::spawn(accept_loop(listener, decoder, inbound, Arc::clone(&controls))).abort_handle();
         let network = PeerNetwork {
             node_id: config.node_id,
             links: Arc::new(std::sync::RwLock::new(BTreeMap::new())),
             runtime: tokio::runtime::Handle::current(),
             accept_task: Arc::new(accept_task),
+            controls,
             _message: PhantomData,
         };
         network.set_peers(&config.peers);
@@ -103,8 +132,34 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> PeerNetwork<M> {
             }
             let (queue, receiver) = mpsc::channel(PEER_QUEUE_MAX);
             links.insert(peer, Link { addr, queue });
-            self.runtime.spawn(dial_loop(self.node_id, peer, addr, receiver));
+            self.runtime.spawn(dial_loop(self.node_id, peer, addr, receiver, Arc::clone(&self.controls)));
         }
+    }
+
+    /// Delays every later message to `peer` by `delay` (WAN emulation; zero: none). Order is kept.
+    pub fn set_link_delay(&self, peer: u64, delay: Duration) {
+        let mut delays = self.controls.delays.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if delay.is_zero() {
+            delays.remove(&peer);
+        } else {
+            delays.insert(peer, delay);
+        }
+    }
+
+    /// Cuts `peer` off (`true`) or reconnects it: while blocked, sends to it are dropped and
+    /// messages from it are discarded on arrival (fault injection: a network partition).
+    pub fn set_blocked(&self, peer: u64, blocked: bool) {
+        let mut set = self.controls.blocked.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if blocked {
+            set.insert(peer);
+        } else {
+            set.remove(&peer);
+        }
+    }
+
+    /// Whether `peer` is cut off (see [`PeerNetwork::set_blocked`]).
+    pub fn is_blocked(&self, peer: u64) -> bool {
+        self.controls.is_blocked(peer)
     }
 
     /// The peers this node dials, with their addresses.
@@ -122,6 +177,9 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> PeerNetwork<M> {
     /// Queues `message` for `to`. Returns false when it was dropped (unknown peer, queue full, or
     /// encoding failed — the last is a bug, and is logged).
     pub fn send(&self, to: u64, message: &M) -> bool {
+        if self.controls.is_blocked(to) {
+            return false;
+        }
         let links = self.links.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         let Some(link) = links.get(&to) else { return false };
         let payload = match postcard::to_allocvec(message) {
@@ -133,12 +191,18 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> PeerNetwork<M> {
         };
         let mut frame = BytesMut::with_capacity(payload.len() + 8);
         encode_frame(&payload, &mut frame);
-        link.queue.try_send(frame).is_ok()
+        link.queue.try_send((tokio::time::Instant::now(), frame)).is_ok()
     }
 }
 
 /// Keeps one connection to `peer` open, writing every queued frame; redials with backoff.
-async fn dial_loop(node_id: u64, peer: u64, addr: SocketAddr, mut queue: mpsc::Receiver<BytesMut>) {
+async fn dial_loop(
+    node_id: u64,
+    peer: u64,
+    addr: SocketAddr,
+    mut queue: mpsc::Receiver<Queued>,
+    controls: Arc<LinkControls>,
+) {
     let mut delay = REDIAL_DELAY_MIN;
     loop {
         if queue.is_closed() {
@@ -157,7 +221,7 @@ async fn dial_loop(node_id: u64, peer: u64, addr: SocketAddr, mut queue: mpsc::R
         };
         delay = REDIAL_DELAY_MIN;
         let _ = stream.set_nodelay(true);
-        match write_frames(node_id, stream, &mut queue).await {
+        match write_frames(node_id, peer, stream, &mut queue, &controls).await {
             Ok(()) => return, // the node is shutting down: its sender is gone
             Err(error) => tracing::debug!(peer, %error, "peer connection lost; redialling"),
         }
@@ -166,8 +230,10 @@ async fn dial_loop(node_id: u64, peer: u64, addr: SocketAddr, mut queue: mpsc::R
 
 async fn write_frames(
     node_id: u64,
+    peer: u64,
     mut stream: TcpStream,
-    queue: &mut mpsc::Receiver<BytesMut>,
+    queue: &mut mpsc::Receiver<Queued>,
+    controls: &LinkControls,
 ) -> std::io::Result<()> {
     let mut hello = BytesMut::new();
     let mut payload = HELLO_MAGIC.to_vec();
@@ -175,22 +241,39 @@ async fn write_frames(
     encode_frame(&payload, &mut hello);
     stream.write_all(&hello).await?;
     let mut batch = BytesMut::new();
-    while let Some(frame) = queue.recv().await {
+    // A frame taken from the queue that was not due yet when the last batch was written.
+    let mut early: Option<Queued> = None;
+    loop {
+        let (queued_at, frame) = match early.take() {
+            Some(queued) => queued,
+            None => match queue.recv().await {
+                Some(queued) => queued,
+                None => return Ok(()),
+            },
+        };
+        let delay = controls.delay(peer);
+        if !delay.is_zero() {
+            tokio::time::sleep_until(queued_at + delay).await;
+        }
         batch.extend_from_slice(&frame);
-        // Coalesce whatever else is queued into one write.
-        while let Ok(frame) = queue.try_recv() {
+        // Coalesce whatever else is queued (and due) into one write.
+        while let Ok((queued_at, frame)) = queue.try_recv() {
+            if !delay.is_zero() && queued_at + delay > tokio::time::Instant::now() {
+                early = Some((queued_at, frame));
+                break;
+            }
             batch.extend_from_slice(&frame);
         }
         stream.write_all(&batch).await?;
         batch.clear();
     }
-    Ok(())
 }
 
 async fn accept_loop<M: DeserializeOwned + Send + 'static>(
     listener: TcpListener,
     decoder: FrameDecoder,
     inbound: mpsc::Sender<(u64, M)>,
+    controls: Arc<LinkControls>,
 ) {
     loop {
         let (stream, remote) = match listener.accept().await {
@@ -202,8 +285,9 @@ async fn accept_loop<M: DeserializeOwned + Send + 'static>(
             }
         };
         let inbound = inbound.clone();
+        let controls = Arc::clone(&controls);
         tokio::spawn(async move {
-            if let Err(error) = read_peer(stream, decoder, inbound).await {
+            if let Err(error) = read_peer(stream, decoder, inbound, &controls).await {
                 tracing::debug!(%remote, %error, "peer connection closed");
             }
         });
@@ -214,6 +298,7 @@ async fn read_peer<M: DeserializeOwned>(
     mut stream: TcpStream,
     decoder: FrameDecoder,
     inbound: mpsc::Sender<(u64, M)>,
+    controls: &LinkControls,
 ) -> Result<(), NetworkError> {
     let mut buffer = BytesMut::with_capacity(64 * 1024);
     let Some(hello) = read_frame(&mut stream, &mut buffer, &decoder).await? else { return Ok(()) };
@@ -224,6 +309,9 @@ async fn read_peer<M: DeserializeOwned>(
     id_bytes.copy_from_slice(&hello[8..16]);
     let from = u64::from_le_bytes(id_bytes);
     while let Some(payload) = read_frame(&mut stream, &mut buffer, &decoder).await? {
+        if controls.is_blocked(from) {
+            continue;
+        }
         match postcard::from_bytes::<M>(&payload) {
             Ok(message) => {
                 if inbound.send((from, message)).await.is_err() {
@@ -346,6 +434,42 @@ mod tests {
         assert!(network_1.peers().is_empty());
         assert!(!network_1.send(2, &Ping::Number(2)), "node 2 was removed");
         network_1.shut_down();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delayed_link_keeps_order_and_a_blocked_peer_is_cut_off_both_ways() {
+        let (listener_1, addr_1) = bind().await;
+        let (listener_2, addr_2) = bind().await;
+        let peers: BTreeMap<u64, SocketAddr> = [(1, addr_1), (2, addr_2)].into();
+        let (inbound_1, mut inbox_1) = mpsc::channel(1024);
+        let (inbound_2, mut inbox_2) = mpsc::channel(1024);
+        let config = |node_id| PeerConfig { node_id, peers: peers.clone(), frame_bytes_max: 1 << 20 };
+        let network_1 = PeerNetwork::start(config(1), listener_1, inbound_1);
+        let network_2 = PeerNetwork::start(config(2), listener_2, inbound_2);
+        send_until_received(&network_1, 2, Ping::Number(0), &mut inbox_2).await;
+        while inbox_2.try_recv().is_ok() {}
+
+        let delay = Duration::from_millis(80);
+        network_1.set_link_delay(2, delay);
+        let sent_at = std::time::Instant::now();
+        for n in 1..=20 {
+            assert!(network_1.send(2, &Ping::Number(n)));
+        }
+        for n in 1..=20 {
+            assert_eq!(receive(&mut inbox_2).await, (1, Ping::Number(n)), "a delayed link keeps order");
+        }
+        assert!(sent_at.elapsed() >= delay, "the delay was applied ({:?})", sent_at.elapsed());
+        network_1.set_link_delay(2, Duration::ZERO);
+
+        network_2.set_blocked(1, true);
+        assert!(network_2.is_blocked(1));
+        assert!(!network_2.send(1, &Ping::Number(99)), "nothing is sent to a blocked peer");
+        assert!(network_1.send(2, &Ping::Number(100)));
+        let delivered = tokio::time::timeout(Duration::from_millis(300), inbox_2.recv()).await;
+        assert!(delivered.is_err(), "a blocked peer's messages are dropped on arrival: {delivered:?}");
+        assert!(inbox_1.try_recv().is_err());
+        network_2.set_blocked(1, false);
+        send_until_received(&network_1, 2, Ping::Number(101), &mut inbox_2).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
