@@ -26,6 +26,10 @@ pub enum EntryPayload {
     /// the node appends the entry, and is undone if the entry is truncated (Raft dissertation section
     /// 4.1). Applying it leaves the key-value state unchanged.
     Membership(crate::raft::Membership),
+    /// Multi-leader mode: a local change (a client write at this datacenter's leader) or changes
+    /// received from another datacenter. Applied through the state's `MultiLeaderState`, which
+    /// decides what the key-value view shows (docs/multileader.md).
+    MultiLeader(crate::multileader::MlEntry),
 }
 
 /// A deterministic change to the key-value state.

@@ -55,6 +55,12 @@ pub trait StateView {
 
     /// The index of the last log entry applied.
     fn applied_index(&self) -> LogIndex;
+
+    /// Multi-leader mode: the largest change timestamp applied (a new leader's clock resumes above
+    /// it). `None` outside multi-leader mode.
+    fn ml_last_timestamp(&self) -> Option<crate::leaderless::HlcTimestamp> {
+        None
+    }
 }
 
 /// The applied key-value state, held in memory.
@@ -76,6 +82,10 @@ pub struct MemoryState {
     /// applied); `None` until one is, when the group runs on its bootstrap configuration. Kept with
     /// the state so a snapshot carries it and a restart after compaction still knows its peers.
     membership: Option<crate::raft::Membership>,
+    /// Multi-leader mode: the replicated multi-leader state of this datacenter (per-key versions and
+    /// counters, applied vector, held-back changes, journal, upstream positions). The key-value
+    /// maps above are its materialized view. `None` in the other modes.
+    multileader: Option<Box<crate::multileader::MultiLeaderState>>,
 }
 
 /// A value as the state holds it: one exact-size allocation, no reference count. Redis keeps about
@@ -102,6 +112,7 @@ impl Default for MemoryState {
             applied_index: LogIndex::ZERO,
             applied_term: crate::types::Term(0),
             membership: None,
+            multileader: None,
         }
     }
 }
@@ -124,6 +135,17 @@ impl MemoryState {
     /// Restores the configuration a snapshot recorded.
     pub fn set_membership(&mut self, membership: Option<crate::raft::Membership>) {
         self.membership = membership;
+    }
+
+    /// Multi-leader mode: the replicated multi-leader state (see the field).
+    pub fn multileader(&self) -> Option<&crate::multileader::MultiLeaderState> {
+        self.multileader.as_deref()
+    }
+
+    /// Sets (or, with `None`, removes) the multi-leader state: at start-up in multi-leader mode, and
+    /// when a snapshot carrying one is loaded.
+    pub fn set_multileader(&mut self, state: Option<crate::multileader::MultiLeaderState>) {
+        self.multileader = state.map(Box::new);
     }
 
     /// The term of the last applied entry: with the applied index, the point a snapshot stands for.
@@ -149,10 +171,24 @@ impl MemoryState {
                     }
                 }
                 crate::EntryPayload::Membership(membership) => self.membership = Some(membership.clone()),
+                crate::EntryPayload::MultiLeader(ml_entry) => self.apply_multileader(entry.index, ml_entry),
                 crate::EntryPayload::Noop => {}
             }
             self.applied_index = entry.index;
             self.applied_term = entry.term;
+        }
+    }
+
+    /// Applies a multi-leader entry to the multi-leader state and writes the rows it returns into the
+    /// key-value view. Outside multi-leader mode (no state) the entry changes nothing: a node can
+    /// only meet one there through a misconfiguration, and must not crash on it.
+    fn apply_multileader(&mut self, index: LogIndex, entry: &crate::multileader::MlEntry) {
+        let Some(ml) = self.multileader.as_mut() else { return };
+        for row in ml.apply(index, entry) {
+            match row.value {
+                Some(stored) => self.insert(&row.key, &stored.value, stored.expire_at),
+                None => self.apply_op(&crate::WriteOp::Delete { key: row.key }),
+            }
         }
     }
 
@@ -266,5 +302,9 @@ impl StateView for MemoryState {
 
     fn applied_index(&self) -> LogIndex {
         self.applied_index
+    }
+
+    fn ml_last_timestamp(&self) -> Option<crate::leaderless::HlcTimestamp> {
+        self.multileader.as_ref().map(|ml| ml.last_timestamp())
     }
 }

@@ -10,6 +10,7 @@
 //!   frame: header  { applied_index, applied_term, key_count, membership }   (version 1: no membership)
 //!   frame: records (up to RECORDS_PER_FRAME keys each) ...
 //!   frame: trailer { record_count }
+//!   frame: multi-leader state (Option<MultiLeaderState>)                    (version 3 on)
 //! frame = [payload length u32 LE][crc32 of payload u32 LE][postcard payload]
 //! ```
 //!
@@ -30,7 +31,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::StorageError;
 
 const MAGIC: &[u8; 6] = b"CHSNAP";
-const FORMAT_VERSION: u8 = 2;
+const FORMAT_VERSION: u8 = 3;
+/// Snapshots written before the multi-leader state was kept in them; still readable.
+const FORMAT_VERSION_WITHOUT_MULTILEADER: u8 = 2;
 /// Snapshots written before the group configuration was kept in them; still readable.
 const FORMAT_VERSION_WITHOUT_MEMBERSHIP: u8 = 1;
 const RECORDS_PER_FRAME: usize = 4096;
@@ -144,6 +147,7 @@ pub fn write_snapshot(dir: &Path, state: &MemoryState) -> Result<SnapshotMeta, S
     }
     assert_eq!(record_count, meta.key_count, "the state's key count disagrees with its keys");
     write_frame(&mut out, &encode(&Trailer { record_count })?).map_err(io("writing"))?;
+    write_frame(&mut out, &encode(&state.multileader())?).map_err(io("writing"))?;
     let file = out
         .into_inner()
         .map_err(|error| StorageError::io(format!("flushing {}", temp_path.display()), error.into_error()))?;
@@ -270,8 +274,9 @@ pub fn load_snapshot(path: &Path) -> Result<MemoryState, StorageError> {
     if &magic[..6] != MAGIC {
         return Err(reader.corrupt("not a Chorus snapshot (bad magic)"));
     }
-    let meta: SnapshotMeta = match magic[6] {
-        FORMAT_VERSION => reader.frame()?,
+    let version = magic[6];
+    let meta: SnapshotMeta = match version {
+        FORMAT_VERSION | FORMAT_VERSION_WITHOUT_MULTILEADER => reader.frame()?,
         FORMAT_VERSION_WITHOUT_MEMBERSHIP => {
             let old: SnapshotMetaWithoutMembership = reader.frame()?;
             SnapshotMeta {
@@ -305,6 +310,10 @@ pub fn load_snapshot(path: &Path) -> Result<MemoryState, StorageError> {
     }
     if state.key_count().unwrap_or(0) != meta.key_count {
         return Err(reader.corrupt("snapshot holds the same key twice"));
+    }
+    if version >= FORMAT_VERSION {
+        let multileader: Option<chorus_core::multileader::MultiLeaderState> = reader.frame()?;
+        state.set_multileader(multileader);
     }
     Ok(state)
 }
@@ -388,6 +397,40 @@ mod tests {
             fs::write(&path, &original[..length]).unwrap();
             assert!(load_snapshot(&path).is_err(), "a snapshot cut at {length} bytes loaded");
         }
+    }
+
+    #[test]
+    fn the_multileader_state_round_trips_and_version_2_files_still_load() {
+        use chorus_core::leaderless::HlcTimestamp;
+        use chorus_core::multileader::{ChangeOp, ConflictPolicy, DcId, MlEntry, MultiLeaderState};
+        let mut state = MemoryState::new();
+        state.set_multileader(Some(MultiLeaderState::new(DcId(1), ConflictPolicy::LastWriteWins, 100)));
+        let timestamp = HlcTimestamp { wall_ms: 5, logical: 0, node: chorus_core::NodeId(1) };
+        let ops = vec![
+            ChangeOp::Set { key: Bytes::from("k"), value: Bytes::from("v"), expire_at: None },
+            ChangeOp::Add { key: Bytes::from("n"), delta: 3 },
+        ];
+        let payload = EntryPayload::MultiLeader(MlEntry::Local { timestamp, ops });
+        state.apply(&[LogEntry { index: LogIndex(1), term: Term(1), payload }]);
+        assert_eq!(state.get(b"k").unwrap().unwrap().value, Bytes::from("v"), "the view materializes the set");
+        assert_eq!(state.get(b"n").unwrap().unwrap().value, Bytes::from("3"), "and the counter");
+        let dir = tempfile::tempdir().unwrap();
+        write_snapshot(dir.path(), &state).unwrap();
+        let loaded = load_latest_snapshot(dir.path()).unwrap().unwrap();
+        assert_same(&loaded, &state);
+        assert_eq!(loaded.multileader(), state.multileader());
+        assert_eq!(loaded.multileader().unwrap().journal_last(), 1);
+
+        // A version 2 file is a version 3 file without the last frame.
+        let (_, path) = list_snapshots(dir.path()).unwrap().pop().unwrap();
+        let mut bytes = fs::read(&path).unwrap();
+        let last_frame = encode(&state.multileader()).unwrap().len() + 8;
+        bytes.truncate(bytes.len() - last_frame);
+        bytes[6] = FORMAT_VERSION_WITHOUT_MULTILEADER;
+        fs::write(&path, &bytes).unwrap();
+        let old = load_snapshot(&path).unwrap();
+        assert_same(&old, &state);
+        assert!(old.multileader().is_none());
     }
 
     #[test]

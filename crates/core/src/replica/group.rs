@@ -16,7 +16,9 @@ use chorus_resp::Reply;
 
 use super::{Effect, Replica, RequestId};
 use crate::command::KvCommand;
+use crate::leaderless::Hlc;
 use crate::log::{EntryPayload, WriteOp};
+use crate::multileader::{MlEntry, MultiLeaderState};
 use crate::raft::{self, Membership, MembershipChange, ProposeError, Raft, Role, SnapshotMeta};
 use crate::slot::Slot;
 use crate::state::StateView;
@@ -132,6 +134,32 @@ impl Group {
     }
 }
 
+/// Multi-leader mode: the log payload of a client write on the leader, a local change stamped by
+/// `clock` (which first resumes above the largest timestamp the state has applied, so a new leader
+/// never stamps below its predecessor). INCR/DECR/INCRBY/DECRBY become increments; FLUSHALL and
+/// FLUSHDB are refused with an error reply.
+fn multileader_payload<S: StateView>(
+    clock: &mut Hlc,
+    now: UnixMillis,
+    command: &KvCommand,
+    ops: &[WriteOp],
+    state: &S,
+) -> Result<EntryPayload, Reply> {
+    let incr_delta = match command {
+        KvCommand::IncrBy { delta, .. } => Some(*delta),
+        _ => None,
+    };
+    let ops = MultiLeaderState::change_ops(ops, incr_delta).map_err(|refusal| Reply::err(refusal.to_string()))?;
+    if let Some(applied) = state.ml_last_timestamp()
+        && applied.packed() >= clock.last().packed()
+    {
+        *clock = Hlc::resumed(clock.node(), crate::leaderless::clock::DRIFT_MS_MAX_DEFAULT, applied);
+    }
+    // The physical clock is the driver's reading; beyond the year 10889 it is not a clock.
+    let physical = UnixMillis(now.0.min((1 << 48) - 1));
+    Ok(EntryPayload::MultiLeader(MlEntry::Local { timestamp: clock.now(physical), ops }))
+}
+
 impl Replica {
     pub(super) fn submit_to_group<S: StateView>(
         &mut self,
@@ -156,7 +184,17 @@ impl Replica {
                 group.next_read_batch.push(read);
             }
         } else {
-            match group.raft.propose(now, EntryPayload::Write(execution.ops.clone())) {
+            let payload = match self.ml_clock.as_mut() {
+                None => EntryPayload::Write(execution.ops.clone()),
+                Some(clock) => match multileader_payload(clock, now, &command, &execution.ops, state) {
+                    Ok(payload) => payload,
+                    Err(reply) => {
+                        self.effects.push(Effect::Reply { request, reply });
+                        return;
+                    }
+                },
+            };
+            match group.raft.propose(now, payload) {
                 Ok(index) => {
                     let term = group.raft.term();
                     self.kv.record_pending(index, &execution.ops);
@@ -174,6 +212,21 @@ impl Replica {
             }
         }
         self.pump_group();
+    }
+
+    /// Multi-leader mode: proposes changes received from another datacenter (`MlEntry::Remote` or
+    /// `MlEntry::Bootstrap`) on this datacenter's leader. Returns the entry's index; refused when
+    /// this node is not a ready leader (the sender looks the leader up again).
+    pub fn propose_multileader(&mut self, now: UnixMillis, entry: MlEntry) -> Result<LogIndex, String> {
+        let Some(group) = self.group.as_mut() else {
+            return Err("this node runs standalone".into());
+        };
+        if group.role != Role::Leader || !group.leader_ready {
+            return Err("not the ready leader of its datacenter".into());
+        }
+        let result = group.raft.propose(now, EntryPayload::MultiLeader(entry)).map_err(|error| error.to_string());
+        self.pump_group();
+        result
     }
 
     /// A message from a peer.

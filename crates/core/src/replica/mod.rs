@@ -104,11 +104,20 @@ pub struct ReplicaConfig {
     /// Bounded staleness for follower reads: a follower that has not heard from a leader for longer
     /// than this refuses them (`None`: no bound, a partitioned follower serves what it has).
     pub replica_read_staleness_max_ms: Option<u64>,
+    /// Multi-leader mode: a client write on the leader is proposed as a multi-leader change
+    /// (`EntryPayload::MultiLeader(MlEntry::Local)`) stamped by a hybrid logical clock, INCR and
+    /// friends as increments; FLUSHALL / FLUSHDB are refused.
+    pub multi_leader: bool,
 }
 
 impl ReplicaConfig {
     pub fn new(node_id: NodeId) -> ReplicaConfig {
-        ReplicaConfig { node_id, expire_keys_per_tick_max: 200, replica_read_staleness_max_ms: None }
+        ReplicaConfig {
+            node_id,
+            expire_keys_per_tick_max: 200,
+            replica_read_staleness_max_ms: None,
+            multi_leader: false,
+        }
     }
 }
 
@@ -167,13 +176,17 @@ pub struct Replica {
     /// Why follower reads cannot be served from the applied state right now: it holds entries the
     /// leader's log lacks (async failover), or a snapshot is replacing it.
     state_unusable: Option<&'static str>,
+    /// Multi-leader mode: the clock that stamps local changes (see `ReplicaConfig::multi_leader`).
+    ml_clock: Option<crate::leaderless::Hlc>,
 }
 
 impl Replica {
     pub fn new(config: ReplicaConfig, recovered: Recovered) -> Replica {
         assert!(recovered.applied_index <= recovered.last_index, "state is ahead of the log");
         // Standalone: whatever survived in the log was durable, hence committed.
+        let ml_clock = config.multi_leader.then(|| crate::leaderless::Hlc::new(config.node_id));
         Replica {
+            ml_clock,
             config,
             term: recovered.last_term.max(Term(1)),
             kv: KvMachine::new(),
