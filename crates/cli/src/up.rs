@@ -35,9 +35,25 @@ pub struct UpArgs {
     /// always | periodic:MS | never.
     #[arg(long, default_value = "always")]
     fsync: String,
-    /// single-leader (Raft) | leaderless (Dynamo-style quorums, any node serves writes).
+    /// single-leader (Raft) | leaderless (Dynamo-style quorums, any node serves writes) |
+    /// multi-leader (one group per datacenter, see --datacenters).
     #[arg(long, default_value = "single-leader")]
     mode: chorus_server::Mode,
+    /// Multi-leader mode: datacenters (named dc1, dc2, ...), each a group of --nodes-per-dc nodes.
+    #[arg(long, default_value_t = 2)]
+    datacenters: u16,
+    /// Multi-leader mode: nodes in each datacenter (client ports go on in order: dc1's first).
+    #[arg(long, default_value_t = 3)]
+    nodes_per_dc: u16,
+    /// Extra delay (ms) on every message between nodes of different datacenters (WAN emulation).
+    #[arg(long, default_value_t = 0)]
+    wan_delay_ms: u64,
+    /// Multi-leader mode: lww | siblings.
+    #[arg(long, default_value = "lww")]
+    conflict_policy: String,
+    /// Multi-leader mode: all-to-all | star:HUB | ring:DC1,DC2,...
+    #[arg(long, default_value = "all-to-all")]
+    topology: String,
 }
 
 struct NodeProcess {
@@ -46,7 +62,14 @@ struct NodeProcess {
     client: SocketAddr,
 }
 
-pub fn run(args: UpArgs) -> anyhow::Result<()> {
+pub fn run(mut args: UpArgs) -> anyhow::Result<()> {
+    let multi_leader = args.mode == chorus_server::Mode::MultiLeader;
+    if multi_leader {
+        if args.datacenters == 0 || args.nodes_per_dc == 0 || args.learners > 0 {
+            bail!("--mode multi-leader needs --datacenters and --nodes-per-dc of 1 or more, and no learners");
+        }
+        args.nodes = args.datacenters.saturating_mul(args.nodes_per_dc);
+    }
     if args.nodes == 0 || args.nodes > 99 {
         bail!("--nodes must be between 1 and 99");
     }
@@ -72,7 +95,22 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     for process in &mut processes {
         wait_until_ready(process)?;
     }
-    if leaderless {
+    if multi_leader {
+        for dc in 1..=args.datacenters {
+            let in_dc: Vec<&NodeProcess> =
+                processes.iter().filter(|process| datacenter_of(&args, process.id) == dc).collect();
+            let (leader, leader_addr) = wait_for_leader_among(&in_dc)?;
+            println!(
+                "dc{dc}: nodes {} lead by node {leader} at {leader_addr} (redis-cli -c -p {})",
+                in_dc.iter().map(|process| process.id.to_string()).collect::<Vec<_>>().join(","),
+                leader_addr.port()
+            );
+        }
+        println!(
+            "ready: multi-leader, {} datacenters x {} nodes, durability {}, wan delay {} ms",
+            args.datacenters, args.nodes_per_dc, args.durability, args.wan_delay_ms
+        );
+    } else if leaderless {
         println!(
             "ready: {} leaderless nodes at {} (any node takes reads and writes; redis-cli -p {})",
             args.nodes,
@@ -145,9 +183,16 @@ fn start_node(
         .args(["--client-addr", &client.to_string(), "--peer-addr", &peer.to_string()])
         .args(["--admin-addr", &admin.to_string(), "--fsync", &args.fsync])
         .stdin(Stdio::null());
-    if args.nodes > 1 {
+    if args.nodes > 1 || args.mode == chorus_server::Mode::MultiLeader {
         command.args(["--initial-cluster", initial_cluster, "--durability", &args.durability]);
         command.args(["--mode", &args.mode.to_string()]);
+    }
+    if args.mode == chorus_server::Mode::MultiLeader {
+        command.args(["--datacenter", &format!("dc{}", datacenter_of(args, id))]);
+        command.args(["--conflict-policy", &args.conflict_policy, "--topology", &args.topology]);
+    }
+    if args.wan_delay_ms > 0 {
+        command.args(["--wan-delay-ms", &args.wan_delay_ms.to_string()]);
     }
     if learner {
         command.arg("--learner");
@@ -184,8 +229,17 @@ async fn supervise(processes: &mut [NodeProcess]) -> anyhow::Result<()> {
     }
 }
 
+/// The datacenter number (1-based) of node `id` in multi-leader mode: ids go dc by dc.
+fn datacenter_of(args: &UpArgs, id: u16) -> u16 {
+    (id - 1) / args.nodes_per_dc.max(1) + 1
+}
+
 /// Asks every node's INFO until one says it leads (30 s at most).
 fn wait_for_leader(processes: &[NodeProcess]) -> anyhow::Result<(u16, SocketAddr)> {
+    wait_for_leader_among(&processes.iter().collect::<Vec<_>>())
+}
+
+fn wait_for_leader_among(processes: &[&NodeProcess]) -> anyhow::Result<(u16, SocketAddr)> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         for process in processes {

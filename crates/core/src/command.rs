@@ -356,7 +356,29 @@ pub static COMMANDS: &[CommandSpec] = &[
         0,
         Node,
         "chorus",
-        "CHORUS.DEBUG ISOLATE ON|OFF: drop every message from peers (fault injection; needs --enable-debug-commands)."
+        "CHORUS.DEBUG ISOLATE ON|OFF | DC-PARTITION dc ON|OFF: drop every message from peers, or from one datacenter's nodes (fault injection; needs --enable-debug-commands)."
+    ),
+    spec!(
+        "chorus.conflicts",
+        -1,
+        ["readonly"],
+        0,
+        0,
+        0,
+        Node,
+        "chorus",
+        "Multi-leader mode: CHORUS.CONFLICTS [count] lists the most recent conflicts this datacenter resolved, newest first."
+    ),
+    spec!(
+        "chorus.versions",
+        2,
+        ["readonly"],
+        1,
+        1,
+        1,
+        Node,
+        "chorus",
+        "Multi-leader mode: the versions (siblings) of a key this datacenter holds, with origin, sequence and timestamp."
     ),
     spec!(
         "chorus.member",

@@ -42,6 +42,9 @@ async fn metrics_page(State(state): State<AdminState>) -> String {
     metrics::counter!(names::REJECTED_CONNECTIONS_TOTAL).absolute(ServerStats::get(&stats.rejected_connections));
     metrics::counter!(names::PROTOCOL_ERRORS_TOTAL).absolute(ServerStats::get(&stats.protocol_errors));
     metrics::gauge!(names::CONNECTED_CLIENTS).set(ServerStats::get(&stats.connected_clients) as f64);
+    if let Some(node) = &state.context.multileader {
+        export_multileader(&state.context, node);
+    }
     state.prometheus.as_ref().map(PrometheusHandle::render).unwrap_or_default()
 }
 
@@ -61,4 +64,29 @@ async fn status_page(State(state): State<AdminState>) -> axum::Json<serde_json::
         "fsync": context.config.fsync.to_string(),
         "uptime_seconds": context.started.elapsed().as_secs(),
     }))
+}
+
+/// The multi-leader counters and, per remote datacenter, the link and its lag.
+fn export_multileader(context: &NodeContext, node: &crate::multileader::MlNode) {
+    let guard = context.state.read();
+    let ml = guard.multileader();
+    let stats = ml.map(chorus_core::multileader::MultiLeaderState::stats).unwrap_or_default();
+    let journal_last = ml.map_or(0, chorus_core::multileader::MultiLeaderState::journal_last);
+    let links = node.report(ml);
+    drop(guard);
+    metrics::counter!(names::ML_CONFLICTS_RESOLVED_TOTAL).absolute(stats.conflicts_resolved);
+    metrics::counter!(names::ML_CHANGES_LOCAL_TOTAL).absolute(stats.changes_local);
+    metrics::counter!(names::ML_CHANGES_REMOTE_TOTAL).absolute(stats.changes_remote_applied);
+    metrics::counter!(names::ML_DUPLICATES_DROPPED_TOTAL).absolute(stats.duplicates_dropped);
+    metrics::gauge!(names::ML_HELD_BACK).set(stats.held_back as f64);
+    metrics::gauge!(names::ML_JOURNAL_LAST).set(journal_last as f64);
+    for link in links {
+        let label = [("datacenter", link.name.clone())];
+        metrics::gauge!(names::ML_LINK_UP, &label).set(if link.state == "streaming" { 1.0 } else { 0.0 });
+        metrics::gauge!(names::ML_LAG_CHANGES, &label).set(link.lag_changes as f64);
+        metrics::gauge!(names::ML_LAG_SECONDS, &label).set(link.lag_ms as f64 / 1000.0);
+        metrics::gauge!(names::ML_POSITION_SENT, &label).set(link.sent as f64);
+        metrics::gauge!(names::ML_POSITION_ACKED, &label).set(link.acked as f64);
+        metrics::gauge!(names::ML_POSITION_RECEIVED, &label).set(link.received_through as f64);
+    }
 }

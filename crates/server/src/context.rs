@@ -41,6 +41,8 @@ pub struct NodeContext {
     pub isolated: Arc<std::sync::atomic::AtomicBool>,
     /// Leaderless mode: the coordinator that serves key-value commands instead of the replica.
     pub leaderless: Option<Arc<crate::leaderless::LeaderlessNode>>,
+    /// Multi-leader mode: the datacenters, the topology and the cross-datacenter links.
+    pub multileader: Option<Arc<crate::multileader::MlNode>>,
 }
 
 /// The wall clock, read at the edge and handed to the core as an input.

@@ -82,6 +82,9 @@ pub struct GroupIo {
     pub snapshot_requests: tokio::sync::mpsc::UnboundedSender<SnapshotRequest>,
     /// `CHORUS.DEBUG ISOLATE`: send nothing to peers (the receiving side drops what arrives).
     pub isolated: Arc<std::sync::atomic::AtomicBool>,
+    /// Multi-leader mode: the nodes of the other datacenters, dialled whatever this group's
+    /// configuration says (they are not members of it).
+    pub foreign_peers: std::collections::BTreeMap<u64, std::net::SocketAddr>,
 }
 
 /// A follower needs a snapshot of this node's state.
@@ -153,7 +156,8 @@ impl CoreHandle {
                 }
                 Effect::MembershipChanged(membership) => {
                     if let Some(group) = &self.group {
-                        let peers = peer_addresses(&membership, &group.initial_peers);
+                        let mut peers = peer_addresses(&membership, &group.initial_peers);
+                        peers.extend(group.foreign_peers.iter().map(|(&id, &addr)| (id, addr)));
                         tracing::info!(%membership, "group configuration changed");
                         group.network.set_peers(&peers);
                     }

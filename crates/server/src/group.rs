@@ -112,9 +112,13 @@ pub fn spawn_tasks(
                 PeerMessage::Raft(message) => receiver_context
                     .core
                     .with_remote(|inner| inner.replica.handle_peer_message(now_millis(), from, message)),
-                PeerMessage::Hello { client_addr } => {
+                PeerMessage::Hello { client_addr, .. } => {
                     receiver_context.core.with_remote(|inner| inner.replica.set_peer_client_addr(from, client_addr))
                 }
+                PeerMessage::Ml(message) => match &receiver_context.multileader {
+                    Some(ml) => ml.receive(&receiver_context, from.0, message),
+                    None => tracing::debug!(%from, "a multi-leader message outside multi-leader mode; ignored"),
+                },
                 PeerMessage::SnapshotChunk(chunk) => snapshots.take(from, chunk),
                 PeerMessage::Leaderless(_) => {
                     tracing::debug!(%from, "a leaderless message in single-leader mode; ignored")
@@ -123,12 +127,16 @@ pub fn spawn_tasks(
         }
     });
     let hello_network = io.network.clone();
+    let datacenter = context.config.datacenter_name();
     let hello = tokio::spawn(async move {
         let mut interval = tokio::time::interval(HELLO_INTERVAL);
         loop {
             interval.tick().await;
             for peer in hello_network.peers().into_keys() {
-                hello_network.send(peer, &PeerMessage::Hello { client_addr: client_addr.to_string() });
+                hello_network.send(
+                    peer,
+                    &PeerMessage::Hello { client_addr: client_addr.to_string(), datacenter: datacenter.clone() },
+                );
             }
         }
     });

@@ -19,7 +19,8 @@ pub fn info_reply(context: &NodeContext, connection: &ConnectionState, args: &[B
     let everything = wanted.is_empty() || wanted.iter().any(|w| w == "all" || w == "everything" || w == "default");
     let mut text = String::new();
     let leaderless: &[&str] = if context.leaderless.is_some() { &["leaderless"] } else { &[] };
-    for section in DEFAULT_SECTIONS.iter().chain(leaderless) {
+    let multileader: &[&str] = if context.multileader.is_some() { &["multileader"] } else { &[] };
+    for section in DEFAULT_SECTIONS.iter().chain(leaderless).chain(multileader) {
         if everything || wanted.iter().any(|w| w == section) {
             if !text.is_empty() {
                 text.push_str("\r\n");
@@ -138,17 +139,23 @@ fn render_section(context: &NodeContext, section: &str, out: &mut String) {
                 n.store_records,
             )
         }
+        "multileader" => {
+            let Some(node) = &context.multileader else { return };
+            multileader_section(context, node, out);
+            Ok(())
+        }
         "replication" if context.leaderless.is_some() => write!(
             out,
             "# Replication\r\nrole:master\r\nconnected_slaves:0\r\nmaster_repl_offset:0\r\nchorus_mode:leaderless\r\n\
              chorus_role:leaderless\r\n"
         ),
         "replication" => {
+            let group_mode = if context.multileader.is_some() { "multi-leader" } else { "single-leader" };
             let (redis_role, chorus_role, mode) = match status.role {
                 None => ("master", "standalone", "standalone"),
-                Some(chorus_core::raft::Role::Leader) => ("master", "leader", "single-leader"),
-                Some(chorus_core::raft::Role::Follower) => ("slave", "follower", "single-leader"),
-                Some(_) => ("slave", "candidate", "single-leader"),
+                Some(chorus_core::raft::Role::Leader) => ("master", "leader", group_mode),
+                Some(chorus_core::raft::Role::Follower) => ("slave", "follower", group_mode),
+                Some(_) => ("slave", "candidate", group_mode),
             };
             let leader = status.leader.map(|leader| leader.to_string()).unwrap_or_default();
             let own_id = chorus_core::NodeId(context.config.id);
@@ -224,4 +231,60 @@ fn render_section(context: &NodeContext, section: &str, out: &mut String) {
         }
         _ => Ok(()),
     };
+}
+
+/// `# MultiLeader`: this datacenter, its policy and topology, the replicated counters, and one line
+/// per remote datacenter with the outgoing link (on the datacenter's leader) and what was received.
+fn multileader_section(context: &NodeContext, node: &crate::multileader::MlNode, out: &mut String) {
+    let state = context.state.read();
+    let ml = state.multileader();
+    let stats = ml.map(chorus_core::multileader::MultiLeaderState::stats).unwrap_or_default();
+    let journal_last = ml.map_or(0, chorus_core::multileader::MultiLeaderState::journal_last);
+    let links = node.report(ml);
+    drop(state);
+    let _ = write!(
+        out,
+        "# MultiLeader\r\nchorus_ml_datacenter:{}\r\nchorus_ml_datacenter_id:{}\r\nchorus_ml_datacenters:{}\r\n\
+         chorus_ml_policy:{}\r\nchorus_ml_topology:{}\r\nchorus_ml_conflicts_resolved:{}\r\nchorus_ml_changes_local:{}\r\n\
+         chorus_ml_changes_remote:{}\r\nchorus_ml_held_back:{}\r\nchorus_ml_duplicates_dropped:{}\r\n\
+         chorus_ml_own_origin_dropped:{}\r\nchorus_ml_malformed_dropped:{}\r\nchorus_ml_bootstraps_merged:{}\r\n\
+         chorus_ml_siblings_keys:{}\r\nchorus_ml_journal_last:{journal_last}\r\nchorus_ml_journal_trimmed_through:{}\r\n\
+         chorus_ml_unreachable:{}\r\n",
+        node.dcs.name(node.this),
+        node.this.0,
+        node.dcs.all().iter().map(|&dc| node.dcs.name(dc)).collect::<Vec<_>>().join(","),
+        node.policy_text(),
+        node.topology_text(),
+        stats.conflicts_resolved,
+        stats.changes_local,
+        stats.changes_remote_applied,
+        stats.held_back,
+        stats.duplicates_dropped,
+        stats.own_origin_dropped,
+        stats.malformed_dropped,
+        stats.bootstraps_merged,
+        stats.siblings_keys,
+        stats.journal_trimmed_through,
+        node.unreachable().join(","),
+    );
+    for link in links {
+        let _ = write!(
+            out,
+            "chorus_ml_dc_{}:id={},link={},routed={},leader={},sent={},acked={},lag_changes={},lag_ms={},received_through={},batches_sent={},bootstraps_sent={},resets={},partitioned={}\r\n",
+            link.name,
+            link.dc.0,
+            link.state,
+            u8::from(link.routed),
+            link.target.map(|target| target.to_string()).unwrap_or_default(),
+            link.sent,
+            link.acked,
+            link.lag_changes,
+            link.lag_ms,
+            link.received_through,
+            link.batches_sent,
+            link.bootstraps_sent,
+            link.resets,
+            u8::from(link.partitioned),
+        );
+    }
 }

@@ -774,14 +774,16 @@ impl LeaderlessNode {
                 match message {
                     PeerMessage::Leaderless(message) => node.receive(from, message),
                     PeerMessage::Hello { .. } => node.heard(from),
-                    PeerMessage::Raft(_) | PeerMessage::SnapshotChunk(_) => {
-                        tracing::debug!(from, "a single-leader message in leaderless mode; ignored");
+                    PeerMessage::Raft(_) | PeerMessage::SnapshotChunk(_) | PeerMessage::Ml(_) => {
+                        tracing::debug!(from, "a single-leader or multi-leader message in leaderless mode; ignored");
                     }
                 }
             }
         });
         let node = Arc::clone(self);
         let hello_every = Duration::from_millis((self.config.failure_timeout_ms / 5).max(1));
+        // Leaderless mode has no datacenters (yet): every node says the default one.
+        let datacenter = crate::config::DEFAULT_DATACENTER.to_string();
         let hello = tokio::spawn(async move {
             let mut interval = tokio::time::interval(hello_every);
             loop {
@@ -790,7 +792,10 @@ impl LeaderlessNode {
                     continue;
                 }
                 for peer in node.network.peers().into_keys() {
-                    node.network.send(peer, &PeerMessage::Hello { client_addr: client_addr.to_string() });
+                    node.network.send(
+                        peer,
+                        &PeerMessage::Hello { client_addr: client_addr.to_string(), datacenter: datacenter.clone() },
+                    );
                 }
             }
         });

@@ -18,6 +18,7 @@ pub mod group;
 pub mod info;
 pub mod leaderless;
 pub mod metrics_names;
+pub mod multileader;
 pub mod node;
 pub mod node_commands;
 pub mod peer;

@@ -11,3 +11,16 @@ pub const GROUP_COMMIT_ENTRIES: &str = "chorus_log_group_commit_entries";
 pub const COMMIT_INDEX: &str = "chorus_commit_index";
 pub const APPLIED_INDEX: &str = "chorus_applied_index";
 pub const KEYS: &str = "chorus_keys";
+pub const ML_CONFLICTS_RESOLVED_TOTAL: &str = "chorus_ml_conflicts_resolved_total";
+pub const ML_CHANGES_LOCAL_TOTAL: &str = "chorus_ml_changes_local_total";
+pub const ML_CHANGES_REMOTE_TOTAL: &str = "chorus_ml_changes_remote_total";
+pub const ML_DUPLICATES_DROPPED_TOTAL: &str = "chorus_ml_duplicates_dropped_total";
+pub const ML_HELD_BACK: &str = "chorus_ml_held_back";
+pub const ML_JOURNAL_LAST: &str = "chorus_ml_journal_last";
+/// Per remote datacenter (label `datacenter`): 1 while the link streams.
+pub const ML_LINK_UP: &str = "chorus_ml_link_up";
+pub const ML_LAG_CHANGES: &str = "chorus_ml_replication_lag_changes";
+pub const ML_LAG_SECONDS: &str = "chorus_ml_replication_lag_seconds";
+pub const ML_POSITION_SENT: &str = "chorus_ml_position_sent";
+pub const ML_POSITION_ACKED: &str = "chorus_ml_position_acknowledged";
+pub const ML_POSITION_RECEIVED: &str = "chorus_ml_position_received";

@@ -1,5 +1,6 @@
 //! Starting and stopping a node: recover storage, start the storage threads, listen for clients.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -88,9 +89,59 @@ pub async fn run(
         )));
     }
     let leaderless_members = if config.mode == crate::config::Mode::Leaderless { config.members()? } else { None };
+    let (inbound_tx, mut inbound_rx) = tokio::sync::mpsc::channel(65_536);
+    // Multi-leader mode: the peer network reaches every node of every datacenter; the node first
+    // learns which datacenter each is in, and its Raft group is the nodes of its own.
+    let mut ml_setup = None;
+    if config.mode == crate::config::Mode::MultiLeader
+        && let Some(all) = config.members()?
+    {
+        let peer_listener = TcpListener::bind(config.peer_addr)
+            .await
+            .map_err(io_error(format!("cannot listen for peers on {}", config.peer_addr)))?;
+        let network = PeerNetwork::<crate::peer::PeerMessage>::start(
+            PeerConfig {
+                node_id: config.id,
+                peers: all.clone(),
+                frame_bytes_max: chorus_transport::FRAME_BYTES_MAX_DEFAULT,
+            },
+            peer_listener,
+            inbound_tx.clone(),
+        );
+        let assignment = crate::multileader::discover_datacenters(&config, &network, &mut inbound_rx, &all).await?;
+        let dcs = crate::multileader::Datacenters::new(&assignment);
+        let this = dcs.dc_of(config.id).ok_or_else(|| NodeError::Inconsistent("this node has no datacenter".into()))?;
+        let (policy, topology) = crate::multileader::resolve_config(&config, &dcs)?;
+        let (own, foreign): (BTreeMap<u64, SocketAddr>, BTreeMap<u64, SocketAddr>) =
+            all.iter().partition(|(id, _)| dcs.dc_of(**id) == Some(this));
+        if config.wan_delay_ms > 0 {
+            for &peer in foreign.keys() {
+                network.set_link_delay(peer, std::time::Duration::from_millis(config.wan_delay_ms));
+            }
+        }
+        match state.multileader() {
+            None => state.set_multileader(Some(crate::multileader::MlNode::initial_state(&config, this, policy))),
+            Some(ml) if ml.this() != this => {
+                return Err(NodeError::Inconsistent(format!(
+                    "the state belongs to datacenter id {} but this node is in {} ({}): the datacenter names changed",
+                    ml.this().0,
+                    this.0,
+                    dcs.name(this)
+                )));
+            }
+            Some(_) => {}
+        }
+        tracing::info!(datacenter = dcs.name(this), dc_id = this.0, group = ?own.keys().collect::<Vec<_>>(), "multi-leader mode");
+        let ml = crate::multileader::MlNode::new(&config, dcs, this, policy, topology, network.clone());
+        ml_setup = Some((network, own, foreign, Arc::new(ml)));
+    }
     // In leaderless mode the Raft replica runs standalone and idle (key-value commands go to the
     // leaderless coordinator); it still answers the node's own commands.
-    let members = if leaderless_members.is_some() { None } else { config.members()? };
+    let members = match &ml_setup {
+        Some((_, own, _, _)) => Some(own.clone()),
+        None if leaderless_members.is_some() => None,
+        None => config.members()?,
+    };
     let replayed_from = state.applied_index();
     // Standalone, everything in the log was committed. In a group, entries after the snapshot may
     // not be: they are re-applied as the group commits them.
@@ -109,7 +160,6 @@ pub async fn run(
     let client_addr = listener.local_addr().map_err(io_error("client listener address"))?;
 
     let isolated = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(65_536);
     let (snapshot_tx, snapshot_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut leaderless_network = None;
     if let Some(members) = &leaderless_members {
@@ -134,16 +184,27 @@ pub async fn run(
         }
         Some(members) => {
             let raft = group::restore_raft(&config, members, &state, &log)?;
-            let peer_listener = TcpListener::bind(config.peer_addr)
-                .await
-                .map_err(io_error(format!("cannot listen for peers on {}", config.peer_addr)))?;
-            let peers = crate::core_handle::peer_addresses(raft.membership(), members);
-            let network = PeerNetwork::start(
-                PeerConfig { node_id: config.id, peers, frame_bytes_max: chorus_transport::FRAME_BYTES_MAX_DEFAULT },
-                peer_listener,
-                inbound_tx,
-            );
+            let (network, foreign_peers) = match &ml_setup {
+                Some((network, _, foreign, _)) => (network.clone(), foreign.clone()),
+                None => {
+                    let peer_listener = TcpListener::bind(config.peer_addr)
+                        .await
+                        .map_err(io_error(format!("cannot listen for peers on {}", config.peer_addr)))?;
+                    let peers = crate::core_handle::peer_addresses(raft.membership(), members);
+                    let network = PeerNetwork::start(
+                        PeerConfig {
+                            node_id: config.id,
+                            peers,
+                            frame_bytes_max: chorus_transport::FRAME_BYTES_MAX_DEFAULT,
+                        },
+                        peer_listener,
+                        inbound_tx,
+                    );
+                    (network, BTreeMap::new())
+                }
+            };
             let io = GroupIo {
+                foreign_peers,
                 network,
                 hard_state_dir: config.data_dir.clone(),
                 initial_peers: members.clone(),
@@ -152,6 +213,7 @@ pub async fn run(
             };
             let mut replica_config = ReplicaConfig::new(NodeId(config.id));
             replica_config.replica_read_staleness_max_ms = config.replica_read_staleness_max_ms;
+            replica_config.multi_leader = ml_setup.is_some();
             (Replica::in_group(replica_config, raft, applied), Some(io))
         }
     };
@@ -209,6 +271,7 @@ pub async fn run(
         client_port: client_addr.port(),
         isolated,
         leaderless: leaderless.clone(),
+        multileader: ml_setup.as_ref().map(|(_, _, _, ml)| Arc::clone(ml)),
     });
 
     let admin_task = admin_listener.map(|admin_listener| {
@@ -225,6 +288,13 @@ pub async fn run(
         (Some(io), _) => Some(group::spawn_tasks(Arc::clone(&context), io, inbound_rx, snapshot_rx, client_addr)),
         (None, Some(node)) => Some(node.spawn_tasks(inbound_rx, client_addr)),
         (None, None) => None,
+    };
+    let group_tasks = match &context.multileader {
+        Some(ml) => {
+            let driver = tokio::spawn(Arc::clone(ml).run(Arc::clone(&context)));
+            Some(group_tasks.into_iter().flatten().chain([driver]).collect::<Vec<_>>())
+        }
+        None => group_tasks,
     };
     let ticker_context = Arc::clone(&context);
     let tick_interval = if members.is_some() { group::TICK_INTERVAL } else { pipeline::TICK_INTERVAL };

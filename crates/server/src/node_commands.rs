@@ -93,6 +93,8 @@ fn node_command(
         "chorus.leader" => leader_command(context, args),
         "chorus.member" => return member_command(context, args),
         "chorus.debug" => debug_command(context, args),
+        "chorus.conflicts" => conflicts_command(context, args),
+        "chorus.versions" => versions_command(context, args),
         "readonly" => {
             connection.readonly = true;
             Reply::OK
@@ -476,6 +478,9 @@ fn debug_command(context: &NodeContext, args: &[Bytes]) -> Reply {
     if !context.config.debug_commands {
         return Reply::err("CHORUS.DEBUG is disabled: start the node with --enable-debug-commands");
     }
+    if args.get(1).is_some_and(|sub| sub.eq_ignore_ascii_case(b"dc-partition")) {
+        return dc_partition(context, args);
+    }
     let on = match (args.get(1), args.get(2), args.len()) {
         (Some(sub), Some(flag), 3) if sub.eq_ignore_ascii_case(b"isolate") => {
             if flag.eq_ignore_ascii_case(b"on") {
@@ -491,6 +496,95 @@ fn debug_command(context: &NodeContext, args: &[Bytes]) -> Reply {
     context.isolated.store(on, std::sync::atomic::Ordering::Relaxed);
     tracing::warn!(isolated = on, "CHORUS.DEBUG ISOLATE");
     Reply::OK
+}
+
+/// CHORUS.DEBUG DC-PARTITION dc ON|OFF: cuts this node off from every node of datacenter `dc`, both
+/// ways (multi-leader mode; run it on every node of one side to partition two datacenters).
+fn dc_partition(context: &NodeContext, args: &[Bytes]) -> Reply {
+    const SYNTAX: &str = "syntax: CHORUS.DEBUG DC-PARTITION <datacenter> ON|OFF";
+    let Some(ml) = &context.multileader else {
+        return Reply::err("CHORUS.DEBUG DC-PARTITION needs multi-leader mode");
+    };
+    let [_, _, dc, flag] = args else { return Reply::err(SYNTAX) };
+    let on = if flag.eq_ignore_ascii_case(b"on") {
+        true
+    } else if flag.eq_ignore_ascii_case(b"off") {
+        false
+    } else {
+        return Reply::err(SYNTAX);
+    };
+    let name = String::from_utf8_lossy(dc);
+    let Some(dc) = ml.dcs.by_name(&name) else {
+        return Reply::err(format!("no datacenter named '{name}'"));
+    };
+    if dc == ml.this {
+        return Reply::err("a node cannot be partitioned from its own datacenter (use CHORUS.DEBUG ISOLATE)");
+    }
+    ml.set_partitioned(dc, on);
+    tracing::warn!(datacenter = %name, partitioned = on, "CHORUS.DEBUG DC-PARTITION");
+    Reply::OK
+}
+
+/// CHORUS.CONFLICTS [COUNT]: the most recent conflicts this datacenter resolved, newest first, each
+/// as [key, winner origin, winner seq, loser origin, loser seq, policy, timestamp].
+fn conflicts_command(context: &NodeContext, args: &[Bytes]) -> Reply {
+    let Some(node) = &context.multileader else {
+        return Reply::err("CHORUS.CONFLICTS needs multi-leader mode (mode = \"multi-leader\")");
+    };
+    let count = match args.get(1) {
+        None => 10,
+        Some(arg) => match command_int(arg).and_then(|count| usize::try_from(count).ok()) {
+            Some(count) => count,
+            None => return Reply::err("COUNT must be a non-negative integer"),
+        },
+    };
+    let state = context.state.read();
+    let Some(ml) = state.multileader() else { return Reply::Array(Vec::new()) };
+    let name = |dc| Reply::Bulk(Bytes::from(node.dcs.name(dc).to_string()));
+    let policy = |policy| match policy {
+        chorus_core::multileader::ConflictPolicy::LastWriteWins => "lww",
+        chorus_core::multileader::ConflictPolicy::Siblings => "siblings",
+    };
+    Reply::Array(
+        ml.recent_conflicts()
+            .take(count)
+            .map(|record| {
+                Reply::Array(vec![
+                    Reply::Bulk(record.key.clone()),
+                    name(record.winner.0),
+                    Reply::Integer(i64::try_from(record.winner.1).unwrap_or(i64::MAX)),
+                    name(record.loser.0),
+                    Reply::Integer(i64::try_from(record.loser.1).unwrap_or(i64::MAX)),
+                    Reply::Bulk(Bytes::from_static(policy(record.policy).as_bytes())),
+                    Reply::Bulk(Bytes::from(record.at.to_string())),
+                ])
+            })
+            .collect(),
+    )
+}
+
+/// CHORUS.VERSIONS key: the versions of a key this datacenter holds (siblings under the siblings
+/// policy, else the winner), largest (timestamp, origin) first, each as [origin, seq, timestamp,
+/// value or nil for a delete]; a counter key shows its value on the first.
+fn versions_command(context: &NodeContext, args: &[Bytes]) -> Reply {
+    let Some(node) = &context.multileader else {
+        return Reply::err("CHORUS.VERSIONS needs multi-leader mode (mode = \"multi-leader\")");
+    };
+    let state = context.state.read();
+    let Some(ml) = state.multileader() else { return Reply::Array(Vec::new()) };
+    Reply::Array(
+        ml.versions(&args[1])
+            .into_iter()
+            .map(|(origin, seq, timestamp, value)| {
+                Reply::Array(vec![
+                    Reply::Bulk(Bytes::from(node.dcs.name(origin).to_string())),
+                    Reply::Integer(i64::try_from(seq).unwrap_or(i64::MAX)),
+                    Reply::Bulk(Bytes::from(timestamp.to_string())),
+                    value.map_or(Reply::Null, Reply::Bulk),
+                ])
+            })
+            .collect(),
+    )
 }
 
 /// CHORUS.MEMBER ADD id peer-addr [LEARNER|VOTER] | REMOVE id | PROMOTE id | LIST.

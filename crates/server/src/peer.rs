@@ -10,13 +10,19 @@ pub enum PeerMessage {
     Raft(chorus_core::raft::Message),
     /// Where the sender serves clients: followers name the leader's address in redirects. Sent
     /// periodically, since the network is best effort.
-    Hello { client_addr: String },
+    Hello {
+        client_addr: String,
+        /// The sender's datacenter (`--datacenter`): nodes learn each other's when they connect.
+        datacenter: String,
+    },
     /// A piece of a snapshot file the leader streams to a follower that needs it (its log no longer
     /// reaches back far enough, or its state diverged). Pieces go in order on one connection; a
     /// receiver that misses one drops the transfer and the leader starts over after a timeout.
     SnapshotChunk(SnapshotChunk),
     /// Leaderless mode: the coordinator's messages, and requests forwarded to a home replica.
     Leaderless(crate::leaderless::LeaderlessMessage),
+    /// Multi-leader mode: the cross-datacenter stream between datacenter leaders.
+    Ml(crate::multileader::MlMessage),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
