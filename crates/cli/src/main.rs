@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run one node (from a TOML config and/or flags).
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
     /// Start a local cluster of `chorus server` processes on this machine; Ctrl-C stops it.
     Up(up::UpArgs),
     /// Load a node (or Redis) with SET/GET traffic and report throughput and latency.
@@ -35,7 +35,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Server(args) => server::run(args),
+        Command::Server(args) => server::run(*args),
         Command::Up(args) => up::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Sim(args) => sim::run(args),

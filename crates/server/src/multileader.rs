@@ -592,12 +592,12 @@ impl MlNode {
         })
     }
 
-    fn upstream_entry<'a>(
-        upstreams: &'a mut BTreeMap<DcId, Upstream>,
+    fn upstream_entry(
+        upstreams: &mut BTreeMap<DcId, Upstream>,
         dc: DcId,
         term: Term,
         applied_position: u64,
-    ) -> &'a mut Upstream {
+    ) -> &mut Upstream {
         let upstream = upstreams.entry(dc).or_insert_with(|| Upstream {
             term,
             proposed_through: applied_position,
