@@ -156,6 +156,22 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = Protocol::Resp)]
     pub protocol: Protocol,
 
+    /// Emulated one-way network delay (ms) between this client and the server, each way: every
+    /// batch waits this long before it is sent and after its replies arrive, and its latency counts
+    /// both (a client in another datacenter than the server).
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub client_delay_ms: u64,
+
+    /// Also measure replication visibility: a probe writes a fresh value through the benchmarked
+    /// server every --visibility-interval-ms and polls GET on this address (a node of another
+    /// datacenter, say) until it shows; reports the lag from the write's send to its visibility.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub visibility_addr: Option<String>,
+
+    /// Milliseconds between two visibility probes.
+    #[arg(long, default_value_t = 100, value_name = "MS")]
+    pub visibility_interval_ms: u64,
+
     /// Print one JSON object at the end instead of the table (implies --no-progress).
     #[arg(long)]
     pub json: bool,
@@ -241,6 +257,9 @@ struct Plan {
     verbose: bool,
     wait_replicas: Option<u32>,
     protocol: Protocol,
+    client_delay: Duration,
+    visibility_addr: Option<String>,
+    visibility_interval: Duration,
 }
 
 impl Plan {
@@ -258,6 +277,9 @@ impl Plan {
         }
         if args.wait_replicas.is_some() {
             ensure!(args.workload == Workload::Set, "--wait-replicas needs --workload set");
+        }
+        if args.visibility_addr.is_some() {
+            ensure!(args.protocol == Protocol::Resp, "--visibility-addr needs --protocol resp");
         }
         if args.protocol == Protocol::EtcdHttp {
             ensure!(args.workload == Workload::Set, "--protocol etcd-http needs --workload set");
@@ -314,6 +336,9 @@ impl Plan {
             verbose: !args.json,
             wait_replicas: args.wait_replicas,
             protocol: args.protocol,
+            client_delay: Duration::from_millis(args.client_delay_ms),
+            visibility_addr: args.visibility_addr.clone(),
+            visibility_interval: Duration::from_millis(args.visibility_interval_ms.max(1)),
         })
     }
 
@@ -810,6 +835,16 @@ async fn bench(plan: Arc<Plan>) -> anyhow::Result<Option<Report>> {
         }
     });
 
+    let probe = match &plan.visibility_addr {
+        Some(read_addr) => {
+            let writer = Conn::connect(&plan.addr, plan.protocol).await?;
+            let reader = Conn::connect(read_addr, plan.protocol).await?;
+            let (plan, shared) = (Arc::clone(&plan), Arc::clone(&shared));
+            let window = Window { measure_start, deadline };
+            Some(tokio::spawn(probe_visibility(plan, shared, writer, reader, window)))
+        }
+        None => None,
+    };
     let mut driving = JoinSet::new();
     for ((index, conn), seed) in conns.into_iter().enumerate().zip(plan.client_seeds()) {
         let window = Window { measure_start, deadline };
@@ -830,7 +865,68 @@ async fn bench(plan: Arc<Plan>) -> anyhow::Result<Option<Report>> {
         total.merge(stats)?;
     }
     let elapsed = total.finished_at.map_or(Duration::ZERO, |end| end.saturating_duration_since(measure_start));
-    Ok(Some(Report::new(&plan, &total, elapsed, interrupted)))
+    let mut report = Report::new(&plan, &total, elapsed, interrupted);
+    if let Some(probe) = probe {
+        shared.stop.store(true, Ordering::Relaxed);
+        let visibility = probe.await.context("the visibility probe failed")??;
+        report.add_visibility(&visibility);
+    }
+    Ok(Some(report))
+}
+
+/// Write-to-visibility lag as the probe measured it.
+struct Visibility {
+    lag_us: Histogram<u64>,
+    /// Probes whose value never showed within `VISIBILITY_TIMEOUT`.
+    timeouts: u64,
+}
+
+/// How long a probe waits for its write to show on the other address.
+const VISIBILITY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Every `visibility_interval` of the measured window: SET a fresh value through `writer`, then GET
+/// it through `reader` (every millisecond) until it shows.
+async fn probe_visibility(
+    plan: Arc<Plan>,
+    shared: Arc<Shared>,
+    mut writer: Conn,
+    mut reader: Conn,
+    window: Window,
+) -> anyhow::Result<Visibility> {
+    let mut visibility =
+        Visibility { lag_us: Histogram::new(LATENCY_SIGFIG).context("cannot create a histogram")?, timeouts: 0 };
+    tokio::time::sleep_until(window.measure_start.into()).await;
+    let key = format!("chorus:visibility:{}", plan.seed);
+    let mut sequence = 0u64;
+    loop {
+        if shared.stop.load(Ordering::Relaxed) || window.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            return Ok(visibility);
+        }
+        sequence += 1;
+        let value = format!("{}:{sequence}", plan.seed);
+        let sent_at = Instant::now();
+        send_command(&mut writer, &["SET", &key, &value]).await.context("visibility probe: SET")?;
+        loop {
+            encode_request(&["GET", &key], &mut reader.wbuf);
+            let mut seen = false;
+            reader
+                .exchange(1, |reply, _| {
+                    seen = matches!(&reply, Reply::Bulk(bytes) if bytes.as_ref() == value.as_bytes())
+                })
+                .await?;
+            if seen {
+                let micros = u64::try_from(sent_at.elapsed().as_micros()).unwrap_or(u64::MAX).min(LATENCY_US_MAX);
+                visibility.lag_us.saturating_record(micros);
+                break;
+            }
+            if sent_at.elapsed() > VISIBILITY_TIMEOUT {
+                visibility.timeouts += 1;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(plan.visibility_interval).await;
+    }
 }
 
 /// Waits for every task, returning their values in client order. Fails at the first failed task
@@ -944,6 +1040,10 @@ async fn drive(
         // With --wait-replicas each request has a SET reply, then a WAIT reply that ends it.
         let mut set_outcome = None;
         let sent_at = Instant::now();
+        if !plan.client_delay.is_zero() {
+            tokio::time::sleep(plan.client_delay).await;
+        }
+        let return_delay = plan.client_delay;
         conn.exchange(count * plan.replies_per_request(), |reply, read_at| {
             let outcome = match (plan.wait_replicas, set_outcome.take()) {
                 (Some(replicas), Some(set)) => classify_wait(set, replicas, reply),
@@ -967,9 +1067,12 @@ async fn drive(
             if matches!(outcome, Outcome::Error(_)) {
                 errors += 1;
             }
-            stats.record(outcome, read_at.saturating_duration_since(sent_at));
+            stats.record(outcome, read_at.saturating_duration_since(sent_at) + return_delay);
         })
         .await?;
+        if !plan.client_delay.is_zero() {
+            tokio::time::sleep(plan.client_delay).await;
+        }
         assert!(ops_left.next().is_none(), "exchange hands over exactly one reply per request");
         shared.replies.fetch_add(count as u64, Ordering::Relaxed);
         if measured {
@@ -1055,6 +1158,20 @@ struct Report {
     mean_us: f64,
     /// Ended early by Ctrl-C (the exit status stays 0, so scripts should check this).
     interrupted: bool,
+    /// With --client-delay-ms: the emulated one-way delay each request paid twice.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_delay_ms: Option<u64>,
+    /// With --visibility-addr: probes, and the lag from a write's send to its visibility there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    visibility_probes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    visibility_timeouts: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    visibility_p50_us: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    visibility_p99_us: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    visibility_max_us: Option<u64>,
 }
 
 impl Report {
@@ -1088,7 +1205,24 @@ impl Report {
             max_us: if latency.is_empty() { 0 } else { latency.max() },
             mean_us: if latency.is_empty() { 0.0 } else { latency.mean() },
             interrupted,
+            client_delay_ms: (!plan.client_delay.is_zero())
+                .then(|| u64::try_from(plan.client_delay.as_millis()).unwrap_or(u64::MAX)),
+            visibility_probes: None,
+            visibility_timeouts: None,
+            visibility_p50_us: None,
+            visibility_p99_us: None,
+            visibility_max_us: None,
         }
+    }
+
+    fn add_visibility(&mut self, visibility: &Visibility) {
+        let lag = &visibility.lag_us;
+        let quantile = |q: f64| if lag.is_empty() { 0 } else { lag.value_at_quantile(q) };
+        self.visibility_probes = Some(lag.len() + visibility.timeouts);
+        self.visibility_timeouts = Some(visibility.timeouts);
+        self.visibility_p50_us = Some(quantile(0.5));
+        self.visibility_p99_us = Some(quantile(0.99));
+        self.visibility_max_us = Some(if lag.is_empty() { 0 } else { lag.max() });
     }
 
     /// The human-readable report.
@@ -1128,6 +1262,17 @@ impl Report {
             "             {:>8} {:>8} {:>8} {:>8} {:>8} {:>8.1}",
             self.p50_us, self.p90_us, self.p99_us, self.p999_us, self.max_us, self.mean_us
         ));
+        if let Some(delay) = self.client_delay_ms {
+            lines.push(format!("client delay {delay} ms each way (emulated), included in the latencies"));
+        }
+        if let (Some(probes), Some(p50), Some(p99), Some(max)) =
+            (self.visibility_probes, self.visibility_p50_us, self.visibility_p99_us, self.visibility_max_us)
+        {
+            lines.push(format!(
+                "visibility   {probes} probes, {} timed out; write-to-visible µs p50 {p50} p99 {p99} max {max}",
+                self.visibility_timeouts.unwrap_or(0)
+            ));
+        }
         let mut text = lines.join("\n");
         text.push('\n');
         text

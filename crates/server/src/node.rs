@@ -200,6 +200,18 @@ pub async fn run(
                         peer_listener,
                         inbound_tx,
                     );
+                    if config.wan_delay_ms > 0 {
+                        // A single group spanning datacenters (for comparisons with multi-leader
+                        // mode): members in other datacenters are reached over the emulated WAN.
+                        let assignment =
+                            crate::multileader::discover_datacenters(&config, &network, &mut inbound_rx, members)
+                                .await?;
+                        let own = config.datacenter_name();
+                        let delay = std::time::Duration::from_millis(config.wan_delay_ms);
+                        for (&peer, _) in assignment.iter().filter(|(_, dc)| **dc != own) {
+                            network.set_link_delay(peer, delay);
+                        }
+                    }
                     (network, BTreeMap::new())
                 }
             };
