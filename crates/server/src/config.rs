@@ -584,4 +584,28 @@ mod tests {
         assert!(bad(&format!("{cluster}mode = \"leaderless\"\n[leaderless]\nw = 4\n")), "w > n");
         assert!(bad(&format!("{cluster}mode = \"leaderless\"\n[leaderless]\nn = 5\nw = 1\nr = 1\n")), "n > members");
     }
+
+    #[test]
+    fn multi_leader_mode_is_configured_and_checked() {
+        let cluster = "initial_cluster = \"1=127.0.0.1:1,2=127.0.0.1:2\"\n";
+        let config: NodeConfig = toml::from_str(&format!(
+            "{cluster}mode = \"multi-leader\"\ndatacenter = \"east\"\nwan_delay_ms = 50\n[multileader]\nconflict_policy = \"siblings\"\ntopology = \"ring\"\nring_order = \"east,west\"\njournal_entries_max = 10\n"
+        ))
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.mode, Mode::MultiLeader);
+        assert_eq!(config.datacenter_name(), "east");
+        assert_eq!(config.multileader.conflict_policy, ConflictPolicyConfig::Siblings);
+        assert_eq!(config.multileader.topology, TopologyKind::Ring);
+        assert_eq!(NodeConfig::default().datacenter_name(), DEFAULT_DATACENTER);
+        assert_eq!("multi-leader".parse::<Mode>().unwrap().to_string(), "multi-leader");
+        let bad = |text: &str| toml::from_str::<NodeConfig>(text).map_or(true, |config| config.validate().is_err());
+        assert!(bad("mode = \"multi-leader\"\n"), "needs a cluster");
+        assert!(
+            bad(&format!("{cluster}mode = \"multi-leader\"\n[multileader]\ntopology = \"star\"\n")),
+            "star needs a hub"
+        );
+        assert!(bad(&format!("{cluster}datacenter = \"no spaces\"\n")), "names are checked");
+        assert!(bad(&format!("{cluster}mode = \"multi-leader\"\n[multileader]\nconflict_policy = \"mine\"\n")));
+    }
 }

@@ -470,3 +470,78 @@ fn a_standalone_node_refuses_membership_changes() {
     let (_, replies) = harness.take();
     assert!(matches!(&replies[..], [(_, Reply::Error(text))] if text.contains("standalone")), "{replies:?}");
 }
+
+/// A one-voter group in multi-leader mode, elected and ready, with its state's multi-leader part.
+fn multi_leader_group() -> Harness {
+    use crate::multileader::{ConflictPolicy, DcId, MultiLeaderState};
+    use crate::raft::{Raft, RaftConfig, RestoredState};
+    let raft = Raft::new(RaftConfig::new(NodeId(1), 7), RestoredState::bootstrap([NodeId(1)]));
+    let mut config = ReplicaConfig::new(NodeId(1));
+    config.multi_leader = true;
+    let mut state = MemoryState::new();
+    state.set_multileader(Some(MultiLeaderState::new(DcId(0), ConflictPolicy::LastWriteWins, 100)));
+    let mut harness = Harness { replica: Replica::in_group(config, raft, LogIndex::ZERO), state, next_sequence: 0 };
+    harness.replica.tick(UnixMillis(NOW.0 + 5_000), &harness.state);
+    let (persist, _) = harness.take();
+    harness.persist_group(&persist);
+    assert!(harness.replica.status().leader_ready);
+    harness
+}
+
+impl Harness {
+    /// Submits a command to a group and runs it to its reply.
+    fn run_in_group(&mut self, words: &[&str]) -> (Vec<LogEntry>, Reply) {
+        let request = self.submit(words);
+        let (persist, mut replies) = self.take();
+        replies.extend(self.persist_group(&persist));
+        let (_, reply) = replies.into_iter().find(|(id, _)| *id == request).expect("a reply");
+        (persist, reply)
+    }
+}
+
+#[test]
+fn a_multi_leader_write_is_a_stamped_local_change_and_incr_an_increment() {
+    use crate::multileader::{ChangeOp, MlEntry};
+    let mut harness = multi_leader_group();
+    let (logged, reply) = harness.run_in_group(&["SET", "k", "v"]);
+    assert_eq!(reply, Reply::OK);
+    let [LogEntry { payload: EntryPayload::MultiLeader(MlEntry::Local { timestamp, ops }), .. }] = &logged[..] else {
+        panic!("a client write is logged as a local change: {logged:?}");
+    };
+    assert_eq!(timestamp.wall_ms, NOW.0, "stamped by the clock at the write's time");
+    assert_eq!(ops, &vec![ChangeOp::Set { key: Bytes::from("k"), value: Bytes::from("v"), expire_at: None }]);
+
+    let (logged, reply) = harness.run_in_group(&["INCRBY", "n", "5"]);
+    assert_eq!(reply, Reply::Integer(5));
+    let [LogEntry { payload: EntryPayload::MultiLeader(MlEntry::Local { timestamp: later, ops }), .. }] = &logged[..]
+    else {
+        panic!("an increment is logged as a local change: {logged:?}");
+    };
+    assert!(later > timestamp, "timestamps grow");
+    assert_eq!(ops, &vec![ChangeOp::Add { key: Bytes::from("n"), delta: 5 }]);
+    // The pipelined view and the applied view agree.
+    assert_eq!(harness.run_in_group(&["INCR", "n"]).1, Reply::Integer(6));
+    assert_eq!(harness.run_in_group(&["GET", "k"]).1, bulk("v"));
+    assert_eq!(harness.state.get(b"n").expect("read").map(|stored| stored.value), Some(Bytes::from("6")));
+    let ml = harness.state.multileader().expect("multi-leader state");
+    assert_eq!(ml.stats().changes_local, 3);
+    assert_eq!(ml.counter_value(b"n"), Some(6));
+
+    let (logged, reply) = harness.run_in_group(&["FLUSHALL"]);
+    assert!(logged.is_empty(), "nothing is logged for a refused FLUSHALL");
+    assert!(matches!(&reply, Reply::Error(text) if text.contains("not supported in multi-leader mode")), "{reply:?}");
+}
+
+#[test]
+fn remote_changes_are_proposed_only_by_a_ready_leader() {
+    use crate::multileader::{DcId, MlEntry};
+    let mut follower = one_voter_group();
+    let entry = MlEntry::Remote { from: DcId(1), through: 3, changes: Vec::new() };
+    assert!(follower.replica.propose_multileader(NOW, entry.clone()).is_err(), "not elected yet");
+    let mut harness = multi_leader_group();
+    let index = harness.replica.propose_multileader(NOW, entry).expect("the leader proposes");
+    let (persist, _) = harness.take();
+    assert_eq!(persist.last().map(|entry| entry.index), Some(index));
+    harness.persist_group(&persist);
+    assert_eq!(harness.state.multileader().expect("state").upstream_position(DcId(1)), 3);
+}
