@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use chorus_core::multileader::{ChangeOp, ConflictPolicy, DcId};
 
-use super::world::{COUNTER_KEYS, Outcome, REGISTER_KEYS, World};
+use super::world::{COUNTER_KEYS, Dc, Outcome, REGISTER_KEYS, World};
 
 /// Every check on a converged world.
 pub fn check(world: &World) -> Vec<String> {
@@ -79,40 +79,45 @@ fn acknowledged_writes_kept(world: &World) -> Vec<String> {
     let mut failures = Vec::new();
     for write in &world.writes {
         let Outcome::Acknowledged(origin, seq) = write.outcome else { continue };
-        let key = write.op.key();
-        if !REGISTER_KEYS.iter().any(|register| key.as_ref() == register.as_bytes()) {
-            continue;
+        for op in &write.ops {
+            if let Some(failure) = write_kept(world, dc, conflicts, (origin, seq), op) {
+                failures.push(failure);
+            }
         }
-        let Some(change) = world.registry.get(&(origin, seq)) else {
-            failures.push(format!("acknowledged write ({origin}, {seq}) missing from the registry"));
-            continue;
-        };
-        let versions = dc.state.keys().get(key).map(|state| state.versions().to_vec()).unwrap_or_default();
-        if versions.iter().any(|version| version.id() == (origin, seq)) {
-            continue;
-        }
-        let superseded = world.registry.values().any(|later| {
-            later.deps.covers(origin, seq)
-                && later.ops.iter().any(|op| !matches!(op, ChangeOp::Add { .. }) && op.key() == key)
-        });
-        if superseded {
-            continue;
-        }
-        let lww_loser = world.knobs.policy == ConflictPolicy::LastWriteWins
-            && conflicts > 0
-            && versions
-                .iter()
-                .all(|winner| winner.rank() > change.rank() && !winner_saw(world, winner.id(), origin, seq));
-        if lww_loser && !versions.is_empty() {
-            continue;
-        }
-        failures.push(format!(
-            "acknowledged write ({origin}, {seq}) {:?} to {key:?} is gone: final versions {:?}",
-            write.op,
-            versions.iter().map(|version| (version.id(), version.timestamp.to_string())).collect::<Vec<_>>()
-        ));
     }
     failures
+}
+
+fn write_kept(world: &World, dc: &Dc, conflicts: u64, (origin, seq): (DcId, u64), op: &ChangeOp) -> Option<String> {
+    let key = op.key();
+    if !REGISTER_KEYS.iter().any(|register| key.as_ref() == register.as_bytes()) {
+        return None;
+    }
+    let Some(change) = world.registry.get(&(origin, seq)) else {
+        return Some(format!("acknowledged write ({origin}, {seq}) missing from the registry"));
+    };
+    let versions = dc.state.keys().get(key).map(|state| state.versions().to_vec()).unwrap_or_default();
+    if versions.iter().any(|version| version.id() == (origin, seq)) {
+        return None;
+    }
+    let superseded = world.registry.values().any(|later| {
+        later.deps.covers(origin, seq)
+            && later.ops.iter().any(|op| !matches!(op, ChangeOp::Add { .. }) && op.key() == key)
+    });
+    if superseded {
+        return None;
+    }
+    let lww_loser = world.knobs.policy == ConflictPolicy::LastWriteWins
+        && conflicts > 0
+        && !versions.is_empty()
+        && versions.iter().all(|winner| winner.rank() > change.rank() && !winner_saw(world, winner.id(), origin, seq));
+    if lww_loser {
+        return None;
+    }
+    Some(format!(
+        "acknowledged write ({origin}, {seq}) {op:?} to {key:?} is gone: final versions {:?}",
+        versions.iter().map(|version| (version.id(), version.timestamp.to_string())).collect::<Vec<_>>()
+    ))
 }
 
 fn winner_saw(world: &World, winner: (DcId, u64), origin: DcId, seq: u64) -> bool {
@@ -129,11 +134,13 @@ fn counters_are_sums(world: &World) -> Vec<String> {
         let mut acknowledged = 0;
         for write in &world.writes {
             let (Outcome::Acknowledged(..) | Outcome::CommittedUnacknowledged(..)) = write.outcome else { continue };
-            if let ChangeOp::Add { key: written, delta } = &write.op
-                && *written == key
-            {
-                expected += delta;
-                acknowledged += 1;
+            for op in &write.ops {
+                if let ChangeOp::Add { key: written, delta } = op
+                    && *written == key
+                {
+                    expected += delta;
+                    acknowledged += 1;
+                }
             }
         }
         for dc in &world.dcs {

@@ -78,6 +78,10 @@ pub struct MlSimOptions {
     /// Rounds of [`CONVERGE_ROUND_MS`] the healed DCs have to converge.
     pub converge_rounds_max: u32,
     pub planted_bug: Option<MlPlantedBug>,
+    /// Deliver stale batch copies without the contiguity check
+    /// ([`MultiLeaderState::continues`](chorus_core::multileader::MultiLeaderState::continues)),
+    /// to show why the node's link needs it.
+    pub stale_batch_check_off: bool,
     pub trace: bool,
 }
 
@@ -91,6 +95,7 @@ impl Default for MlSimOptions {
             policy: None,
             converge_rounds_max: 100,
             planted_bug: None,
+            stale_batch_check_off: false,
             trace: false,
         }
     }
@@ -131,6 +136,9 @@ pub struct MlKnobs {
     pub crash_per_million: u64,
     /// Per mille of batches an "echo" sender ships unfiltered.
     pub echo_per_mille: u64,
+    /// Per mille of messages that reach the receiver again 0.1 to 1.1 s later (a stale copy from
+    /// an old connection, or a leader's queue).
+    pub stale_replay_per_mille: u64,
     pub clock_offsets_ms: Vec<i64>,
     /// Per DC per ms, per mille: a client write.
     pub write_per_mille: u64,
@@ -183,6 +191,7 @@ impl MlKnobs {
             partition_per_million: if faults.partitions { 500 + rng.below(4000) } else { 0 },
             crash_per_million: if faults.crashes { 500 + rng.below(3000) } else { 0 },
             echo_per_mille: if faults.network && rng.chance(1, 3) { 1 + rng.below(200) } else { 0 },
+            stale_replay_per_mille: if faults.replays { rng.below(50) } else { 0 },
             clock_offsets_ms,
             write_per_mille: 20 + rng.below(80),
             raft_ms_max: 1 + rng.below(5),
@@ -202,6 +211,7 @@ pub struct MlStats {
     pub bootstraps_applied: u64,
     pub messages_sent: u64,
     pub messages_lost: u64,
+    pub stale_replays: u64,
     pub faults_injected: u64,
     pub crashes: u64,
     pub conflicts_resolved: u64,

@@ -40,7 +40,8 @@ pub enum Outcome {
 #[derive(Debug, Clone)]
 pub struct ClientWrite {
     pub dc: DcId,
-    pub op: ChangeOp,
+    /// One op, or two for an MSET.
+    pub ops: Vec<ChangeOp>,
     pub invoked_ms: u64,
     pub outcome: Outcome,
 }
@@ -92,6 +93,9 @@ pub struct World {
     pub stats: MlStats,
     pub failures: Vec<String>,
     pub trace: Option<Vec<String>>,
+    /// Copies of sent messages that reach the receiving leader again much later, whatever became
+    /// of the link meanwhile: `(when, receiver, position the batch continues from, entry)`.
+    stale: Vec<(u64, DcId, u64, MlEntry)>,
     clients_on: bool,
     faults_on: bool,
 }
@@ -138,6 +142,7 @@ impl World {
             stats: MlStats::default(),
             failures: Vec::new(),
             trace: options.trace.then(Vec::new),
+            stale: Vec::new(),
             clients_on: true,
             faults_on: true,
         }
@@ -311,15 +316,28 @@ impl World {
             if !self.dcs[i].up || !self.rng.chance(self.knobs.write_per_mille, 1000) {
                 continue;
             }
-            let op = self.draw_op();
+            let mut ops = vec![self.draw_op()];
+            if self.rng.chance(1, 8) {
+                // An MSET: two register writes in one change, sometimes to the same key.
+                ops = vec![self.draw_set(), self.draw_set()];
+            }
             let physical = self.physical_ms(i);
             let timestamp = self.dcs[i].hlc.now(physical);
             let dc = self.dcs[i].id;
-            self.log(|| format!("{dc} client {op:?}"));
-            self.writes.push(ClientWrite { dc, op: op.clone(), invoked_ms: self.now_ms, outcome: Outcome::Pending });
+            self.log(|| format!("{dc} client {ops:?}"));
+            self.writes.push(ClientWrite { dc, ops: ops.clone(), invoked_ms: self.now_ms, outcome: Outcome::Pending });
             self.stats.writes_invoked += 1;
             let write = Some(self.writes.len() - 1);
-            self.propose(i, MlEntry::Local { timestamp, ops: vec![op] }, write);
+            self.propose(i, MlEntry::Local { timestamp, ops }, write);
+        }
+    }
+
+    fn draw_set(&mut self) -> ChangeOp {
+        let key = Bytes::from(REGISTER_KEYS[self.rng.below(REGISTER_KEYS.len() as u64) as usize]);
+        ChangeOp::Set {
+            key,
+            value: Bytes::from(format!("v{}.{}", self.writes.len(), self.rng.below(10))),
+            expire_at: None,
         }
     }
 
@@ -449,6 +467,25 @@ impl World {
                 }
             }
         }
+        let (due, later): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.stale).into_iter().partition(|(at, ..)| *at <= now);
+        self.stale = later;
+        for (_, to, since, entry) in due {
+            let receiver = &self.dcs[self.index(to)];
+            // The contiguity check the node's link must make: a batch is proposed only if it
+            // continues from what the receiver applied (a stale batch from an old connection may
+            // follow a gap; applying it would move `upstream_position` past changes never applied).
+            let continues = match &entry {
+                MlEntry::Remote { from, .. } => {
+                    self.options.stale_batch_check_off || receiver.state.continues(*from, since)
+                }
+                _ => true,
+            };
+            if receiver.up && continues {
+                self.stats.stale_replays += 1;
+                arrived.push((to, to, entry));
+            }
+        }
         for (from, to, entry) in arrived {
             let i = self.index(to);
             self.log(|| format!("{to} receives from {from}: {}", describe(&entry)));
@@ -522,6 +559,10 @@ impl World {
             let arrival = (self.now_ms + delay).max(link.last_arrival_ms);
             link.last_arrival_ms = arrival;
             link.cursor = next;
+            if self.faults_on && self.rng.chance(self.knobs.stale_replay_per_mille, 1000) {
+                let at = self.now_ms + 100 + self.rng.below(1000);
+                self.stale.push((at, to, cursor, entry.clone()));
+            }
             link.in_flight.push_back((arrival, entry));
             self.stats.messages_sent += 1;
         }
