@@ -570,3 +570,28 @@ mod convergence {
         }
     }
 }
+
+#[test]
+fn the_state_survives_a_postcard_round_trip_as_snapshots_store_it() {
+    let (mut a, b, _) = three_diverged(ConflictPolicy::Siblings);
+    // Something held back, something in the journal, an upstream position, conflicts.
+    let mut c = dc(C, ConflictPolicy::Siblings);
+    let c1 = local(&mut c, 50, vec![set("k", "c")]);
+    let c2 = local(&mut c, 51, vec![add("n", 3)]);
+    remote(&mut a, C, vec![c2]);
+    assert_eq!(a.stats().held_back, 1);
+    bootstrap_from(&mut a, &b);
+    let bytes = postcard::to_allocvec(&a).unwrap();
+    let restored: MultiLeaderState = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(restored, a);
+    // The restored state goes on exactly as the original.
+    let mut original = a;
+    let mut restored = restored;
+    for state in [&mut original, &mut restored] {
+        remote(state, C, vec![c1.clone()]);
+    }
+    assert_eq!(restored, original);
+    assert_eq!(restored.stats().held_back, 0);
+    let export = postcard::to_allocvec(&restored.export()).unwrap();
+    assert_eq!(postcard::from_bytes::<MlExport>(&export).unwrap(), restored.export());
+}

@@ -212,6 +212,9 @@ pub struct MlStats {
     pub messages_sent: u64,
     pub messages_lost: u64,
     pub stale_replays: u64,
+    /// Links opened that the healthy topology does not have (a dead hub or ring neighbour routed
+    /// around).
+    pub route_around_links: u64,
     pub faults_injected: u64,
     pub crashes: u64,
     pub conflicts_resolved: u64,
@@ -306,6 +309,7 @@ pub struct MlSweep {
     pub writes_acknowledged: u64,
     pub changes_applied: u64,
     pub bootstraps_applied: u64,
+    pub route_around_links: u64,
     pub faults_injected: u64,
     pub converge_rounds_max: u32,
     pub failed: Vec<MlReport>,
@@ -323,11 +327,12 @@ impl fmt::Display for MlSweep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} seeds (multi-leader), {} writes acknowledged, {} changes applied and checked, {} bootstraps, {} faults injected, {} failed, slowest convergence {} rounds, {:.1} s ({:.0} changes/s)",
+            "{} seeds (multi-leader), {} writes acknowledged, {} changes applied and checked, {} bootstraps, {} route-around links, {} faults injected, {} failed, slowest convergence {} rounds, {:.1} s ({:.0} changes/s)",
             self.seeds,
             self.writes_acknowledged,
             self.changes_applied,
             self.bootstraps_applied,
+            self.route_around_links,
             self.faults_injected,
             self.failed.len(),
             self.converge_rounds_max,
@@ -347,6 +352,7 @@ pub fn run_seeds(first: u64, count: u64, options: &MlSimOptions) -> MlSweep {
         sweep.writes_acknowledged += report.stats.writes_acknowledged;
         sweep.changes_applied += report.stats.changes_applied;
         sweep.bootstraps_applied += report.stats.bootstraps_applied;
+        sweep.route_around_links += report.stats.route_around_links;
         sweep.faults_injected += report.stats.faults_injected;
         sweep.converge_rounds_max = sweep.converge_rounds_max.max(report.stats.converge_rounds);
         if !report.passed() {

@@ -3,13 +3,14 @@
 
 use chorus_core::multileader::{ConflictPolicy, MlPlantedBug};
 
-use super::{MlSimOptions, TopologyKind, run_seed, run_seeds};
+use super::{MlSimOptions, MlSweep, TopologyKind, run_seed, run_seeds};
 use crate::Faults;
 
-fn assert_sweep_passes(first: u64, count: u64, options: &MlSimOptions) {
+fn assert_sweep_passes(first: u64, count: u64, options: &MlSimOptions) -> MlSweep {
     let sweep = run_seeds(first, count, options);
     let failures: Vec<String> = sweep.failed.iter().map(ToString::to_string).collect();
     assert!(failures.is_empty(), "{sweep}\n{}", failures.join("\n"));
+    sweep
 }
 
 /// The CI sweep: topology, policy, journal size and fault rates drawn per seed.
@@ -23,7 +24,11 @@ fn every_topology_under_every_policy_passes() {
     for topology in [TopologyKind::AllToAll, TopologyKind::Star, TopologyKind::Ring] {
         for policy in [ConflictPolicy::LastWriteWins, ConflictPolicy::Siblings] {
             let options = MlSimOptions { topology: Some(topology), policy: Some(policy), ..MlSimOptions::default() };
-            assert_sweep_passes(1000, 20, &options);
+            let sweep = assert_sweep_passes(1000, 20, &options);
+            assert!(sweep.bootstraps_applied > 0, "no bootstrap exercised: {sweep}");
+            if topology != TopologyKind::AllToAll {
+                assert!(sweep.route_around_links > 0, "no dead forwarder routed around: {sweep}");
+            }
         }
     }
 }

@@ -520,6 +520,10 @@ impl World {
             if !self.links.contains_key(&(from, to)) {
                 // The handshake: the receiver says where it applied through.
                 let cursor = self.dcs[self.index(to)].state.upstream_position(from);
+                if !self.topology.routes(from, &ids, &|_| true).send_to.contains(&to) {
+                    // Not a link of the healthy topology: routing around a dead forwarder.
+                    self.stats.route_around_links += 1;
+                }
                 self.links.insert((from, to), Link { cursor, in_flight: VecDeque::new(), last_arrival_ms: 0 });
                 self.log(|| format!("link {from}->{to} up, resuming after position {cursor}"));
             }
