@@ -458,7 +458,9 @@ mod convergence {
         }
         let everyone = |_: DcId| true;
         let (source, target) = (DCS[from], DCS[to]);
-        let journal = states[from].journal_since(0, usize::MAX, &|_| true).unwrap_or_default();
+        // What the journal still holds (a DC that merged a bootstrap trimmed what came before).
+        let start = states[from].stats().journal_trimmed_through;
+        let journal = states[from].journal_since(start, usize::MAX, &|_| true).unwrap();
         let changes: Vec<Change> = items
             .iter()
             .filter_map(|&item| journal.get(item % journal.len().max(1)))
