@@ -193,6 +193,16 @@ impl MultiLeaderState {
         self.upstream.get(&upstream).copied().unwrap_or(0)
     }
 
+    /// Whether a batch of `from`'s journal sent from position `since` (the sender's cursor)
+    /// continues from what this DC applied, so that applying it leaves no gap. A link that resumes
+    /// from [`MultiLeaderState::upstream_position`] and is FIFO only ever carries such batches; a
+    /// batch from anywhere else (a stale copy from an old connection) must pass this check before
+    /// it is proposed, because applying a `Remote` entry moves the upstream position to its
+    /// `through` whatever came before it.
+    pub fn continues(&self, from: DcId, since: u64) -> bool {
+        since <= self.upstream_position(from)
+    }
+
     pub fn journal_last(&self) -> u64 {
         self.journal.last()
     }
