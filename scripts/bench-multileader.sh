@@ -143,7 +143,6 @@ LEADER=$(leader_among 1 2 3 4 5 6)
 if ((LEADER - BASE_PORT + 1 > 3)); then
     log "  the leader is in dc2 (port $LEADER): transferring leadership to node 1"
     redis-cli -h "$HOST" -p "$LEADER" CHORUS.LEADER TRANSFER 1 >/dev/null
-    sleep 0.5
     LEADER=$(leader_among 1 2 3)
 fi
 bench single-leader "$LEADER" --client-delay-ms "$WAN_DELAY_MS"
