@@ -916,7 +916,9 @@ async fn probe_visibility(
                 .await?;
             if seen {
                 let micros = u64::try_from(sent_at.elapsed().as_micros()).unwrap_or(u64::MAX).min(LATENCY_US_MAX);
-                visibility.lag_us.saturating_record(micros);
+                if visibility.lag_us.record(micros).is_err() {
+                    visibility.lag_us.saturating_record(micros);
+                }
                 break;
             }
             if sent_at.elapsed() > VISIBILITY_TIMEOUT {
