@@ -199,9 +199,13 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
-        let shutdown = async {
-            use tokio::signal::unix::{SignalKind, signal};
-            match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        // The handlers are installed before the node starts listening: a SIGTERM that arrives as
+        // soon as the node answers its first client (a test stopping it at once) is a clean stop,
+        // not the default action's kill.
+        use tokio::signal::unix::{SignalKind, signal};
+        let signals = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+        let shutdown = async move {
+            match signals {
                 (Ok(mut terminate), Ok(mut interrupt)) => {
                     tokio::select! {
                         _ = terminate.recv() => {}
