@@ -22,7 +22,7 @@
 # Environment (all optional):
 #   WAN_DELAY_MS=50  BENCH_SECS=10  WARMUP_SECS=1  CLIENTS=8  VALUE_SIZE=64  KEYS=100000  SEED=1
 #   FSYNC=always     the nodes' fsync policy
-#   BASE_PORT=7401   client ports BASE_PORT.. (peer +100, admin +200)
+#   BASE_PORT=17401  client ports BASE_PORT.. (peer +100, admin +200)
 #   CHORUS_BIN=path  use this binary instead of building target/release/chorus
 #   RESULTS_DIR=bench-results
 set -euo pipefail
@@ -36,7 +36,7 @@ VALUE_SIZE=${VALUE_SIZE:-64}
 KEYS=${KEYS:-100000}
 SEED=${SEED:-1}
 FSYNC=${FSYNC:-always}
-BASE_PORT=${BASE_PORT:-7401}
+BASE_PORT=${BASE_PORT:-17401}
 RESULTS_DIR=${RESULTS_DIR:-bench-results}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -121,7 +121,8 @@ log "one datacenter: a 3-node single-leader group, local client"
 SETUP=one-dc
 CLUSTER=$(cluster_of 3)
 for id in 1 2 3; do start_node "$id" dc1 "$CLUSTER"; done
-bench one-dc "$(leader_among 1 2 3)"
+LEADER=$(leader_among 1 2 3)
+bench one-dc "$LEADER"
 stop_nodes
 
 log "multi-leader: 2 datacenters x 3 nodes, wan delay $WAN_DELAY_MS ms, client in dc2"
