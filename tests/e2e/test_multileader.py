@@ -377,3 +377,47 @@ def test_a_whole_datacenter_restarted_catches_up_even_past_the_journal(tmp_path,
         wait_converged(cluster, ["c"], [str(total + 1000).encode()])
     finally:
         cluster.stop_all()
+
+
+@pytest.mark.parametrize("topology", ["star:dc1", "ring:dc1,dc2,dc3"])
+def test_three_datacenters_forward_through_the_topology_and_route_around_a_dead_forwarder(tmp_path, topology):
+    """3 datacenters of one node each. dc1 is the star's hub, and dc2 is dc1's successor in the
+    ring: with it alive, a change reaches the third datacenter through it; killed, the others route
+    around it; back, it catches up."""
+    cluster = MultiDc(tmp_path, datacenters=3, per_dc=1, extra_args=["--topology", topology])
+    cluster.start_all()
+    try:
+        dc1, dc2, dc3 = cluster.dc_names
+        for dc in cluster.dc_names:
+            cluster.wait_leader(dc)
+        # A write in the datacenter that does not send straight to its target: in the star, dc2
+        # sends to the hub only; in the ring dc1 sends to dc2 only.
+        source, target = (dc2, dc3) if topology.startswith("star") else (dc1, dc3)
+        forwarder = dc1 if topology.startswith("star") else dc2
+        info = lambda dc: cluster.info(cluster.nodes(dc)[0], "multileader") or {}
+        wait_until(lambda: cluster.streaming(source, forwarder), 30, f"{source} to stream to {forwarder}")
+        routed = info(source)
+        assert routed[f"chorus_ml_dc_{forwarder}"]["routed"] == 1, routed
+        assert routed[f"chorus_ml_dc_{target}"]["routed"] == 0, f"{source} sends to {target} only through {forwarder}"
+        assert on_leader(cluster, source, "SET", "through", "forwarder") == (True, True)
+        assert on_leader(cluster, source, "INCRBY", "c", 5) == (5, True)
+        wait_converged(cluster, ["through", "c"], [b"forwarder", b"5"])
+
+        (dead,) = cluster.nodes(forwarder)
+        cluster.kill(dead)
+        wait_until(lambda: info(source).get(f"chorus_ml_dc_{target}", {}).get("routed") == 1, 30,
+                   f"{source} to route around the dead {forwarder} (seed {SEED})")
+        assert info(source)[f"chorus_ml_dc_{forwarder}"]["link"] == "unreachable"
+        assert on_leader(cluster, source, "SET", "around", "direct") == (True, True)
+        assert on_leader(cluster, target, "INCRBY", "c", 7) == (12, True)
+        live = [dc for dc in cluster.dc_names if dc != forwarder]
+        wait_until(lambda: all(read_all(cluster, dc, ["around", "c"]) == [b"direct", b"12"] for dc in live),
+                   CONVERGE_S, f"the live datacenters to converge without {forwarder} (seed {SEED})")
+
+        cluster.start(dead)
+        cluster.wait_leader(forwarder)
+        wait_converged(cluster, ["through", "around", "c"], [b"forwarder", b"direct", b"12"])
+        for dc in cluster.dc_names:
+            assert info(dc)["chorus_ml_held_back"] == 0
+    finally:
+        cluster.stop_all()
