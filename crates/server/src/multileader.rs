@@ -49,8 +49,12 @@ use crate::peer::PeerMessage;
 
 /// Where a node records every node's datacenter once it has learnt them.
 pub const DATACENTERS_FILE: &str = "DATACENTERS";
-/// How often the driver looks for new changes to send and acknowledgements to give.
-const DRIVER_INTERVAL: Duration = Duration::from_millis(2);
+/// How often a datacenter leader's driver runs at the least (retries, timeouts, heartbeats); it
+/// also runs after every batch the applier applies (new journal items to send, positions to
+/// acknowledge).
+const DRIVER_INTERVAL: Duration = Duration::from_millis(10);
+/// How often the driver of a node that does not lead its datacenter checks whether it does now.
+const DRIVER_INTERVAL_IDLE: Duration = Duration::from_millis(50);
 /// A downstream leader acknowledges at least this often, so a quiet link still shows it is alive.
 const ACK_INTERVAL: Duration = Duration::from_millis(100);
 const LOCATE_RETRY_MIN: Duration = Duration::from_millis(50);
@@ -406,18 +410,21 @@ impl MlNode {
         }
     }
 
-    /// Runs the driver until the node stops: every `DRIVER_INTERVAL`, the DC leader streams what its
-    /// journal gained and acknowledges what it applied.
+    /// Runs the driver until the node stops: after every applied batch and at least every
+    /// `DRIVER_INTERVAL`, the DC leader streams what its journal gained and acknowledges what it
+    /// applied.
     pub async fn run(self: Arc<Self>, context: Arc<NodeContext>) {
-        let mut interval = tokio::time::interval(DRIVER_INTERVAL);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            interval.tick().await;
-            self.step(&context);
+            let wait = if self.step(&context) { DRIVER_INTERVAL } else { DRIVER_INTERVAL_IDLE };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = context.state.applied.notified() => {}
+            }
         }
     }
 
-    fn step(&self, context: &NodeContext) {
+    /// One round of the driver; returns whether this node leads its datacenter.
+    fn step(&self, context: &NodeContext) -> bool {
         let (leading, term) = context.core.inspect(|inner| {
             let status = inner.replica.status();
             (status.role == Some(Role::Leader) && status.leader_ready, status.term)
@@ -430,12 +437,14 @@ impl MlNode {
                 link.behind_since = None;
             }
             lock(&self.upstreams).clear();
-            return;
+            return false;
         }
         let state = context.state.read();
-        let Some(ml) = state.multileader() else { return };
-        self.stream(ml, now);
-        self.acknowledge(ml, term, now);
+        if let Some(ml) = state.multileader() {
+            self.stream(ml, now);
+            self.acknowledge(ml, term, now);
+        }
+        true
     }
 
     /// The upstream side: keeps a link to every other DC, streams to the routed ones.

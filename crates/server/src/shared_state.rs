@@ -13,11 +13,18 @@ pub struct SharedState {
     /// Held while a snapshot file is written: the applier's checkpoints and a leader's snapshot for
     /// a follower would otherwise write the same temporary file.
     checkpoint: std::sync::Mutex<()>,
+    /// Woken after every applied batch (multi-leader mode: the stream driver sends what the journal
+    /// gained, and acknowledges what was applied, without waiting for its timer).
+    pub applied: tokio::sync::Notify,
 }
 
 impl SharedState {
     pub fn new(state: MemoryState) -> SharedState {
-        SharedState { inner: RwLock::new(state), checkpoint: std::sync::Mutex::new(()) }
+        SharedState {
+            inner: RwLock::new(state),
+            checkpoint: std::sync::Mutex::new(()),
+            applied: tokio::sync::Notify::new(),
+        }
     }
 
     /// A panic while holding the lock can only come from a bug in applying (an assert); the state is
@@ -43,6 +50,7 @@ impl SharedState {
     /// Applies committed entries in order (the applier thread only). Each call is atomic for readers.
     pub fn apply(&self, entries: &[LogEntry]) {
         self.write().apply(entries);
+        self.applied.notify_one();
     }
 }
 
