@@ -18,7 +18,7 @@ pub fn check(world: &World) -> Vec<String> {
 
 /// After convergence every DC holds the same state (the world's convergence loop checks the same
 /// before it stops; this names the first difference).
-fn identical_states(world: &World) -> Vec<String> {
+pub fn identical_states(world: &World) -> Vec<String> {
     let Some(first) = world.dcs.first() else { return Vec::new() };
     let mut failures = Vec::new();
     for dc in &world.dcs[1..] {

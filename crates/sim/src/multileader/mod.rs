@@ -292,6 +292,9 @@ pub fn run_seed(seed: u64, options: &MlSimOptions) -> MlReport {
             failures.extend(world.failures.iter().cloned());
             if failures.is_empty() {
                 failures.extend(checker::check(&world));
+            } else {
+                // Name what differs, when the DCs did not converge.
+                failures.extend(checker::identical_states(&world).into_iter().take(3));
             }
         }
     }
