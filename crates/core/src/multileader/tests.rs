@@ -525,6 +525,9 @@ mod convergence {
                 if policy == ConflictPolicy::LastWriteWins {
                     prop_assert!(state.keys().values().all(|key| key.versions().len() <= 1));
                 }
+                for key in state.keys().values() {
+                    prop_assert_eq!(key.increments_total(), key.increments_sum_recomputed());
+                }
             }
         }
 
@@ -596,4 +599,34 @@ fn the_state_survives_a_postcard_round_trip_as_snapshots_store_it() {
     assert_eq!(restored.stats().held_back, 0);
     let export = postcard::to_allocvec(&restored.export()).unwrap();
     assert_eq!(postcard::from_bytes::<MlExport>(&export).unwrap(), restored.export());
+}
+
+#[test]
+fn a_set_replaces_only_the_increments_its_origin_had_seen() {
+    let mut a = dc(A, ConflictPolicy::LastWriteWins);
+    let mut b = dc(B, ConflictPolicy::LastWriteWins);
+    let first = local(&mut a, 1, vec![add("n", 1)]);
+    let second = local(&mut a, 2, vec![add("n", 10)]);
+    remote(&mut b, A, vec![first]);
+    // B saw only A's first increment when it set the key: the second one applies on top.
+    let reset = local(&mut b, 3, vec![set("n", "100")]);
+    assert_eq!(b.counter_value(b"n"), None, "at B the set replaced every increment it had");
+    remote(&mut a, B, vec![reset]);
+    remote(&mut b, A, vec![second]);
+    assert_eq!(a.counter_value(b"n"), Some(110));
+    assert_eq!(b.counter_value(b"n"), Some(110));
+    let state = &a.keys()[&Bytes::from("n")];
+    assert_eq!(state.increments()[&A], vec![Increment { seq: 2, delta: 10 }]);
+    assert_eq!(state.increments_total(), state.increments_sum_recomputed());
+    assert_eq!(a.keys(), b.keys());
+}
+
+#[test]
+fn a_change_that_adds_then_sets_the_same_key_keeps_only_the_set() {
+    let mut a = dc(A, ConflictPolicy::Siblings);
+    local(&mut a, 1, vec![add("n", 5), add("n", 5), set("n", "7")]);
+    assert_eq!(a.counter_value(b"n"), None);
+    assert_eq!(visible(&a, "n"), Some(Bytes::from("7")));
+    local(&mut a, 2, vec![set("n", "1"), add("n", 5)]);
+    assert_eq!(a.counter_value(b"n"), Some(6), "an add after the set in one change counts");
 }

@@ -50,6 +50,16 @@ pub fn identical_states(world: &World) -> Vec<String> {
 fn materialized_views(world: &World) -> Vec<String> {
     let mut failures = Vec::new();
     for dc in &world.dcs {
+        for (key, state) in dc.state.keys() {
+            if state.increments_total() != state.increments_sum_recomputed() {
+                failures.push(format!(
+                    "{}: {key:?} keeps an increments total of {} but they sum to {}",
+                    dc.id,
+                    state.increments_total(),
+                    state.increments_sum_recomputed()
+                ));
+            }
+        }
         for key in dc.state.keys().keys() {
             let visible = dc.state.visible(key);
             if dc.materialized.get(key) != visible.as_ref() {
