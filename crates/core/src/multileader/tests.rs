@@ -630,3 +630,27 @@ fn a_change_that_adds_then_sets_the_same_key_keeps_only_the_set() {
     local(&mut a, 2, vec![set("n", "1"), add("n", 5)]);
     assert_eq!(a.counter_value(b"n"), Some(6), "an add after the set in one change counts");
 }
+
+#[test]
+fn outgoing_sends_a_filtered_batch_or_a_bootstrap_once_trimmed() {
+    let mut a = MultiLeaderState::new(A, ConflictPolicy::LastWriteWins, 2);
+    assert_eq!(a.outgoing(0, 10, &|_| true), None, "nothing to send yet");
+    local(&mut a, 1, vec![add("n", 1)]);
+    local(&mut a, 2, vec![add("n", 2)]);
+    let Some((MlEntry::Remote { from, through, changes }, next)) = a.outgoing(0, 1, &|_| true) else {
+        panic!("expected a batch");
+    };
+    assert_eq!((from, through, next), (A, 1, 1));
+    assert_eq!(changes.iter().map(Change::id).collect::<Vec<_>>(), vec![(A, 1)]);
+    assert_eq!(a.outgoing(2, 10, &|_| true), None, "caught up");
+    local(&mut a, 3, vec![add("n", 3)]);
+    // Position 1 is trimmed now: a downstream still there gets the whole state.
+    let Some((MlEntry::Bootstrap { through, state, .. }, next)) = a.outgoing(0, 10, &|_| true) else {
+        panic!("expected a bootstrap");
+    };
+    assert_eq!((through, next), (3, 3));
+    assert_eq!(*state, a.export());
+    let mut b = dc(B, ConflictPolicy::LastWriteWins);
+    b.apply(LogIndex::ZERO, &MlEntry::Bootstrap { from: A, through, state });
+    assert_eq!(b.counter_value(b"n"), Some(6));
+}

@@ -567,16 +567,8 @@ impl World {
             let alive = |dc: DcId| self.seems_alive(from, dc);
             let topology = &self.topology;
             let forward = |origin: DcId| echo || topology.forwards(from, origin, to, &ids, &alive);
-            let state = &self.dcs[sender].state;
-            let (entry, next) = match state.journal_batch(cursor, self.knobs.batch_max, &forward) {
-                Ok((items, through)) => {
-                    let changes = items.into_iter().map(|item| item.change).collect();
-                    (MlEntry::Remote { from, through, changes }, through)
-                }
-                Err(_) => {
-                    let through = state.journal_last();
-                    (MlEntry::Bootstrap { from, through, state: Box::new(state.export()) }, through)
-                }
+            let Some((entry, next)) = self.dcs[sender].state.outgoing(cursor, self.knobs.batch_max, &forward) else {
+                continue;
             };
             let delay = self.delay(from, to);
             let Some(link) = self.links.get_mut(&(from, to)) else { continue };
