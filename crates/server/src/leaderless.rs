@@ -532,7 +532,10 @@ impl LeaderlessNode {
             pending: HashMap::new(),
             forwards: HashMap::new(),
             deletes: HashMap::new(),
-            next_id: 1,
+            // Ids travel to peers (`Forward { id }`) and come back: a reply to a request from
+            // before a restart, delivered late, must not match a new one. Start past every id an
+            // earlier process could have used (the time, packed like the coordinator's op ids).
+            next_id: now.0 << 16,
             last_heard: peers.iter().map(|&peer| (peer, started)).collect(),
             down: peers.iter().map(|&peer| (peer, false)).collect(),
             stats: NodeStats::default(),
