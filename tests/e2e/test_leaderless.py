@@ -130,6 +130,10 @@ def test_per_connection_quorum_and_forwarding_to_a_home_replica(cluster, rng):
     assert forwarded > 0
     with pytest.raises(redis.exceptions.ResponseError, match="invalid quorum"):
         clients[1].execute_command("CHORUS.QUORUM", 3, 4, 1)
+    # More replicas than the configured n would put writes where anti-entropy never looks.
+    with pytest.raises(redis.exceptions.ResponseError, match="n=4 is above the configured n=3"):
+        clients[1].execute_command("CHORUS.QUORUM", 4, 1, 1)
+    assert clients[1].execute_command("CHORUS.QUORUM") == [1, 1, 1], "a refused setting changes nothing"
     assert clients[1].execute_command("CHORUS.QUORUM", "DEFAULT") == b"OK"
     assert clients[1].execute_command("CHORUS.QUORUM") == [3, 2, 2]
 

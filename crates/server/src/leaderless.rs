@@ -1053,6 +1053,11 @@ fn quorum_command(default: Quorum, connection: &mut ConnectionState, args: &[Byt
         _ => return Reply::err("expected n w r, ONE, QUORUM, ALL or DEFAULT"),
     };
     match chosen {
+        // The coordinator would refuse every request with it (`RequestError::NAboveConfigured`):
+        // say so now rather than on each request.
+        Ok(Some(quorum)) if quorum.n > n => {
+            Reply::err(RequestError::NAboveConfigured { requested: quorum.n, configured: n }.to_string())
+        }
         Ok(quorum) => {
             connection.quorum = quorum;
             Reply::OK

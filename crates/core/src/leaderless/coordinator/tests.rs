@@ -122,6 +122,41 @@ fn w_one_answers_at_once_and_quorum_is_settable_per_request() {
 }
 
 #[test]
+fn a_request_asking_for_more_replicas_than_configured_is_refused() {
+    // The rank-4 node is outside every default preference list of the key: a write acknowledged
+    // there alone (n = 4, w = 1) would never reach the home replicas, which anti-entropy and
+    // default reads cover. Refused before anything is stored or sent, for reads too.
+    let wide = Some(Quorum::new(4, 1, 1).unwrap());
+    let refusal = RequestError::NAboveConfigured { requested: 4, configured: 3 };
+    for node_id in [ranks()[0], ranks()[3]] {
+        let mut node = coordinator(node_id, |_| {});
+        let mut store = MemoryStore::default();
+        node.put(at(0), request(1), put(value("v"), &VersionVector::new(), wide), &mut store);
+        node.increment(at(0), request(2), key(), 1, wide, &mut store);
+        node.get(at(0), request(3), key(), wide, &mut store);
+        assert_eq!(
+            take(&mut node),
+            [1, 2, 3].map(|sequence| Effect::Reply {
+                request: request(sequence),
+                reply: ClientReply::Failed(refusal.clone())
+            })
+        );
+        assert!(store.keys.is_empty(), "a refused write is stored nowhere");
+    }
+    assert_eq!(refusal.to_string(), "n=4 is above the configured n=3: a key has only 3 home replicas");
+    // Up to the configured n is fine.
+    let mut node = coordinator(ranks()[0], |_| {});
+    let mut store = MemoryStore::default();
+    node.put(
+        at(0),
+        request(1),
+        put(value("v"), &VersionVector::new(), Some(Quorum::new(3, 1, 1).unwrap())),
+        &mut store,
+    );
+    assert!(matches!(replies(&take(&mut node))[..], [(_, ClientReply::Written { .. })]));
+}
+
+#[test]
 fn a_write_sent_to_a_node_outside_the_preference_list_is_forwarded() {
     let mut node = coordinator(ranks()[4], |_| {});
     let mut store = MemoryStore::default();
