@@ -737,6 +737,17 @@ impl LeaderlessNode {
         }
     }
 
+    /// `CHORUS.DIGEST SLOTS [peer]`: per slot, the digest anti-entropy compares.
+    pub fn slot_digests(&self, peer: Option<u64>) -> Result<Vec<(chorus_core::Slot, u64)>, String> {
+        let inner = self.lock();
+        match peer {
+            None => Ok(inner.coordinator.slot_digests(None)),
+            Some(peer) if peer == self.node_id.0 => Err("a node shares every slot with itself; omit the peer".into()),
+            Some(peer) if !inner.last_heard.contains_key(&NodeId(peer)) => Err(format!("node {peer} is not a member")),
+            Some(peer) => Ok(inner.coordinator.slot_digests(Some(NodeId(peer)))),
+        }
+    }
+
     /// Keys in the local store (tombstones not yet collected included).
     pub fn key_count(&self) -> usize {
         self.lock().store.len()
@@ -998,20 +1009,7 @@ pub fn dispatch(
             Request::Put { key: args[1].clone(), value: args[2].clone(), context }
         }
         "chorus.quorum" => return Some(Dispatch::Reply(quorum_command(node.default_quorum(), connection, args))),
-        "chorus.digest" => {
-            let peer = match args.get(1) {
-                None => None,
-                Some(peer) => match std::str::from_utf8(peer).ok().and_then(|peer| peer.parse::<u64>().ok()) {
-                    Some(peer) => Some(peer),
-                    None => return Some(Dispatch::Reply(Reply::err("invalid node id"))),
-                },
-            };
-            let reply = match node.digest(peer) {
-                Ok(digest) => Reply::Bulk(Bytes::from(format!("{digest:016x}"))),
-                Err(error) => Reply::err(error),
-            };
-            return Some(Dispatch::Reply(reply));
-        }
+        "chorus.digest" => return Some(Dispatch::Reply(digest_command(node, args))),
         _ if spec.kind == CommandKind::Kv => {
             return Some(Dispatch::Reply(Reply::err(format!(
                 "'{}' is not supported in leaderless mode (supported: GET SET DEL INCR DECR INCRBY DECRBY, CHORUS.GETALL CHORUS.PUT CHORUS.QUORUM CHORUS.DIGEST)",
@@ -1021,6 +1019,43 @@ pub fn dispatch(
         _ => return None,
     };
     Some(Dispatch::Leaderless(request))
+}
+
+/// `CHORUS.DIGEST [peer]`: a Merkle root as hex text; `CHORUS.DIGEST SLOTS [peer]`: per slot,
+/// `[slot, digest]` for every slot this node holds keys in (with `peer`: of the slots both are
+/// home replicas of), in slot order.
+fn digest_command(node: &LeaderlessNode, args: &[Bytes]) -> Reply {
+    const SYNTAX: &str = "syntax: CHORUS.DIGEST [SLOTS] [peer]";
+    let (slots, peer) = match args {
+        [_] => (false, None),
+        [_, word] if word.eq_ignore_ascii_case(b"slots") => (true, None),
+        [_, peer] => (false, Some(peer)),
+        [_, word, peer] if word.eq_ignore_ascii_case(b"slots") => (true, Some(peer)),
+        _ => return Reply::err(SYNTAX),
+    };
+    let peer = match peer {
+        None => None,
+        Some(peer) => match std::str::from_utf8(peer).ok().and_then(|peer| peer.parse::<u64>().ok()) {
+            Some(peer) => Some(peer),
+            None => return Reply::err("invalid node id"),
+        },
+    };
+    let hex = |digest: u64| Reply::Bulk(Bytes::from(format!("{digest:016x}")));
+    if slots {
+        return match node.slot_digests(peer) {
+            Ok(digests) => Reply::Array(
+                digests
+                    .into_iter()
+                    .map(|(slot, digest)| Reply::Array(vec![Reply::Integer(i64::from(slot.0)), hex(digest)]))
+                    .collect(),
+            ),
+            Err(error) => Reply::err(error),
+        };
+    }
+    match node.digest(peer) {
+        Ok(digest) => hex(digest),
+        Err(error) => Reply::err(error),
+    }
 }
 
 /// `CHORUS.QUORUM n w r | ONE | QUORUM | ALL | DEFAULT`: this connection's n/w/r from now on.

@@ -449,6 +449,18 @@ impl Coordinator {
         self.shared_tree(peer).root()
     }
 
+    /// Per slot, the digest anti-entropy compares (the Merkle leaf: a hash over the slot's keys and
+    /// their containers' digests), for every slot this node holds keys in, in slot order; with
+    /// `peer`, only the slots both are home replicas of. Two replicas of a slot agree on it exactly
+    /// when both list the same digest for it (or neither lists it).
+    pub fn slot_digests(&self, peer: Option<NodeId>) -> Vec<(Slot, u64)> {
+        self.index
+            .keys()
+            .filter(|&&slot| peer.is_none_or(|peer| self.shares_slot(peer, slot)))
+            .map(|&slot| (slot, self.tree.level(0)[usize::from(slot.0)]))
+            .collect()
+    }
+
     /// The home replicas of `key`.
     pub fn preference_list(&self, key: &[u8], quorum: Option<Quorum>) -> Vec<NodeId> {
         let n = usize::from(quorum.unwrap_or(self.config.quorum).n);

@@ -907,6 +907,44 @@ fn anti_entropy_streams_only_the_keys_that_differ() {
 }
 
 #[test]
+fn per_slot_digests_list_the_slots_held_and_differ_exactly_where_the_data_does() {
+    let (a, b) = (NodeId(1), NodeId(2));
+    let keys = shared_keys(a, b, 3);
+    let mut node_a = coordinator(a, |_| {});
+    let mut node_b = coordinator(b, |_| {});
+    let (mut store_a, mut store_b) = (MemoryStore::default(), MemoryStore::default());
+    assert!(node_a.slot_digests(None).is_empty());
+    for (index, key) in keys.iter().enumerate() {
+        let mut value = VersionedValue::new();
+        let hlc = Hlc::new(a).now(at(0));
+        value.write(a, &VersionVector::new(), value_payload(index), hlc, 10).unwrap();
+        for (node, store) in [(&mut node_a, &mut store_a), (&mut node_b, &mut store_b)] {
+            node.store_put(store, key.clone(), value.clone());
+        }
+    }
+    let digests_a = node_a.slot_digests(Some(b));
+    assert_eq!(digests_a, node_b.slot_digests(Some(a)), "same data, same digests");
+    let mut slots: Vec<Slot> = keys.iter().map(|key| Slot::of_key(key)).collect();
+    slots.sort();
+    slots.dedup();
+    assert_eq!(digests_a.iter().map(|(slot, _)| *slot).collect::<Vec<_>>(), slots, "every slot held, in order");
+    assert!(digests_a.iter().all(|(slot, digest)| *digest == node_a.merkle_tree().level(0)[usize::from(slot.0)]));
+    // One key changes on b: exactly its slot's digest differs.
+    let changed = keys[1].clone();
+    let mut value = store_b.get(&changed).unwrap();
+    value.write(b, &value.context().clone(), value_payload(99), Hlc::new(b).now(at(1)), 10).unwrap();
+    node_b.store_put(&mut store_b, changed.clone(), value);
+    let digests_b = node_b.slot_digests(Some(a));
+    let differing: Vec<Slot> =
+        digests_a.iter().zip(&digests_b).filter(|(ours, theirs)| ours != theirs).map(|(ours, _)| ours.0).collect();
+    assert_eq!(differing, [Slot::of_key(&changed)]);
+}
+
+fn value_payload(index: usize) -> Payload {
+    Payload::Value(Bytes::from(format!("v{index}")))
+}
+
+#[test]
 fn the_merkle_index_follows_every_store_write() {
     // After writes, merges, repairs and a purge, the coordinator's tree equals one rebuilt from
     // its store.
