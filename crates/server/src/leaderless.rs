@@ -53,6 +53,8 @@ use crate::peer::PeerMessage;
 
 /// How often the coordinator is ticked (timeouts, handoff, anti-entropy, the failure detector).
 pub const TICK_INTERVAL: Duration = Duration::from_millis(20);
+/// Peer messages handled as one input (one store-log sync) at most.
+const RECEIVE_BATCH_MAX: usize = 256;
 /// The store log's file name in the data directory.
 const STORE_LOG: &str = "leaderless.log";
 /// A record longer than this is taken as corruption (a torn or garbled length).
@@ -658,32 +660,14 @@ impl LeaderlessNode {
         });
     }
 
-    /// A message from a peer.
-    pub fn receive(&self, from: u64, message: LeaderlessMessage) {
-        let from = NodeId(from);
+    /// Messages from peers, handled as one input: their records share one append and one sync
+    /// (group commit for replicas: a replica taking `Put`s from busy coordinators would otherwise
+    /// sync once per message, one after the other, and every quorum with `w >= 2` would wait
+    /// behind that queue).
+    pub fn receive_batch(&self, messages: Vec<(u64, LeaderlessMessage)>) {
         self.run(|inner, now| {
-            inner.heard(from);
-            match message {
-                LeaderlessMessage::Core(message) => {
-                    let Inner { coordinator, store, .. } = inner;
-                    coordinator.handle_message(now, from, message, store);
-                }
-                LeaderlessMessage::Forward { id, op, quorum } => {
-                    inner.stats.forwards_received += 1;
-                    // A peer's quorum did not go through `Quorum::new`: check it as such.
-                    if let Some(quorum) = quorum
-                        && let Err(error) = Quorum::new(quorum.n, quorum.w, quorum.r)
-                    {
-                        inner.complete(Continuation::Remote { from, id }, Outcome::Failed(error.to_string()));
-                        return;
-                    }
-                    inner.submit(now, op, quorum, Continuation::Remote { from, id }, true);
-                }
-                LeaderlessMessage::ForwardReply { id, outcome } => {
-                    if let Some(forwarded) = inner.forwards.remove(&id) {
-                        inner.complete(forwarded.continuation, outcome);
-                    }
-                }
+            for (from, message) in messages {
+                inner.receive(now, NodeId(from), message);
             }
         });
     }
@@ -781,16 +765,24 @@ impl LeaderlessNode {
     ) -> Vec<JoinHandle<()>> {
         let node = Arc::clone(self);
         let receiver = tokio::spawn(async move {
-            while let Some((from, message)) = inbound.recv().await {
-                if node.isolated.load(Ordering::Relaxed) {
-                    continue;
-                }
-                match message {
-                    PeerMessage::Leaderless(message) => node.receive(from, message),
-                    PeerMessage::Hello { .. } => node.heard(from),
-                    PeerMessage::Raft(_) | PeerMessage::SnapshotChunk(_) => {
-                        tracing::debug!(from, "a single-leader message in leaderless mode; ignored");
+            while let Some(first) = inbound.recv().await {
+                // Whatever else has arrived goes with it, as one input (one sync for all).
+                let mut batch = Vec::new();
+                let mut next = Some(first);
+                while let Some((from, message)) = next {
+                    if !node.isolated.load(Ordering::Relaxed) {
+                        match message {
+                            PeerMessage::Leaderless(message) => batch.push((from, message)),
+                            PeerMessage::Hello { .. } => node.heard(from),
+                            PeerMessage::Raft(_) | PeerMessage::SnapshotChunk(_) => {
+                                tracing::debug!(from, "a single-leader message in leaderless mode; ignored");
+                            }
+                        }
                     }
+                    next = if batch.len() < RECEIVE_BATCH_MAX { inbound.try_recv().ok() } else { None };
+                }
+                if !batch.is_empty() {
+                    node.receive_batch(batch);
                 }
             }
         });
@@ -821,6 +813,32 @@ impl LeaderlessNode {
 }
 
 impl Inner {
+    fn receive(&mut self, now: UnixMillis, from: NodeId, message: LeaderlessMessage) {
+        self.heard(from);
+        match message {
+            LeaderlessMessage::Core(message) => {
+                let Inner { coordinator, store, .. } = self;
+                coordinator.handle_message(now, from, message, store);
+            }
+            LeaderlessMessage::Forward { id, op, quorum } => {
+                self.stats.forwards_received += 1;
+                // A peer's quorum did not go through `Quorum::new`: check it as such.
+                if let Some(quorum) = quorum
+                    && let Err(error) = Quorum::new(quorum.n, quorum.w, quorum.r)
+                {
+                    self.complete(Continuation::Remote { from, id }, Outcome::Failed(error.to_string()));
+                    return;
+                }
+                self.submit(now, op, quorum, Continuation::Remote { from, id }, true);
+            }
+            LeaderlessMessage::ForwardReply { id, outcome } => {
+                if let Some(forwarded) = self.forwards.remove(&id) {
+                    self.complete(forwarded.continuation, outcome);
+                }
+            }
+        }
+    }
+
     /// Hints held or dropped by the last input go to the store log with its other records.
     fn record_hint_changes(&mut self) {
         let changes: Vec<HintChange> = self.coordinator.drain_hint_changes().collect();
