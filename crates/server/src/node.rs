@@ -117,11 +117,7 @@ pub async fn run(
             .await
             .map_err(io_error(format!("cannot listen for peers on {}", config.peer_addr)))?;
         leaderless_network = Some(PeerNetwork::<crate::peer::PeerMessage>::start(
-            PeerConfig {
-                node_id: config.id,
-                peers: members.clone(),
-                frame_bytes_max: chorus_transport::FRAME_BYTES_MAX_DEFAULT,
-            },
+            PeerConfig::new(config.id, members.clone()),
             peer_listener,
             inbound_tx.clone(),
         ));
@@ -138,11 +134,7 @@ pub async fn run(
                 .await
                 .map_err(io_error(format!("cannot listen for peers on {}", config.peer_addr)))?;
             let peers = crate::core_handle::peer_addresses(raft.membership(), members);
-            let network = PeerNetwork::start(
-                PeerConfig { node_id: config.id, peers, frame_bytes_max: chorus_transport::FRAME_BYTES_MAX_DEFAULT },
-                peer_listener,
-                inbound_tx,
-            );
+            let network = PeerNetwork::start(PeerConfig::new(config.id, peers), peer_listener, inbound_tx);
             let io = GroupIo {
                 network,
                 hard_state_dir: config.data_dir.clone(),
