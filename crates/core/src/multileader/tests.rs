@@ -654,3 +654,27 @@ fn outgoing_sends_a_filtered_batch_or_a_bootstrap_once_trimmed() {
     b.apply(LogIndex::ZERO, &MlEntry::Bootstrap { from: A, through, state });
     assert_eq!(b.counter_value(b"n"), Some(6));
 }
+
+#[test]
+fn continues_tells_a_batch_that_would_skip_a_gap() {
+    let mut a = dc(A, ConflictPolicy::LastWriteWins);
+    let mut b = dc(B, ConflictPolicy::LastWriteWins);
+    for wall_ms in 1..=4 {
+        local(&mut a, wall_ms, vec![add("n", 1)]);
+    }
+    let Some((first, after_first)) = a.outgoing(0, 2, &|_| true) else { panic!("a batch") };
+    let Some((second, _)) = a.outgoing(after_first, 2, &|_| true) else { panic!("a batch") };
+    // The first batch was lost with its connection; the second reaches B anyway (stale copy).
+    assert!(!b.continues(A, after_first), "the second batch starts after a gap");
+    // Applied regardless, it would move B's position past changes B never applied.
+    let mut careless = b.clone();
+    careless.apply(LogIndex::ZERO, &second);
+    assert_eq!(careless.upstream_position(A), 4);
+    assert_eq!(careless.applied().get(A), 0, "held back: A's first changes are missing");
+    // In order, everything is applied.
+    assert!(b.continues(A, 0));
+    b.apply(LogIndex::ZERO, &first);
+    assert!(b.continues(A, after_first));
+    b.apply(LogIndex::ZERO, &second);
+    assert_eq!((b.upstream_position(A), b.applied().get(A)), (4, 4));
+}
