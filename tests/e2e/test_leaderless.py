@@ -1,18 +1,20 @@
 """Leaderless mode across real processes: any node takes reads and writes (writes forwarded to a
 home replica when needed), siblings and contexts through CHORUS.GETALL / CHORUS.PUT, and, after a
 kill -9 under write load, hinted handoff plus anti-entropy bringing the restarted node to the same
-state as the others (compared with CHORUS.DIGEST, the Merkle roots anti-entropy compares).
+state as the others (compared per slot with CHORUS.DIGEST SLOTS, the Merkle leaves anti-entropy
+compares). The leaderless counters are checked on the admin port's Prometheus /metrics.
 
 CHORUS_TEST_SEED=<n> replays a run's random choices."""
 
 import os
 import random
 import threading
+import urllib.request
 
 import pytest
 import redis
 
-from conftest import wait_until
+from conftest import free_port, wait_until
 from test_replication import Group
 
 SEED = int(os.environ.get("CHORUS_TEST_SEED", random.randrange(1 << 32)))
@@ -24,9 +26,34 @@ def rng():
     return random.Random(SEED)
 
 
+class LeaderlessGroup(Group):
+    """A Group whose nodes also serve the admin port (Prometheus /metrics) and debug commands."""
+
+    def __init__(self, tmp_path, extra_args):
+        super().__init__(tmp_path, extra_args=[*extra_args, "--enable-debug-commands"])
+        self.admin_ports = {i: free_port() for i in self.ids}
+        self.common_args = list(self.extra_args)
+
+    def start(self, node_id):
+        self.extra_args = [*self.common_args, "--admin-addr", f"127.0.0.1:{self.admin_ports[node_id]}"]
+        super().start(node_id)
+
+    def metrics(self, node_id):
+        """The node's Prometheus metrics without labels, as {name: value}."""
+        url = f"http://127.0.0.1:{self.admin_ports[node_id]}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        values = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#") and "{" not in line:
+                name, value = line.rsplit(" ", 1)
+                values[name] = float(value)
+        return values
+
+
 def leaderless_group(tmp_path, quorum="3/2/2", anti_entropy_ms=300):
     args = ["--mode", "leaderless", "--leaderless-quorum", quorum, "--anti-entropy-interval-ms", str(anti_entropy_ms)]
-    group = Group(tmp_path, extra_args=args)
+    group = LeaderlessGroup(tmp_path, args)
     group.start_all()
     for node_id in group.ids:
         wait_until(lambda: all_up(group, node_id), 30, f"node {node_id} to serve and see every peer up")
@@ -58,6 +85,46 @@ def digest(group, node_id, peer=None):
         return group.client(node_id).execute_command(*args)
     except redis.exceptions.RedisError:
         return None
+
+
+def slot_digests(group, node_id, peer):
+    """{slot: digest} over the slots `node_id` and `peer` are both home replicas of (and that
+    `node_id` holds keys in), or None if the node does not answer."""
+    try:
+        pairs = group.client(node_id).execute_command("CHORUS.DIGEST", "SLOTS", peer)
+    except redis.exceptions.RedisError:
+        return None
+    return {int(slot): digest for slot, digest in pairs}
+
+
+def key_slot(key):
+    """Redis Cluster's slot of a key without a hash tag: CRC16 (XMODEM) modulo 16384."""
+    crc = 0
+    for byte in key:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
+            crc &= 0xFFFF
+    return crc % 16384
+
+
+assert [key_slot(b"foo"), key_slot(b"bar"), key_slot(b"hello")] == [12182, 5061, 866]  # CLUSTER KEYSLOT
+
+
+def slot_disagreements(group):
+    """Per slot, the digests of its replicas wherever two replicas of it disagree (a slot one
+    replica holds keys in and the other does not counts): {slot: {node: digest or None}}."""
+    differing = {}
+    for a in group.ids:
+        for b in group.ids:
+            if a < b:
+                ours, theirs = slot_digests(group, a, b), slot_digests(group, b, a)
+                if ours is None or theirs is None:
+                    return None
+                for slot in set(ours) | set(theirs):
+                    if ours.get(slot) != theirs.get(slot):
+                        differing.setdefault(slot, {}).update({a: ours.get(slot), b: theirs.get(slot)})
+    return differing
 
 
 @pytest.fixture
@@ -108,7 +175,13 @@ def test_concurrent_puts_become_siblings_and_a_put_with_the_context_collapses_th
     )
     assert sorted(values) == [b"a", b"b"]
     assert c3.get("s") in (b"a", b"b")  # a deterministic choice among them
-    assert int(ll_info(cluster, 3)["chorus_ll_keys_with_siblings"]) >= 0
+    # Each blind write is on at least two of the three nodes, so one node holds both siblings.
+    wait_until(
+        lambda: any(cluster.metrics(i)["chorus_ll_keys_with_siblings"] >= 1 for i in cluster.ids),
+        10,
+        "a node to report a key with siblings",
+    )
+    assert max(cluster.metrics(i)["chorus_ll_siblings_max"] for i in cluster.ids) >= 2
     # A write with the context read supersedes both.
     assert c3.execute_command("CHORUS.PUT", "s", "merged", context) == b"OK"
     values, _ = c1.execute_command("CHORUS.GETALL", "s")
@@ -130,8 +203,41 @@ def test_per_connection_quorum_and_forwarding_to_a_home_replica(cluster, rng):
     assert forwarded > 0
     with pytest.raises(redis.exceptions.ResponseError, match="invalid quorum"):
         clients[1].execute_command("CHORUS.QUORUM", 3, 4, 1)
+    # More replicas than the configured n would put writes where anti-entropy never looks.
+    with pytest.raises(redis.exceptions.ResponseError, match="n=4 is above the configured n=3"):
+        clients[1].execute_command("CHORUS.QUORUM", 4, 1, 1)
+    assert clients[1].execute_command("CHORUS.QUORUM") == [1, 1, 1], "a refused setting changes nothing"
     assert clients[1].execute_command("CHORUS.QUORUM", "DEFAULT") == b"OK"
     assert clients[1].execute_command("CHORUS.QUORUM") == [3, 2, 2]
+
+
+def test_a_read_repairs_a_replica_that_missed_writes_and_metrics_count_it(tmp_path):
+    # Anti-entropy is kept out of the way (an hour): only read repair can bring node 3 along.
+    group = leaderless_group(tmp_path, quorum="3/2/2", anti_entropy_ms=3_600_000)
+    try:
+        assert group.client(3).execute_command("CHORUS.DEBUG", "ISOLATE", "ON") in (True, b"OK")
+        writer_client = group.client(1)
+        keys = [f"rr{i}" for i in range(10)]
+        for key in keys:
+            assert writer_client.set(key, key) is True  # w = 2: nodes 1 and 2
+        assert group.client(3).execute_command("CHORUS.DEBUG", "ISOLATE", "OFF") in (True, b"OK")
+        for node_id in group.ids:
+            wait_until(lambda: all_up(group, node_id), 30, f"node {node_id} to see every peer up")
+        assert group.metrics(3)["chorus_ll_read_repairs_total"] == 0
+        # r = 1 through node 3 answers from its own copy at once: stale. The read still waits for
+        # the others' replies, and repairs node 3's copy with what they had.
+        local = quorum_client(group, 3, 3, 1, 1)
+        assert [local.get(key) for key in keys] == [None] * len(keys)
+        wait_until(
+            lambda: [local.get(key) for key in keys] == [key.encode() for key in keys],
+            10,
+            "read repair to bring node 3's copy up to date",
+        )
+        assert group.metrics(3)["chorus_ll_read_repairs_total"] >= len(keys)
+        assert int(ll_info(group, 3)["chorus_ll_read_repairs"]) >= len(keys)
+        assert group.metrics(3)["chorus_ll_anti_entropy_keys_received_total"] == 0
+    finally:
+        group.stop_all()
 
 
 def writer(group, node_ids, prefix, stop, acked, counts, rng_seed):
@@ -153,18 +259,29 @@ def writer(group, node_ids, prefix, stop, acked, counts, rng_seed):
 
 
 def converged(group, pairs=None):
-    """Every pair of nodes agrees on the slots they share (no hints left anywhere)."""
+    """Every pair of nodes agrees on the slots they share, slot by slot (no hints left anywhere)."""
     for node_id in group.ids:
         info = ll_info(group, node_id)
         if info is None or int(info["chorus_ll_hints"]) != 0:
             return False
+    return slot_disagreements(group) == {}
+
+
+def assert_every_slot_agrees(group, acked):
+    """Every slot a write went to is held, with one digest, by the replicas of it that were
+    compared; the Merkle roots over shared slots agree too."""
+    assert slot_disagreements(group) == {}
+    held = set()
+    for a in group.ids:
+        for b in group.ids:
+            if a != b:
+                held |= set(slot_digests(group, a, b))
+    written = {key_slot(key.encode()) for key in acked}
+    assert written <= held, f"slots written but held by no pair of replicas: {sorted(written - held)[:10]}"
     for a in group.ids:
         for b in group.ids:
             if a < b:
-                da, db = digest(group, a, b), digest(group, b, a)
-                if da is None or da != db:
-                    return False
-    return True
+                assert digest(group, a, b) == digest(group, b, a), (a, b)
 
 
 def kill_under_load_then_restart(group, rng, before_restart=None):
@@ -202,6 +319,7 @@ def test_kill_9_under_load_then_anti_entropy_converges(tmp_path, rng):
     try:
         acked = kill_under_load_then_restart(group, rng)
         wait_until(lambda: converged(group), 60, "every pair of nodes to agree (anti-entropy)", interval_s=0.2)
+        assert_every_slot_agrees(group, acked)
         # n = 3 on 3 nodes: every node holds every key, and the whole stores agree.
         roots = {digest(group, i) for i in group.ids}
         assert len(roots) == 1, roots
@@ -210,6 +328,11 @@ def test_kill_9_under_load_then_anti_entropy_converges(tmp_path, rng):
         repairs = sum(int(ll_info(group, i)["chorus_ll_read_repairs"]) for i in group.ids)
         print(f"anti-entropy rounds {rounds}, keys node 3 received {received}, read repairs {repairs}")
         assert received > 0
+        # The same counters on /metrics (they restarted with node 3, so it got them since).
+        metrics = group.metrics(3)
+        assert metrics["chorus_ll_anti_entropy_keys_received_total"] >= received > 0
+        assert metrics["chorus_ll_anti_entropy_rounds_total"] > 0
+        assert sum(group.metrics(i)["chorus_ll_anti_entropy_keys_sent_total"] for i in (1, 2)) > 0
         # Node 3's own copy (r = 1 answers from the local copy first) has every acknowledged write.
         local = quorum_client(group, 3, 3, 1, 1)
         for key, value in acked.items():
@@ -223,6 +346,11 @@ def test_kill_9_under_load_then_hinted_handoff_and_anti_entropy_converge(tmp_pat
     group = leaderless_group(tmp_path, quorum="2/2/1", anti_entropy_ms=300)
 
     def crash_the_fallbacks():
+        # The fallbacks hold hints for node 3, and their metrics say so.
+        for node_id in (1, 2):
+            metrics = group.metrics(node_id)
+            assert metrics["chorus_ll_hints"] == int(ll_info(group, node_id)["chorus_ll_hints"])
+            assert metrics["chorus_ll_hints_stored_total"] >= metrics["chorus_ll_hints"] > 0, metrics
         # Hints are in the store log too: a fallback killed while holding them still has them.
         for node_id in (1, 2):
             held = int(ll_info(group, node_id)["chorus_ll_hints"])
@@ -235,11 +363,16 @@ def test_kill_9_under_load_then_hinted_handoff_and_anti_entropy_converge(tmp_pat
     try:
         acked = kill_under_load_then_restart(group, rng, before_restart=crash_the_fallbacks)
         wait_until(lambda: converged(group), 60, "hints handed off and every pair of nodes agreeing", interval_s=0.2)
+        assert_every_slot_agrees(group, acked)
         # (counters restart with the process: the fallbacks were restarted holding their hints)
         delivered = sum(int(ll_info(group, i)["chorus_ll_hints_delivered"]) for i in group.ids)
         handed = int(ll_info(group, 3)["chorus_ll_handoffs_received"])
         print(f"hints delivered after the fallbacks' restart {delivered}, handoffs node 3 received {handed}")
         assert delivered > 0 and handed > 0
+        metrics = {i: group.metrics(i) for i in group.ids}
+        assert sum(metrics[i]["chorus_ll_hints_delivered_total"] for i in group.ids) >= delivered
+        assert metrics[3]["chorus_ll_handoffs_received_total"] >= handed
+        assert all(metrics[i]["chorus_ll_hints"] == 0 for i in group.ids)
         # Every acknowledged write is readable, with r = 2 (both home replicas), through any node.
         readers = {i: quorum_client(group, i, 2, 2, 2) for i in group.ids}
         for key, value in acked.items():

@@ -489,7 +489,7 @@ pub static COMMANDS: &[CommandSpec] = &[
         0,
         Node,
         "chorus",
-        "Leaderless mode: the Merkle root of this node's store, or (CHORUS.DIGEST peer) of the slots it shares with that peer."
+        "Leaderless mode: the Merkle root of this node's store, or (CHORUS.DIGEST peer) of the slots it shares with that peer; CHORUS.DIGEST SLOTS [peer] gives [slot, digest] per slot held."
     ),
 ];
 

@@ -33,7 +33,11 @@ async fn metrics_page(State(state): State<AdminState>) -> String {
     let status = state.context.core.inspect(|inner| inner.replica.status());
     metrics::gauge!(names::COMMIT_INDEX).set(status.commit_index.0 as f64);
     metrics::gauge!(names::APPLIED_INDEX).set(status.applied_index.0 as f64);
-    metrics::gauge!(names::KEYS).set(state.context.state.key_count().unwrap_or(0) as f64);
+    let keys = match &state.context.leaderless {
+        Some(node) => node.key_count() as u64,
+        None => state.context.state.key_count().unwrap_or(0),
+    };
+    metrics::gauge!(names::KEYS).set(keys as f64);
     // Hot-path counters live in plain atomics (a metrics macro call per command costs a registry
     // lookup); they are copied into the registry when scraped.
     let stats = &state.context.stats;
@@ -42,10 +46,36 @@ async fn metrics_page(State(state): State<AdminState>) -> String {
     metrics::counter!(names::REJECTED_CONNECTIONS_TOTAL).absolute(ServerStats::get(&stats.rejected_connections));
     metrics::counter!(names::PROTOCOL_ERRORS_TOTAL).absolute(ServerStats::get(&stats.protocol_errors));
     metrics::gauge!(names::CONNECTED_CLIENTS).set(ServerStats::get(&stats.connected_clients) as f64);
+    if let Some(node) = &state.context.leaderless {
+        record_leaderless(&node.status());
+    }
     if let Some(node) = &state.context.multileader {
         export_multileader(&state.context, node);
     }
     state.prometheus.as_ref().map(PrometheusHandle::render).unwrap_or_default()
+}
+
+/// The leaderless counters, copied into the registry when scraped (the same numbers as INFO's
+/// `leaderless` section; counters restart with the process).
+fn record_leaderless(status: &crate::leaderless::Status) {
+    let (coordinator, node) = (status.coordinator, status.node);
+    metrics::counter!(names::LL_READ_REPAIRS_TOTAL).absolute(coordinator.read_repairs);
+    metrics::counter!(names::LL_ANTI_ENTROPY_ROUNDS_TOTAL).absolute(coordinator.anti_entropy_rounds);
+    metrics::counter!(names::LL_ANTI_ENTROPY_KEYS_RECEIVED_TOTAL).absolute(coordinator.anti_entropy_keys_received);
+    metrics::counter!(names::LL_ANTI_ENTROPY_KEYS_SENT_TOTAL).absolute(coordinator.anti_entropy_keys_sent);
+    metrics::gauge!(names::LL_HINTS).set(status.hints as f64);
+    metrics::counter!(names::LL_HINTS_STORED_TOTAL).absolute(coordinator.hints_stored);
+    metrics::counter!(names::LL_HINTS_DELIVERED_TOTAL).absolute(coordinator.hints_delivered);
+    metrics::counter!(names::LL_HANDOFFS_RECEIVED_TOTAL).absolute(coordinator.handoffs_received);
+    metrics::counter!(names::LL_TOMBSTONES_PURGED_TOTAL).absolute(coordinator.tombstones_purged);
+    metrics::gauge!(names::LL_KEYS).set(status.keys as f64);
+    metrics::gauge!(names::LL_KEYS_WITH_SIBLINGS).set(status.keys_with_siblings as f64);
+    metrics::gauge!(names::LL_SIBLINGS_MAX).set(status.siblings_max as f64);
+    metrics::counter!(names::LL_FORWARDED_TOTAL).absolute(node.forwarded);
+    metrics::counter!(names::LL_FORWARD_TIMEOUTS_TOTAL).absolute(node.forward_timeouts);
+    metrics::gauge!(names::LL_PEERS_DOWN).set(status.peers_down.len() as f64);
+    metrics::counter!(names::LL_PEER_DOWN_EVENTS_TOTAL).absolute(node.peers_down);
+    metrics::gauge!(names::LL_IN_FLIGHT).set(status.in_flight as f64);
 }
 
 async fn status_page(State(state): State<AdminState>) -> axum::Json<serde_json::Value> {

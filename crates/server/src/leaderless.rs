@@ -53,6 +53,8 @@ use crate::peer::PeerMessage;
 
 /// How often the coordinator is ticked (timeouts, handoff, anti-entropy, the failure detector).
 pub const TICK_INTERVAL: Duration = Duration::from_millis(20);
+/// Peer messages handled as one input (one store-log sync) at most.
+const RECEIVE_BATCH_MAX: usize = 256;
 /// The store log's file name in the data directory.
 const STORE_LOG: &str = "leaderless.log";
 /// A record longer than this is taken as corruption (a torn or garbled length).
@@ -532,7 +534,10 @@ impl LeaderlessNode {
             pending: HashMap::new(),
             forwards: HashMap::new(),
             deletes: HashMap::new(),
-            next_id: 1,
+            // Ids travel to peers (`Forward { id }`) and come back: a reply to a request from
+            // before a restart, delivered late, must not match a new one. Start past every id an
+            // earlier process could have used (the time, packed like the coordinator's op ids).
+            next_id: now.0 << 16,
             last_heard: peers.iter().map(|&peer| (peer, started)).collect(),
             down: peers.iter().map(|&peer| (peer, false)).collect(),
             stats: NodeStats::default(),
@@ -655,32 +660,14 @@ impl LeaderlessNode {
         });
     }
 
-    /// A message from a peer.
-    pub fn receive(&self, from: u64, message: LeaderlessMessage) {
-        let from = NodeId(from);
+    /// Messages from peers, handled as one input: their records share one append and one sync
+    /// (group commit for replicas: a replica taking `Put`s from busy coordinators would otherwise
+    /// sync once per message, one after the other, and every quorum with `w >= 2` would wait
+    /// behind that queue).
+    pub fn receive_batch(&self, messages: Vec<(u64, LeaderlessMessage)>) {
         self.run(|inner, now| {
-            inner.heard(from);
-            match message {
-                LeaderlessMessage::Core(message) => {
-                    let Inner { coordinator, store, .. } = inner;
-                    coordinator.handle_message(now, from, message, store);
-                }
-                LeaderlessMessage::Forward { id, op, quorum } => {
-                    inner.stats.forwards_received += 1;
-                    // A peer's quorum did not go through `Quorum::new`: check it as such.
-                    if let Some(quorum) = quorum
-                        && let Err(error) = Quorum::new(quorum.n, quorum.w, quorum.r)
-                    {
-                        inner.complete(Continuation::Remote { from, id }, Outcome::Failed(error.to_string()));
-                        return;
-                    }
-                    inner.submit(now, op, quorum, Continuation::Remote { from, id }, true);
-                }
-                LeaderlessMessage::ForwardReply { id, outcome } => {
-                    if let Some(forwarded) = inner.forwards.remove(&id) {
-                        inner.complete(forwarded.continuation, outcome);
-                    }
-                }
+            for (from, message) in messages {
+                inner.receive(now, NodeId(from), message);
             }
         });
     }
@@ -734,6 +721,17 @@ impl LeaderlessNode {
         }
     }
 
+    /// `CHORUS.DIGEST SLOTS [peer]`: per slot, the digest anti-entropy compares.
+    pub fn slot_digests(&self, peer: Option<u64>) -> Result<Vec<(chorus_core::Slot, u64)>, String> {
+        let inner = self.lock();
+        match peer {
+            None => Ok(inner.coordinator.slot_digests(None)),
+            Some(peer) if peer == self.node_id.0 => Err("a node shares every slot with itself; omit the peer".into()),
+            Some(peer) if !inner.last_heard.contains_key(&NodeId(peer)) => Err(format!("node {peer} is not a member")),
+            Some(peer) => Ok(inner.coordinator.slot_digests(Some(NodeId(peer)))),
+        }
+    }
+
     /// Keys in the local store (tombstones not yet collected included).
     pub fn key_count(&self) -> usize {
         self.lock().store.len()
@@ -767,16 +765,27 @@ impl LeaderlessNode {
     ) -> Vec<JoinHandle<()>> {
         let node = Arc::clone(self);
         let receiver = tokio::spawn(async move {
-            while let Some((from, message)) = inbound.recv().await {
-                if node.isolated.load(Ordering::Relaxed) {
-                    continue;
-                }
-                match message {
-                    PeerMessage::Leaderless(message) => node.receive(from, message),
-                    PeerMessage::Hello { .. } => node.heard(from),
-                    PeerMessage::Raft(_) | PeerMessage::SnapshotChunk(_) | PeerMessage::Ml(_) => {
-                        tracing::debug!(from, "a single-leader or multi-leader message in leaderless mode; ignored");
+            while let Some(first) = inbound.recv().await {
+                // Whatever else has arrived goes with it, as one input (one sync for all).
+                let mut batch = Vec::new();
+                let mut next = Some(first);
+                while let Some((from, message)) = next {
+                    if !node.isolated.load(Ordering::Relaxed) {
+                        match message {
+                            PeerMessage::Leaderless(message) => batch.push((from, message)),
+                            PeerMessage::Hello { .. } => node.heard(from),
+                            PeerMessage::Raft(_) | PeerMessage::SnapshotChunk(_) | PeerMessage::Ml(_) => {
+                                tracing::debug!(
+                                    from,
+                                    "a single-leader or multi-leader message in leaderless mode; ignored"
+                                );
+                            }
+                        }
                     }
+                    next = if batch.len() < RECEIVE_BATCH_MAX { inbound.try_recv().ok() } else { None };
+                }
+                if !batch.is_empty() {
+                    node.receive_batch(batch);
                 }
             }
         });
@@ -812,6 +821,32 @@ impl LeaderlessNode {
 }
 
 impl Inner {
+    fn receive(&mut self, now: UnixMillis, from: NodeId, message: LeaderlessMessage) {
+        self.heard(from);
+        match message {
+            LeaderlessMessage::Core(message) => {
+                let Inner { coordinator, store, .. } = self;
+                coordinator.handle_message(now, from, message, store);
+            }
+            LeaderlessMessage::Forward { id, op, quorum } => {
+                self.stats.forwards_received += 1;
+                // A peer's quorum did not go through `Quorum::new`: check it as such.
+                if let Some(quorum) = quorum
+                    && let Err(error) = Quorum::new(quorum.n, quorum.w, quorum.r)
+                {
+                    self.complete(Continuation::Remote { from, id }, Outcome::Failed(error.to_string()));
+                    return;
+                }
+                self.submit(now, op, quorum, Continuation::Remote { from, id }, true);
+            }
+            LeaderlessMessage::ForwardReply { id, outcome } => {
+                if let Some(forwarded) = self.forwards.remove(&id) {
+                    self.complete(forwarded.continuation, outcome);
+                }
+            }
+        }
+    }
+
     /// Hints held or dropped by the last input go to the store log with its other records.
     fn record_hint_changes(&mut self) {
         let changes: Vec<HintChange> = self.coordinator.drain_hint_changes().collect();
@@ -1000,20 +1035,7 @@ pub fn dispatch(
             Request::Put { key: args[1].clone(), value: args[2].clone(), context }
         }
         "chorus.quorum" => return Some(Dispatch::Reply(quorum_command(node.default_quorum(), connection, args))),
-        "chorus.digest" => {
-            let peer = match args.get(1) {
-                None => None,
-                Some(peer) => match std::str::from_utf8(peer).ok().and_then(|peer| peer.parse::<u64>().ok()) {
-                    Some(peer) => Some(peer),
-                    None => return Some(Dispatch::Reply(Reply::err("invalid node id"))),
-                },
-            };
-            let reply = match node.digest(peer) {
-                Ok(digest) => Reply::Bulk(Bytes::from(format!("{digest:016x}"))),
-                Err(error) => Reply::err(error),
-            };
-            return Some(Dispatch::Reply(reply));
-        }
+        "chorus.digest" => return Some(Dispatch::Reply(digest_command(node, args))),
         _ if spec.kind == CommandKind::Kv => {
             return Some(Dispatch::Reply(Reply::err(format!(
                 "'{}' is not supported in leaderless mode (supported: GET SET DEL INCR DECR INCRBY DECRBY, CHORUS.GETALL CHORUS.PUT CHORUS.QUORUM CHORUS.DIGEST)",
@@ -1023,6 +1045,43 @@ pub fn dispatch(
         _ => return None,
     };
     Some(Dispatch::Leaderless(request))
+}
+
+/// `CHORUS.DIGEST [peer]`: a Merkle root as hex text; `CHORUS.DIGEST SLOTS [peer]`: per slot,
+/// `[slot, digest]` for every slot this node holds keys in (with `peer`: of the slots both are
+/// home replicas of), in slot order.
+fn digest_command(node: &LeaderlessNode, args: &[Bytes]) -> Reply {
+    const SYNTAX: &str = "syntax: CHORUS.DIGEST [SLOTS] [peer]";
+    let (slots, peer) = match args {
+        [_] => (false, None),
+        [_, word] if word.eq_ignore_ascii_case(b"slots") => (true, None),
+        [_, peer] => (false, Some(peer)),
+        [_, word, peer] if word.eq_ignore_ascii_case(b"slots") => (true, Some(peer)),
+        _ => return Reply::err(SYNTAX),
+    };
+    let peer = match peer {
+        None => None,
+        Some(peer) => match std::str::from_utf8(peer).ok().and_then(|peer| peer.parse::<u64>().ok()) {
+            Some(peer) => Some(peer),
+            None => return Reply::err("invalid node id"),
+        },
+    };
+    let hex = |digest: u64| Reply::Bulk(Bytes::from(format!("{digest:016x}")));
+    if slots {
+        return match node.slot_digests(peer) {
+            Ok(digests) => Reply::Array(
+                digests
+                    .into_iter()
+                    .map(|(slot, digest)| Reply::Array(vec![Reply::Integer(i64::from(slot.0)), hex(digest)]))
+                    .collect(),
+            ),
+            Err(error) => Reply::err(error),
+        };
+    }
+    match node.digest(peer) {
+        Ok(digest) => hex(digest),
+        Err(error) => Reply::err(error),
+    }
 }
 
 /// `CHORUS.QUORUM n w r | ONE | QUORUM | ALL | DEFAULT`: this connection's n/w/r from now on.
@@ -1055,6 +1114,11 @@ fn quorum_command(default: Quorum, connection: &mut ConnectionState, args: &[Byt
         _ => return Reply::err("expected n w r, ONE, QUORUM, ALL or DEFAULT"),
     };
     match chosen {
+        // The coordinator would refuse every request with it (`RequestError::NAboveConfigured`):
+        // say so now rather than on each request.
+        Ok(Some(quorum)) if quorum.n > n => {
+            Reply::err(RequestError::NAboveConfigured { requested: quorum.n, configured: n }.to_string())
+        }
         Ok(quorum) => {
             connection.quorum = quorum;
             Reply::OK

@@ -100,11 +100,7 @@ pub async fn run(
             .await
             .map_err(io_error(format!("cannot listen for peers on {}", config.peer_addr)))?;
         let network = PeerNetwork::<crate::peer::PeerMessage>::start(
-            PeerConfig {
-                node_id: config.id,
-                peers: all.clone(),
-                frame_bytes_max: chorus_transport::FRAME_BYTES_MAX_DEFAULT,
-            },
+            PeerConfig::new(config.id, all.clone()),
             peer_listener,
             inbound_tx.clone(),
         );
@@ -167,11 +163,7 @@ pub async fn run(
             .await
             .map_err(io_error(format!("cannot listen for peers on {}", config.peer_addr)))?;
         leaderless_network = Some(PeerNetwork::<crate::peer::PeerMessage>::start(
-            PeerConfig {
-                node_id: config.id,
-                peers: members.clone(),
-                frame_bytes_max: chorus_transport::FRAME_BYTES_MAX_DEFAULT,
-            },
+            PeerConfig::new(config.id, members.clone()),
             peer_listener,
             inbound_tx.clone(),
         ));
@@ -191,15 +183,7 @@ pub async fn run(
                         .await
                         .map_err(io_error(format!("cannot listen for peers on {}", config.peer_addr)))?;
                     let peers = crate::core_handle::peer_addresses(raft.membership(), members);
-                    let network = PeerNetwork::start(
-                        PeerConfig {
-                            node_id: config.id,
-                            peers,
-                            frame_bytes_max: chorus_transport::FRAME_BYTES_MAX_DEFAULT,
-                        },
-                        peer_listener,
-                        inbound_tx,
-                    );
+                    let network = PeerNetwork::start(PeerConfig::new(config.id, peers), peer_listener, inbound_tx);
                     if config.wan_delay_ms > 0 {
                         // A single group spanning datacenters (for comparisons with multi-leader
                         // mode): members in other datacenters are reached over the emulated WAN.

@@ -5,27 +5,35 @@
 //! best effort: a message to a peer that is down, or whose queue is full, is dropped. That is what
 //! the replication protocols expect of a network (they retry by design), and it keeps a slow peer
 //! from ever blocking the node.
+//!
+//! A peer that restarts must be reached again at once, not only once a write to its old connection
+//! fails: a write into a connection whose far end has died succeeds locally and is lost, and only
+//! a later write reports the broken pipe. So the dialling side watches its connection's read half
+//! (peers never write on it: end of stream means the far end closed), and a peer that connects to
+//! this node (it is back) cuts the redial backoff short.
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::{FrameDecoder, FrameError, encode_frame, read_frame};
 
 const HELLO_MAGIC: &[u8; 8] = b"CHORUS01";
 /// Messages queued per peer before new ones are dropped.
 const PEER_QUEUE_MAX: usize = 4096;
-const REDIAL_DELAY_MIN: Duration = Duration::from_millis(50);
-const REDIAL_DELAY_MAX: Duration = Duration::from_secs(2);
+/// The first redial delay after a failed dial; it doubles up to [`REDIAL_DELAY_MAX_DEFAULT`].
+pub const REDIAL_DELAY_MIN_DEFAULT: Duration = Duration::from_millis(50);
+pub const REDIAL_DELAY_MAX_DEFAULT: Duration = Duration::from_secs(2);
 
 /// Who this node is and where its peers listen.
 #[derive(Debug, Clone)]
@@ -33,6 +41,22 @@ pub struct PeerConfig {
     pub node_id: u64,
     pub peers: BTreeMap<u64, SocketAddr>,
     pub frame_bytes_max: usize,
+    /// Backoff between dials of an unreachable peer (cut short when the peer connects to us).
+    pub redial_delay_min: Duration,
+    pub redial_delay_max: Duration,
+}
+
+impl PeerConfig {
+    /// The defaults for everything but who is who.
+    pub fn new(node_id: u64, peers: BTreeMap<u64, SocketAddr>) -> PeerConfig {
+        PeerConfig {
+            node_id,
+            peers,
+            frame_bytes_max: crate::FRAME_BYTES_MAX_DEFAULT,
+            redial_delay_min: REDIAL_DELAY_MIN_DEFAULT,
+            redial_delay_max: REDIAL_DELAY_MAX_DEFAULT,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,10 +73,12 @@ pub enum NetworkError {
 /// A frame waiting to be written, stamped with when it was queued (for the WAN delay).
 type Queued = (tokio::time::Instant, BytesMut);
 
-/// One peer this node dials: where, and the queue its dialling task drains.
+/// One peer this node dials: where, the queue its dialling task drains, and how to wake that task
+/// from its backoff (the peer just connected to us, so it is up again).
 struct Link {
     addr: SocketAddr,
     queue: mpsc::Sender<Queued>,
+    wake: Arc<Notify>,
 }
 
 /// Per-peer fault and latency controls, shared by the sending half, the dialling tasks and the
@@ -77,11 +103,22 @@ impl LinkControls {
     }
 }
 
+type Links = Arc<std::sync::RwLock<BTreeMap<u64, Link>>>;
+
+/// Backoff between dials, and a count of failed dials (for tests and diagnostics).
+#[derive(Debug, Clone)]
+struct Redial {
+    delay_min: Duration,
+    delay_max: Duration,
+    failures: Arc<AtomicU64>,
+}
+
 /// The sending half: cheap to clone, never blocks.
 pub struct PeerNetwork<M> {
     node_id: u64,
     /// Replaced wholesale when the group's configuration changes (rarely); read on every send.
-    links: Arc<std::sync::RwLock<BTreeMap<u64, Link>>>,
+    links: Links,
+    redial: Redial,
     runtime: tokio::runtime::Handle,
     accept_task: Arc<tokio::task::AbortHandle>,
     controls: Arc<LinkControls>,
@@ -93,6 +130,7 @@ impl<M> Clone for PeerNetwork<M> {
         PeerNetwork {
             node_id: self.node_id,
             links: Arc::clone(&self.links),
+            redial: self.redial.clone(),
             runtime: self.runtime.clone(),
             accept_task: Arc::clone(&self.accept_task),
             controls: Arc::clone(&self.controls),
@@ -106,11 +144,19 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> PeerNetwork<M> {
     /// to `inbound` as (sender id, message). Must be called inside a tokio runtime.
     pub fn start(config: PeerConfig, listener: TcpListener, inbound: mpsc::Sender<(u64, M)>) -> PeerNetwork<M> {
         let decoder = FrameDecoder { frame_bytes_max: config.frame_bytes_max };
+        let links: Links = Arc::new(std::sync::RwLock::new(BTreeMap::new()));
         let controls = Arc::new(LinkControls::default());
-        let accept_task = tokio::spawn(accept_loop(listener, decoder, inbound, Arc::clone(&controls))).abort_handle();
+        let accept_task =
+            tokio::spawn(accept_loop(listener, decoder, inbound, Arc::clone(&links), Arc::clone(&controls)))
+                .abort_handle();
         let network = PeerNetwork {
             node_id: config.node_id,
-            links: Arc::new(std::sync::RwLock::new(BTreeMap::new())),
+            links,
+            redial: Redial {
+                delay_min: config.redial_delay_min.max(Duration::from_millis(1)),
+                delay_max: config.redial_delay_max.max(config.redial_delay_min),
+                failures: Arc::new(AtomicU64::new(0)),
+            },
             runtime: tokio::runtime::Handle::current(),
             accept_task: Arc::new(accept_task),
             controls,
@@ -131,8 +177,17 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> PeerNetwork<M> {
                 continue;
             }
             let (queue, receiver) = mpsc::channel(PEER_QUEUE_MAX);
-            links.insert(peer, Link { addr, queue });
-            self.runtime.spawn(dial_loop(self.node_id, peer, addr, receiver, Arc::clone(&self.controls)));
+            let wake = Arc::new(Notify::new());
+            links.insert(peer, Link { addr, queue, wake: Arc::clone(&wake) });
+            self.runtime.spawn(dial_loop(
+                self.node_id,
+                peer,
+                addr,
+                receiver,
+                wake,
+                self.redial.clone(),
+                Arc::clone(&self.controls),
+            ));
         }
     }
 
@@ -168,6 +223,11 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> PeerNetwork<M> {
         links.iter().map(|(&id, link)| (id, link.addr)).collect()
     }
 
+    /// How many dials of a peer have failed so far (all peers together).
+    pub fn dial_failures(&self) -> u64 {
+        self.redial.failures.load(Ordering::Relaxed)
+    }
+
     /// Stops accepting and dialling peers (node shutdown); sends are dropped from now on.
     pub fn shut_down(&self) {
         self.accept_task.abort();
@@ -195,15 +255,19 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> PeerNetwork<M> {
     }
 }
 
-/// Keeps one connection to `peer` open, writing every queued frame; redials with backoff.
+/// Keeps one connection to `peer` open, writing every queued frame; redials at once when the peer
+/// closes it, and with backoff while the peer is unreachable (until `wake`: the peer connected to
+/// us).
 async fn dial_loop(
     node_id: u64,
     peer: u64,
     addr: SocketAddr,
     mut queue: mpsc::Receiver<Queued>,
+    wake: Arc<Notify>,
+    redial: Redial,
     controls: Arc<LinkControls>,
 ) {
-    let mut delay = REDIAL_DELAY_MIN;
+    let mut delay = redial.delay_min;
     loop {
         if queue.is_closed() {
             return; // the peer left the group, or the node is shutting down
@@ -212,14 +276,20 @@ async fn dial_loop(
             Ok(stream) => stream,
             Err(error) => {
                 tracing::debug!(peer, %addr, %error, "peer unreachable; retrying");
+                redial.failures.fetch_add(1, Ordering::Relaxed);
                 // Messages for an unreachable peer are stale by the time it returns: drop them.
                 while queue.try_recv().is_ok() {}
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(REDIAL_DELAY_MAX);
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => delay = (delay * 2).min(redial.delay_max),
+                    () = wake.notified() => {
+                        tracing::debug!(peer, "peer connected to us: redialling it now");
+                        delay = redial.delay_min;
+                    }
+                }
                 continue;
             }
         };
-        delay = REDIAL_DELAY_MIN;
+        delay = redial.delay_min;
         let _ = stream.set_nodelay(true);
         match write_frames(node_id, peer, stream, &mut queue, &controls).await {
             Ok(()) => return, // the node is shutting down: its sender is gone
@@ -228,44 +298,62 @@ async fn dial_loop(
     }
 }
 
+/// Writes the hello, then every queued frame, until the queue closes (`Ok`) or the connection
+/// fails or the peer closes it (`Err`: redial).
 async fn write_frames(
     node_id: u64,
     peer: u64,
-    mut stream: TcpStream,
+    stream: TcpStream,
     queue: &mut mpsc::Receiver<Queued>,
     controls: &LinkControls,
 ) -> std::io::Result<()> {
+    let (mut reader, mut writer) = stream.into_split();
     let mut hello = BytesMut::new();
     let mut payload = HELLO_MAGIC.to_vec();
     payload.extend_from_slice(&node_id.to_le_bytes());
     encode_frame(&payload, &mut hello);
-    stream.write_all(&hello).await?;
+    writer.write_all(&hello).await?;
     let mut batch = BytesMut::new();
+    // Peers never write on a connection they accepted: reading only tells when the far end closed
+    // it (the peer process died or dropped the connection), which a write would report only after
+    // a frame or more had been lost into it.
+    let mut ignored = [0u8; 64];
     // A frame taken from the queue that was not due yet when the last batch was written.
     let mut early: Option<Queued> = None;
     loop {
-        let (queued_at, frame) = match early.take() {
-            Some(queued) => queued,
-            None => match queue.recv().await {
-                Some(queued) => queued,
-                None => return Ok(()),
-            },
-        };
-        let delay = controls.delay(peer);
-        if !delay.is_zero() {
-            tokio::time::sleep_until(queued_at + delay).await;
-        }
-        batch.extend_from_slice(&frame);
-        // Coalesce whatever else is queued (and due) into one write.
-        while let Ok((queued_at, frame)) = queue.try_recv() {
-            if !delay.is_zero() && queued_at + delay > tokio::time::Instant::now() {
-                early = Some((queued_at, frame));
-                break;
+        tokio::select! {
+            queued = next_frame(&mut early, queue) => {
+                let Some((queued_at, frame)) = queued else { return Ok(()) };
+                let delay = controls.delay(peer);
+                if !delay.is_zero() {
+                    tokio::time::sleep_until(queued_at + delay).await;
+                }
+                batch.extend_from_slice(&frame);
+                // Coalesce whatever else is queued (and due) into one write.
+                while let Ok((queued_at, frame)) = queue.try_recv() {
+                    if !delay.is_zero() && queued_at + delay > tokio::time::Instant::now() {
+                        early = Some((queued_at, frame));
+                        break;
+                    }
+                    batch.extend_from_slice(&frame);
+                }
+                writer.write_all(&batch).await?;
+                batch.clear();
             }
-            batch.extend_from_slice(&frame);
+            read = reader.read(&mut ignored) => match read {
+                Ok(0) => return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "the peer closed the connection")),
+                Ok(_) => {} // not part of the protocol; ignored
+                Err(error) => return Err(error),
+            },
         }
-        stream.write_all(&batch).await?;
-        batch.clear();
+    }
+}
+
+/// The frame held back from the last batch, else the next one queued (`None`: the queue closed).
+async fn next_frame(early: &mut Option<Queued>, queue: &mut mpsc::Receiver<Queued>) -> Option<Queued> {
+    match early.take() {
+        Some(queued) => Some(queued),
+        None => queue.recv().await,
     }
 }
 
@@ -273,6 +361,7 @@ async fn accept_loop<M: DeserializeOwned + Send + 'static>(
     listener: TcpListener,
     decoder: FrameDecoder,
     inbound: mpsc::Sender<(u64, M)>,
+    links: Links,
     controls: Arc<LinkControls>,
 ) {
     loop {
@@ -280,14 +369,15 @@ async fn accept_loop<M: DeserializeOwned + Send + 'static>(
             Ok(accepted) => accepted,
             Err(error) => {
                 tracing::warn!(%error, "peer accept failed");
-                tokio::time::sleep(REDIAL_DELAY_MIN).await;
+                tokio::time::sleep(REDIAL_DELAY_MIN_DEFAULT).await;
                 continue;
             }
         };
         let inbound = inbound.clone();
+        let links = Arc::clone(&links);
         let controls = Arc::clone(&controls);
         tokio::spawn(async move {
-            if let Err(error) = read_peer(stream, decoder, inbound, &controls).await {
+            if let Err(error) = read_peer(stream, decoder, inbound, &links, &controls).await {
                 tracing::debug!(%remote, %error, "peer connection closed");
             }
         });
@@ -298,6 +388,7 @@ async fn read_peer<M: DeserializeOwned>(
     mut stream: TcpStream,
     decoder: FrameDecoder,
     inbound: mpsc::Sender<(u64, M)>,
+    links: &Links,
     controls: &LinkControls,
 ) -> Result<(), NetworkError> {
     let mut buffer = BytesMut::with_capacity(64 * 1024);
@@ -308,6 +399,10 @@ async fn read_peer<M: DeserializeOwned>(
     let mut id_bytes = [0u8; 8];
     id_bytes.copy_from_slice(&hello[8..16]);
     let from = u64::from_le_bytes(id_bytes);
+    // The peer is up: if our dialling task is waiting out a backoff, it should redial now.
+    if let Some(link) = links.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&from) {
+        link.wake.notify_one();
+    }
     while let Some(payload) = read_frame(&mut stream, &mut buffer, &decoder).await? {
         if controls.is_blocked(from) {
             continue;
@@ -369,7 +464,7 @@ mod tests {
         let peers: BTreeMap<u64, SocketAddr> = [(1, addr_1), (2, addr_2)].into();
         let (inbound_1, mut inbox_1) = mpsc::channel(1024);
         let (inbound_2, mut inbox_2) = mpsc::channel(1024);
-        let config = |node_id| PeerConfig { node_id, peers: peers.clone(), frame_bytes_max: 1 << 20 };
+        let config = |node_id| PeerConfig::new(node_id, peers.clone());
         let network_1 = PeerNetwork::start(config(1), listener_1, inbound_1);
         let network_2 = PeerNetwork::start(config(2), listener_2, inbound_2);
 
@@ -394,16 +489,11 @@ mod tests {
         drop(placeholder);
         let peers: BTreeMap<u64, SocketAddr> = [(1, addr_1), (2, addr_2)].into();
         let (inbound_1, _inbox_1) = mpsc::channel(16);
-        let network_1 = PeerNetwork::start(
-            PeerConfig { node_id: 1, peers: peers.clone(), frame_bytes_max: 1 << 20 },
-            listener_1,
-            inbound_1,
-        );
+        let network_1 = PeerNetwork::start(PeerConfig::new(1, peers.clone()), listener_1, inbound_1);
         network_1.send(2, &Ping::Number(1)); // dropped or queued: node 2 is down
         let listener_2 = TcpListener::bind(addr_2).await.unwrap();
         let (inbound_2, mut inbox_2) = mpsc::channel(16);
-        let _network_2 =
-            PeerNetwork::start(PeerConfig { node_id: 2, peers, frame_bytes_max: 1 << 20 }, listener_2, inbound_2);
+        let _network_2 = PeerNetwork::start(PeerConfig::new(2, peers), listener_2, inbound_2);
         let (from, _) = send_until_received(&network_1, 2, Ping::Number(2), &mut inbox_2).await;
         assert_eq!(from, 1);
     }
@@ -415,16 +505,8 @@ mod tests {
         let (inbound_1, _inbox_1) = mpsc::channel(16);
         let (inbound_2, mut inbox_2) = mpsc::channel(16);
         let alone: BTreeMap<u64, SocketAddr> = [(1, addr_1)].into();
-        let network_1 = PeerNetwork::start(
-            PeerConfig { node_id: 1, peers: alone.clone(), frame_bytes_max: 1 << 20 },
-            listener_1,
-            inbound_1,
-        );
-        let _network_2 = PeerNetwork::<Ping>::start(
-            PeerConfig { node_id: 2, peers: alone.clone(), frame_bytes_max: 1 << 20 },
-            listener_2,
-            inbound_2,
-        );
+        let network_1 = PeerNetwork::start(PeerConfig::new(1, alone.clone()), listener_1, inbound_1);
+        let _network_2 = PeerNetwork::<Ping>::start(PeerConfig::new(2, alone.clone()), listener_2, inbound_2);
         assert!(!network_1.send(2, &Ping::Number(0)), "node 2 is not a peer yet");
         network_1.set_peers(&[(1, addr_1), (2, addr_2)].into());
         assert_eq!(network_1.peers(), [(2, addr_2)].into());
@@ -436,6 +518,78 @@ mod tests {
         network_1.shut_down();
     }
 
+    /// Accepts one connection on `listener` (a stand-in for a peer) within 10 s and reads its hello.
+    async fn accept_peer(listener: &TcpListener) -> (TcpStream, u64) {
+        let (mut stream, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .expect("the node dialled the peer")
+            .unwrap();
+        let mut buffer = BytesMut::new();
+        let hello = read_frame(&mut stream, &mut buffer, &FrameDecoder::default()).await.unwrap().unwrap();
+        assert_eq!(&hello[..8], HELLO_MAGIC);
+        assert!(buffer.is_empty(), "nothing was sent but the hello");
+        (stream, u64::from_le_bytes(hello[8..16].try_into().unwrap()))
+    }
+
+    /// The regression behind a flaky end-to-end test: a peer killed and restarted left the dialling
+    /// node writing into the dead connection (the first write "succeeds" and is lost; only the next
+    /// reports the broken pipe), so requests sent right after the restart timed out. The node must
+    /// redial as soon as the far end closes, without any write to find out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_the_peer_closes_is_redialled_at_once_without_a_write() {
+        let (listener_1, addr_1) = bind().await;
+        let (listener_2, addr_2) = bind().await;
+        let (inbound_1, _inbox_1) = mpsc::channel(16);
+        let network_1 =
+            PeerNetwork::<Ping>::start(PeerConfig::new(1, [(1, addr_1), (2, addr_2)].into()), listener_1, inbound_1);
+        let (first, from) = accept_peer(&listener_2).await;
+        assert_eq!(from, 1);
+        drop(first); // the peer process dies: its kernel closes the connection
+        // No message is sent meanwhile: only the closed read half can tell the node to redial.
+        let (mut second, from) = accept_peer(&listener_2).await;
+        assert_eq!(from, 1);
+        assert!(network_1.send(2, &Ping::Number(7)));
+        let mut buffer = BytesMut::new();
+        let frame = tokio::time::timeout(
+            Duration::from_secs(10),
+            read_frame(&mut second, &mut buffer, &FrameDecoder::default()),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+        assert_eq!(postcard::from_bytes::<Ping>(&frame).unwrap(), Ping::Number(7), "sent on the new connection");
+    }
+
+    /// A peer that was unreachable for long has pushed the redial backoff up; when it comes back it
+    /// dials us at once, and we must not wait out the backoff before we can answer it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_that_connects_to_us_is_redialled_without_waiting_out_the_backoff() {
+        let (listener_1, addr_1) = bind().await;
+        let (placeholder, addr_2) = bind().await;
+        drop(placeholder); // node 2 is down
+        let (inbound_1, _inbox_1) = mpsc::channel(16);
+        let mut config = PeerConfig::new(1, [(1, addr_1), (2, addr_2)].into());
+        config.redial_delay_min = Duration::from_secs(600);
+        config.redial_delay_max = Duration::from_secs(600);
+        let network_1 = PeerNetwork::<Ping>::start(config, listener_1, inbound_1);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while network_1.dial_failures() == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "the first dial of node 2 never failed");
+            tokio::task::yield_now().await;
+        }
+        // Node 2 comes back (now in a 600 s backoff at node 1) and dials node 1.
+        let listener_2 = TcpListener::bind(addr_2).await.unwrap();
+        let mut to_1 = TcpStream::connect(addr_1).await.unwrap();
+        let mut payload = HELLO_MAGIC.to_vec();
+        payload.extend_from_slice(&2u64.to_le_bytes());
+        let mut hello = BytesMut::new();
+        encode_frame(&payload, &mut hello);
+        to_1.write_all(&hello).await.unwrap();
+        let (_stream, from) = accept_peer(&listener_2).await;
+        assert_eq!(from, 1);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_delayed_link_keeps_order_and_a_blocked_peer_is_cut_off_both_ways() {
         let (listener_1, addr_1) = bind().await;
@@ -443,9 +597,8 @@ mod tests {
         let peers: BTreeMap<u64, SocketAddr> = [(1, addr_1), (2, addr_2)].into();
         let (inbound_1, mut inbox_1) = mpsc::channel(1024);
         let (inbound_2, mut inbox_2) = mpsc::channel(1024);
-        let config = |node_id| PeerConfig { node_id, peers: peers.clone(), frame_bytes_max: 1 << 20 };
-        let network_1 = PeerNetwork::start(config(1), listener_1, inbound_1);
-        let network_2 = PeerNetwork::start(config(2), listener_2, inbound_2);
+        let network_1 = PeerNetwork::start(PeerConfig::new(1, peers.clone()), listener_1, inbound_1);
+        let network_2 = PeerNetwork::start(PeerConfig::new(2, peers), listener_2, inbound_2);
         send_until_received(&network_1, 2, Ping::Number(0), &mut inbox_2).await;
         while inbox_2.try_recv().is_ok() {}
 
@@ -477,8 +630,7 @@ mod tests {
         let (listener, addr) = bind().await;
         let (inbound, mut inbox) = mpsc::channel::<(u64, Ping)>(16);
         let peers: BTreeMap<u64, SocketAddr> = [(1, addr)].into();
-        let _network =
-            PeerNetwork::<Ping>::start(PeerConfig { node_id: 1, peers, frame_bytes_max: 1 << 20 }, listener, inbound);
+        let _network = PeerNetwork::<Ping>::start(PeerConfig::new(1, peers), listener, inbound);
         let mut stranger = TcpStream::connect(addr).await.unwrap();
         stranger.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         let mut rest = Vec::new();

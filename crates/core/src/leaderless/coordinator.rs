@@ -230,6 +230,12 @@ pub enum RequestError {
     Increment(#[from] IncrementError),
     #[error("too many requests in flight")]
     Busy,
+    /// A request asked for more replicas than the configured `n`: the replicas past the
+    /// configured home replicas are outside what anti-entropy compares and default reads ask, so
+    /// a write acknowledged there could be lost to the key's home replicas (the simulator found
+    /// it, seeds 35, 52, 79, 132 and 135 with `n = 4` on a cluster configured with 3).
+    #[error("n={requested} is above the configured n={configured}: a key has only {configured} home replicas")]
+    NAboveConfigured { requested: u8, configured: u8 },
     /// Writes are coordinated by a home replica of the key that is up (`forward_to`, if any):
     /// only a node's own copy of a key has seen every dot the node minted for it, which is what
     /// makes a new dot's counter cover exactly the node's earlier writes.
@@ -443,6 +449,18 @@ impl Coordinator {
         self.shared_tree(peer).root()
     }
 
+    /// Per slot, the digest anti-entropy compares (the Merkle leaf: a hash over the slot's keys and
+    /// their containers' digests), for every slot this node holds keys in, in slot order; with
+    /// `peer`, only the slots both are home replicas of. Two replicas of a slot agree on it exactly
+    /// when both list the same digest for it (or neither lists it).
+    pub fn slot_digests(&self, peer: Option<NodeId>) -> Vec<(Slot, u64)> {
+        self.index
+            .keys()
+            .filter(|&&slot| peer.is_none_or(|peer| self.shares_slot(peer, slot)))
+            .map(|&slot| (slot, self.tree.level(0)[usize::from(slot.0)]))
+            .collect()
+    }
+
     /// The home replicas of `key`.
     pub fn preference_list(&self, key: &[u8], quorum: Option<Quorum>) -> Vec<NodeId> {
         let n = usize::from(quorum.unwrap_or(self.config.quorum).n);
@@ -489,7 +507,10 @@ impl Coordinator {
         store: &mut impl Store,
         update: impl FnOnce(&mut VersionedValue, NodeId, HlcTimestamp) -> Result<(Dot, Option<i64>), RequestError>,
     ) {
-        let quorum = quorum.unwrap_or(self.config.quorum);
+        let quorum = match self.request_quorum(quorum) {
+            Ok(quorum) => quorum,
+            Err(error) => return self.fail(request, error),
+        };
         if self.in_flight() >= self.config.requests_in_flight_max {
             return self.fail(request, RequestError::Busy);
         }
@@ -544,7 +565,10 @@ impl Coordinator {
         quorum: Option<Quorum>,
         store: &mut impl Store,
     ) {
-        let quorum = quorum.unwrap_or(self.config.quorum);
+        let quorum = match self.request_quorum(quorum) {
+            Ok(quorum) => quorum,
+            Err(error) => return self.fail(request, error),
+        };
         if self.in_flight() >= self.config.requests_in_flight_max {
             return self.fail(request, RequestError::Busy);
         }
@@ -879,6 +903,20 @@ impl Coordinator {
                 let message = Message::Handoff { key: key.clone(), value: value.clone() };
                 self.effects.push(Effect::Send { to: home, message });
             }
+        }
+    }
+
+    /// A request's quorum, or the configured one. A request may ask for fewer replicas than the
+    /// configured `n` (a subset of the home replicas; anti-entropy brings the rest along), never for
+    /// more (see [`RequestError::NAboveConfigured`]).
+    fn request_quorum(&self, quorum: Option<Quorum>) -> Result<Quorum, RequestError> {
+        let configured = self.config.quorum.n;
+        match quorum {
+            None => Ok(self.config.quorum),
+            Some(quorum) if quorum.n > configured => {
+                Err(RequestError::NAboveConfigured { requested: quorum.n, configured })
+            }
+            Some(quorum) => Ok(quorum),
         }
     }
 

@@ -71,6 +71,9 @@ pub struct KeyState {
     versions: Vec<Version>,
     /// Increments no applied register write replaced, per origin, in seq order.
     increments: BTreeMap<DcId, Vec<Increment>>,
+    /// The sum of `increments`, kept so that materializing a hot counter after each INCR costs
+    /// O(1), not O(increments).
+    increments_total: i128,
 }
 
 impl KeyState {
@@ -97,7 +100,21 @@ impl KeyState {
     ) -> Option<Resolved> {
         let replaced = |origin: DcId, seq: u64| change.deps.covers(origin, seq) || (origin, seq) == change.id();
         for (&origin, increments) in &mut self.increments {
-            increments.retain(|increment| !replaced(origin, increment.seq));
+            // What the deps cover is a prefix (seqs ascend), plus this change's own increments,
+            // which can only be the last ones (a change that adds to a key, then sets it).
+            let covered = increments.partition_point(|increment| change.deps.covers(origin, increment.seq));
+            for increment in increments.drain(..covered) {
+                self.increments_total -= i128::from(increment.delta);
+            }
+            while origin == change.origin
+                && let Some(last) = increments.pop_if(|increment| increment.seq == change.seq)
+            {
+                self.increments_total -= i128::from(last.delta);
+            }
+            assert!(
+                increments.first().is_none_or(|first| !replaced(origin, first.seq)),
+                "the increments left are not covered"
+            );
         }
         self.increments.retain(|_, increments| !increments.is_empty());
         let incoming = Version { origin: change.origin, seq: change.seq, timestamp: change.timestamp, value };
@@ -145,6 +162,7 @@ impl KeyState {
             change.origin
         );
         increments.push(Increment { seq: change.seq, delta });
+        self.increments_total += i128::from(delta);
     }
 
     /// The register version reads see: the largest `(timestamp, origin)`.
@@ -163,8 +181,7 @@ impl KeyState {
             .and_then(|version| version.value.as_ref())
             .and_then(|(value, _)| std::str::from_utf8(value).ok()?.parse::<i64>().ok())
             .unwrap_or(0);
-        let sum: i128 = self.increments.values().flatten().map(|increment| i128::from(increment.delta)).sum();
-        Some(i128::from(base) + sum)
+        Some(i128::from(base) + self.increments_total)
     }
 
     /// The value a plain read sees.
@@ -225,5 +242,15 @@ impl KeyState {
             }
         }
         self.increments = increments;
+        self.increments_total = self.increments.values().flatten().map(|increment| i128::from(increment.delta)).sum();
+    }
+
+    /// The increments summed one by one (what `increments_total` must equal).
+    pub fn increments_sum_recomputed(&self) -> i128 {
+        self.increments.values().flatten().map(|increment| i128::from(increment.delta)).sum()
+    }
+
+    pub fn increments_total(&self) -> i128 {
+        self.increments_total
     }
 }

@@ -229,6 +229,28 @@ impl MultiLeaderState {
         self.journal.since(position, max, forward)
     }
 
+    /// What a link from this DC sends next after its `cursor`: `MlEntry::Remote` with at most
+    /// `max` changes that `forward(origin)` accepts (typically `Topology::forwards` for the link's
+    /// receiver), or `MlEntry::Bootstrap` with the whole state when the journal was trimmed past
+    /// `cursor`; and the cursor to continue from. `None` when the journal has nothing past
+    /// `cursor`. (The receiver proposes the entry as is.)
+    pub fn outgoing(&self, cursor: u64, max: usize, forward: &dyn Fn(DcId) -> bool) -> Option<(MlEntry, u64)> {
+        if cursor >= self.journal.last() {
+            return None;
+        }
+        let from = self.this;
+        match self.journal.since(cursor, max, forward) {
+            Ok((items, through)) => {
+                let changes = items.into_iter().map(|item| item.change).collect();
+                Some((MlEntry::Remote { from, through, changes }, through))
+            }
+            Err(_) => {
+                let through = self.journal.last();
+                Some((MlEntry::Bootstrap { from, through, state: Box::new(self.export()) }, through))
+            }
+        }
+    }
+
     pub fn export(&self) -> MlExport {
         MlExport {
             from: self.this,

@@ -525,6 +525,9 @@ mod convergence {
                 if policy == ConflictPolicy::LastWriteWins {
                     prop_assert!(state.keys().values().all(|key| key.versions().len() <= 1));
                 }
+                for key in state.keys().values() {
+                    prop_assert_eq!(key.increments_total(), key.increments_sum_recomputed());
+                }
             }
         }
 
@@ -596,4 +599,82 @@ fn the_state_survives_a_postcard_round_trip_as_snapshots_store_it() {
     assert_eq!(restored.stats().held_back, 0);
     let export = postcard::to_allocvec(&restored.export()).unwrap();
     assert_eq!(postcard::from_bytes::<MlExport>(&export).unwrap(), restored.export());
+}
+
+#[test]
+fn a_set_replaces_only_the_increments_its_origin_had_seen() {
+    let mut a = dc(A, ConflictPolicy::LastWriteWins);
+    let mut b = dc(B, ConflictPolicy::LastWriteWins);
+    let first = local(&mut a, 1, vec![add("n", 1)]);
+    let second = local(&mut a, 2, vec![add("n", 10)]);
+    remote(&mut b, A, vec![first]);
+    // B saw only A's first increment when it set the key: the second one applies on top.
+    let reset = local(&mut b, 3, vec![set("n", "100")]);
+    assert_eq!(b.counter_value(b"n"), None, "at B the set replaced every increment it had");
+    remote(&mut a, B, vec![reset]);
+    remote(&mut b, A, vec![second]);
+    assert_eq!(a.counter_value(b"n"), Some(110));
+    assert_eq!(b.counter_value(b"n"), Some(110));
+    let state = &a.keys()[&Bytes::from("n")];
+    assert_eq!(state.increments()[&A], vec![Increment { seq: 2, delta: 10 }]);
+    assert_eq!(state.increments_total(), state.increments_sum_recomputed());
+    assert_eq!(a.keys(), b.keys());
+}
+
+#[test]
+fn a_change_that_adds_then_sets_the_same_key_keeps_only_the_set() {
+    let mut a = dc(A, ConflictPolicy::Siblings);
+    local(&mut a, 1, vec![add("n", 5), add("n", 5), set("n", "7")]);
+    assert_eq!(a.counter_value(b"n"), None);
+    assert_eq!(visible(&a, "n"), Some(Bytes::from("7")));
+    local(&mut a, 2, vec![set("n", "1"), add("n", 5)]);
+    assert_eq!(a.counter_value(b"n"), Some(6), "an add after the set in one change counts");
+}
+
+#[test]
+fn outgoing_sends_a_filtered_batch_or_a_bootstrap_once_trimmed() {
+    let mut a = MultiLeaderState::new(A, ConflictPolicy::LastWriteWins, 2);
+    assert_eq!(a.outgoing(0, 10, &|_| true), None, "nothing to send yet");
+    local(&mut a, 1, vec![add("n", 1)]);
+    local(&mut a, 2, vec![add("n", 2)]);
+    let Some((MlEntry::Remote { from, through, changes }, next)) = a.outgoing(0, 1, &|_| true) else {
+        panic!("expected a batch");
+    };
+    assert_eq!((from, through, next), (A, 1, 1));
+    assert_eq!(changes.iter().map(Change::id).collect::<Vec<_>>(), vec![(A, 1)]);
+    assert_eq!(a.outgoing(2, 10, &|_| true), None, "caught up");
+    local(&mut a, 3, vec![add("n", 3)]);
+    // Position 1 is trimmed now: a downstream still there gets the whole state.
+    let Some((MlEntry::Bootstrap { through, state, .. }, next)) = a.outgoing(0, 10, &|_| true) else {
+        panic!("expected a bootstrap");
+    };
+    assert_eq!((through, next), (3, 3));
+    assert_eq!(*state, a.export());
+    let mut b = dc(B, ConflictPolicy::LastWriteWins);
+    b.apply(LogIndex::ZERO, &MlEntry::Bootstrap { from: A, through, state });
+    assert_eq!(b.counter_value(b"n"), Some(6));
+}
+
+#[test]
+fn continues_tells_a_batch_that_would_skip_a_gap() {
+    let mut a = dc(A, ConflictPolicy::LastWriteWins);
+    let mut b = dc(B, ConflictPolicy::LastWriteWins);
+    for wall_ms in 1..=4 {
+        local(&mut a, wall_ms, vec![add("n", 1)]);
+    }
+    let Some((first, after_first)) = a.outgoing(0, 2, &|_| true) else { panic!("a batch") };
+    let Some((second, _)) = a.outgoing(after_first, 2, &|_| true) else { panic!("a batch") };
+    // The first batch was lost with its connection; the second reaches B anyway (stale copy).
+    assert!(!b.continues(A, after_first), "the second batch starts after a gap");
+    // Applied regardless, it would move B's position past changes B never applied.
+    let mut careless = b.clone();
+    careless.apply(LogIndex::ZERO, &second);
+    assert_eq!(careless.upstream_position(A), 4);
+    assert_eq!(careless.applied().get(A), 0, "held back: A's first changes are missing");
+    // In order, everything is applied.
+    assert!(b.continues(A, 0));
+    b.apply(LogIndex::ZERO, &first);
+    assert!(b.continues(A, after_first));
+    b.apply(LogIndex::ZERO, &second);
+    assert_eq!((b.upstream_position(A), b.applied().get(A)), (4, 4));
 }

@@ -647,7 +647,12 @@ impl LeaderlessCluster {
                 self.issue(client, record.key, record.kind, record.quorum, to);
                 return;
             }
-            ClientReply::Failed(error) => Outcome::Refused(error),
+            ClientReply::Failed(error) => {
+                if matches!(error, RequestError::NAboveConfigured { .. }) {
+                    self.stats.refused_n_above_configured += 1;
+                }
+                Outcome::Refused(error)
+            }
         };
         self.complete(op, outcome);
     }

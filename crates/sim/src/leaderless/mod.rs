@@ -55,8 +55,10 @@ pub struct LeaderlessOptions {
     /// Simulated milliseconds of the fault phase.
     pub safety_ms: u64,
     pub clients: usize,
-    /// The largest `n` a request picks (from 2). Above the configured 3, a write's extra replica
-    /// is outside what anti-entropy and default reads cover (see `docs/simulation.md`).
+    /// The largest `n` a request picks (from 2): by default the configured `n`
+    /// ([`cluster::DEFAULT_QUORUM`]). Above it the core refuses the request
+    /// (`RequestError::NAboveConfigured`; counted in [`LeaderlessStats::refused_n_above_configured`]):
+    /// the extra replica would be outside what anti-entropy and default reads cover.
     pub request_n_max: u8,
     /// Whether a replaced write coming back (a "zombie") fails the run. Off by default: the core
     /// has a documented gap there (a stale container delivered after a tombstone was collected;
@@ -78,7 +80,7 @@ impl Default for LeaderlessOptions {
             faults: Faults::ALL,
             safety_ms: 2000,
             clients: 4,
-            request_n_max: 3,
+            request_n_max: cluster::DEFAULT_QUORUM.n,
             resurrections_fail: false,
             heal: None,
             converge_rounds_max: 40,
@@ -181,6 +183,8 @@ pub struct LeaderlessStats {
     /// Acknowledged writes a client replaced that are siblings again after convergence (failures
     /// only with [`LeaderlessOptions::resurrections_fail`]).
     pub resurrections: u64,
+    /// Requests refused for asking more replicas than the configured `n`.
+    pub refused_n_above_configured: u64,
 }
 
 /// What one seed's run found.

@@ -28,15 +28,22 @@ fn leaderless_regression_seeds_pass() {
     }
 }
 
-/// Known gap, not fixed: a request may ask for a larger `n` than the configured one, and the extra
-/// replica (the rank-4 node for `n = 4`) then coordinates writes on its own copy, which neither
-/// anti-entropy nor default reads ever look at: a `w = 1` write acknowledged there alone never
-/// reaches the home replicas (seeds 35, 52, 79, 132, 135 of the first 300).
+/// Once a gap, now refused: a request asking for a larger `n` than the configured one made the
+/// extra replica (the rank-4 node for `n = 4`) coordinate writes on its own copy, which neither
+/// anti-entropy nor default reads ever look at, so a `w = 1` write acknowledged there alone never
+/// reached the home replicas (seeds 35, 52, 79, 132, 135 of the first 300 with `n` up to 4). The
+/// core now refuses such requests: the same seeds pass, and each refused some.
 #[test]
-#[ignore = "documents a known gap: per-request n above the configured n"]
-fn requests_with_a_larger_n_than_configured_lose_writes() {
+fn requests_with_a_larger_n_than_configured_are_refused_and_lose_nothing() {
     let options = LeaderlessOptions { request_n_max: 4, ..LeaderlessOptions::default() };
-    assert!(!run_seeds(0, 200, &options).failed.is_empty());
+    for seed in [35, 52, 79, 132, 135] {
+        let report = run_seed(seed, &options);
+        assert!(report.passed(), "{report}");
+        assert!(report.stats.refused_n_above_configured > 0, "seed {seed}: no request with n = 4 was refused");
+    }
+    // By default requests draw n only up to the configured n: nothing to refuse.
+    let report = run_seed(35, &LeaderlessOptions::default());
+    assert_eq!(report.stats.refused_n_above_configured, 0, "{report}");
 }
 
 #[test]

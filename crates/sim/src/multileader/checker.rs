@@ -18,7 +18,7 @@ pub fn check(world: &World) -> Vec<String> {
 
 /// After convergence every DC holds the same state (the world's convergence loop checks the same
 /// before it stops; this names the first difference).
-fn identical_states(world: &World) -> Vec<String> {
+pub fn identical_states(world: &World) -> Vec<String> {
     let Some(first) = world.dcs.first() else { return Vec::new() };
     let mut failures = Vec::new();
     for dc in &world.dcs[1..] {
@@ -50,6 +50,16 @@ fn identical_states(world: &World) -> Vec<String> {
 fn materialized_views(world: &World) -> Vec<String> {
     let mut failures = Vec::new();
     for dc in &world.dcs {
+        for (key, state) in dc.state.keys() {
+            if state.increments_total() != state.increments_sum_recomputed() {
+                failures.push(format!(
+                    "{}: {key:?} keeps an increments total of {} but they sum to {}",
+                    dc.id,
+                    state.increments_total(),
+                    state.increments_sum_recomputed()
+                ));
+            }
+        }
         for key in dc.state.keys().keys() {
             let visible = dc.state.visible(key);
             if dc.materialized.get(key) != visible.as_ref() {

@@ -134,6 +134,9 @@ pub struct MlKnobs {
     /// Chance per simulated ms (per million) of a new partition, and of a DC crash.
     pub partition_per_million: u64,
     pub crash_per_million: u64,
+    /// Chance per simulated ms (per million) that a DC's failure detector wrongly suspects a live,
+    /// reachable DC for a while (routing goes around it meanwhile).
+    pub suspicion_per_million: u64,
     /// Per mille of batches an "echo" sender ships unfiltered.
     pub echo_per_mille: u64,
     /// Per mille of messages that reach the receiver again 0.1 to 1.1 s later (a stale copy from
@@ -190,6 +193,7 @@ impl MlKnobs {
             long_delay_ms_max: 20 + rng.below(300),
             partition_per_million: if faults.partitions { 500 + rng.below(4000) } else { 0 },
             crash_per_million: if faults.crashes { 500 + rng.below(3000) } else { 0 },
+            suspicion_per_million: if faults.partitions || faults.crashes { rng.below(3000) } else { 0 },
             echo_per_mille: if faults.network && rng.chance(1, 3) { 1 + rng.below(200) } else { 0 },
             stale_replay_per_mille: if faults.replays { rng.below(50) } else { 0 },
             clock_offsets_ms,
@@ -288,6 +292,9 @@ pub fn run_seed(seed: u64, options: &MlSimOptions) -> MlReport {
             failures.extend(world.failures.iter().cloned());
             if failures.is_empty() {
                 failures.extend(checker::check(&world));
+            } else {
+                // Name what differs, when the DCs did not converge.
+                failures.extend(checker::identical_states(&world).into_iter().take(3));
             }
         }
     }

@@ -70,6 +70,7 @@ fn multileader_sweep() {
         Ok("siblings") => options.policy = Some(ConflictPolicy::Siblings),
         _ => {}
     }
+    options.stale_batch_check_off = env("SIM_ML_STALE_CHECK_OFF", 0) == 1;
     match std::env::var("SIM_ML_BUG").as_deref() {
         Ok("origin") => options.planted_bug = Some(MlPlantedBug::DropOriginCheck),
         Ok("causal") => options.planted_bug = Some(MlPlantedBug::ApplyOutOfCausalOrder),
@@ -109,8 +110,8 @@ fn first_checker_catch(first: u64, count: u64, options: &MlSimOptions) -> Option
         .find(|report| report.failures.iter().any(|failure| !failure.contains("panic")))
 }
 
-/// Found by this test: first caught at seed 16 (a star: the hub's changes, echoed back by a
-/// spoke that does not filter, are applied a second time at the hub).
+/// First caught at seed 1 (an echo sender ships a DC's own changes back to it; they are applied a
+/// second time).
 #[test]
 fn a_missing_origin_check_is_caught() {
     let options = MlSimOptions { planted_bug: Some(MlPlantedBug::DropOriginCheck), ..MlSimOptions::default() };
@@ -120,8 +121,8 @@ fn a_missing_origin_check_is_caught() {
     assert!(report.failures.iter().any(|failure| failure.contains("looped back")), "{report}");
 }
 
-/// Found by this test: first caught at seed 2 (a change from a spoke reaches the hub before the
-/// changes of the other spoke it depends on).
+/// First caught at seed 2 (a change overtakes, across links, a change of another origin it
+/// depends on).
 #[test]
 fn applying_out_of_causal_order_is_caught() {
     let options = MlSimOptions { planted_bug: Some(MlPlantedBug::ApplyOutOfCausalOrder), ..MlSimOptions::default() };
@@ -131,13 +132,14 @@ fn applying_out_of_causal_order_is_caught() {
     assert!(report.failures.iter().any(|failure| failure.contains("before them")), "{report}");
 }
 
-/// A real hole found by the simulator (seeds 19, 23 and 55 of the first 60, once stale replays
-/// were added): a stale batch from an old connection, proposed after the messages before it were
-/// lost, moved the receiver's `upstream_position` to its `through`, past changes it never applied;
-/// every later link resumed after them, so the DCs never converged. The node's link must check
+/// A real hole found by the simulator (first at seeds 19, 23 and 55 of an earlier workload, once
+/// stale replays were added; with the current workload at seeds 4, 35 and 89): a stale batch from
+/// an old connection, proposed after the messages before it were lost, moved the receiver's
+/// `upstream_position` to its `through`, past changes it never applied; every later link resumed
+/// after them, so the DCs never converged. The node's link must check
 /// `MultiLeaderState::continues` before proposing a batch that does not come in order on the
 /// current connection; these seeds run with that check.
-const STALE_BATCH_SEEDS: [u64; 3] = [19, 23, 55];
+const STALE_BATCH_SEEDS: [u64; 3] = [4, 35, 89];
 
 #[test]
 fn stale_batches_that_skip_a_gap_are_not_applied() {

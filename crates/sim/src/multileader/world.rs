@@ -87,6 +87,8 @@ pub struct World {
     links: BTreeMap<(DcId, DcId), Link>,
     /// Symmetric partitions (smaller id first) and when each heals.
     partitions: BTreeMap<(DcId, DcId), u64>,
+    /// Wrong failure-detector verdicts: `(from, to)` = `from` takes the live `to` for dead, until.
+    suspicions: BTreeMap<(DcId, DcId), u64>,
     pub writes: Vec<ClientWrite>,
     /// Every change applied at its origin, by id (local applies only: what the clients caused).
     pub registry: BTreeMap<(DcId, u64), Change>,
@@ -137,6 +139,7 @@ impl World {
             dcs,
             links: BTreeMap::new(),
             partitions: BTreeMap::new(),
+            suspicions: BTreeMap::new(),
             writes: Vec::new(),
             registry: BTreeMap::new(),
             stats: MlStats::default(),
@@ -166,10 +169,14 @@ impl World {
         self.partitions.contains_key(&(a.min(b), a.max(b)))
     }
 
-    /// Whether `to` can be reached from `from` now (up and not cut off): a DC's failure detector,
-    /// here exact.
+    /// Whether `to` can be reached from `from` now (up and not cut off).
     fn reachable(&self, from: DcId, to: DcId) -> bool {
         self.dcs[self.index(to)].up && !self.partitioned(from, to)
+    }
+
+    /// Whether `from`'s failure detector takes `to` for alive: reachable, unless wrongly suspected.
+    fn seems_alive(&self, from: DcId, to: DcId) -> bool {
+        to == from || (self.reachable(from, to) && !self.suspicions.contains_key(&(from, to)))
     }
 
     /// The whole run: the fault phase, healing, then convergence rounds.
@@ -212,6 +219,7 @@ impl World {
 
     fn heal(&mut self) {
         self.partitions.clear();
+        self.suspicions.clear();
         for i in 0..self.dcs.len() {
             if !self.dcs[i].up {
                 self.restart(i);
@@ -258,6 +266,18 @@ impl World {
                 self.partitions.insert((a.min(b), a.max(b)), until);
                 self.stats.faults_injected += 1;
                 self.log(|| format!("partition {a}-{b} until {until}"));
+            }
+        }
+        self.suspicions.retain(|_, until| *until > now);
+        if self.rng.chance(self.knobs.suspicion_per_million, 1_000_000) {
+            let ids = self.ids();
+            let from = ids[self.rng.below(ids.len() as u64) as usize];
+            let to = ids[self.rng.below(ids.len() as u64) as usize];
+            if from != to {
+                let until = now + 50 + self.rng.below(450);
+                self.suspicions.insert((from, to), until);
+                self.stats.faults_injected += 1;
+                self.log(|| format!("{from} wrongly suspects {to} until {until}"));
             }
         }
         if self.rng.chance(self.knobs.crash_per_million, 1_000_000) {
@@ -502,7 +522,7 @@ impl World {
             if !self.dcs[self.index(from)].up {
                 continue;
             }
-            let alive = |dc: DcId| dc == from || self.reachable(from, dc);
+            let alive = |dc: DcId| self.seems_alive(from, dc);
             for to in self.topology.routes(from, &ids, &alive).send_to {
                 if self.reachable(from, to) {
                     wanted.insert((from, to));
@@ -544,19 +564,11 @@ impl World {
             // An "echo" sender ships everything (as a misconfigured or older peer would): the
             // receiver must not trust its peers' filtering.
             let echo = self.rng.chance(self.knobs.echo_per_mille, 1000);
-            let alive = |dc: DcId| dc == from || self.reachable(from, dc);
+            let alive = |dc: DcId| self.seems_alive(from, dc);
             let topology = &self.topology;
             let forward = |origin: DcId| echo || topology.forwards(from, origin, to, &ids, &alive);
-            let state = &self.dcs[sender].state;
-            let (entry, next) = match state.journal_batch(cursor, self.knobs.batch_max, &forward) {
-                Ok((items, through)) => {
-                    let changes = items.into_iter().map(|item| item.change).collect();
-                    (MlEntry::Remote { from, through, changes }, through)
-                }
-                Err(_) => {
-                    let through = state.journal_last();
-                    (MlEntry::Bootstrap { from, through, state: Box::new(state.export()) }, through)
-                }
+            let Some((entry, next)) = self.dcs[sender].state.outgoing(cursor, self.knobs.batch_max, &forward) else {
+                continue;
             };
             let delay = self.delay(from, to);
             let Some(link) = self.links.get_mut(&(from, to)) else { continue };

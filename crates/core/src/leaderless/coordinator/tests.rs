@@ -122,6 +122,41 @@ fn w_one_answers_at_once_and_quorum_is_settable_per_request() {
 }
 
 #[test]
+fn a_request_asking_for_more_replicas_than_configured_is_refused() {
+    // The rank-4 node is outside every default preference list of the key: a write acknowledged
+    // there alone (n = 4, w = 1) would never reach the home replicas, which anti-entropy and
+    // default reads cover. Refused before anything is stored or sent, for reads too.
+    let wide = Some(Quorum::new(4, 1, 1).unwrap());
+    let refusal = RequestError::NAboveConfigured { requested: 4, configured: 3 };
+    for node_id in [ranks()[0], ranks()[3]] {
+        let mut node = coordinator(node_id, |_| {});
+        let mut store = MemoryStore::default();
+        node.put(at(0), request(1), put(value("v"), &VersionVector::new(), wide), &mut store);
+        node.increment(at(0), request(2), key(), 1, wide, &mut store);
+        node.get(at(0), request(3), key(), wide, &mut store);
+        assert_eq!(
+            take(&mut node),
+            [1, 2, 3].map(|sequence| Effect::Reply {
+                request: request(sequence),
+                reply: ClientReply::Failed(refusal.clone())
+            })
+        );
+        assert!(store.keys.is_empty(), "a refused write is stored nowhere");
+    }
+    assert_eq!(refusal.to_string(), "n=4 is above the configured n=3: a key has only 3 home replicas");
+    // Up to the configured n is fine.
+    let mut node = coordinator(ranks()[0], |_| {});
+    let mut store = MemoryStore::default();
+    node.put(
+        at(0),
+        request(1),
+        put(value("v"), &VersionVector::new(), Some(Quorum::new(3, 1, 1).unwrap())),
+        &mut store,
+    );
+    assert!(matches!(replies(&take(&mut node))[..], [(_, ClientReply::Written { .. })]));
+}
+
+#[test]
 fn a_write_sent_to_a_node_outside_the_preference_list_is_forwarded() {
     let mut node = coordinator(ranks()[4], |_| {});
     let mut store = MemoryStore::default();
@@ -869,6 +904,44 @@ fn anti_entropy_streams_only_the_keys_that_differ() {
     let message = Message::AntiEntropyTree { root: tree.root(), hashes: tree.level(1).to_vec() };
     let (streamed, kinds) = exchange(&mut nodes, vec![(a, b, message)]);
     assert_eq!((streamed, kinds), (0, vec!["tree"]));
+}
+
+#[test]
+fn per_slot_digests_list_the_slots_held_and_differ_exactly_where_the_data_does() {
+    let (a, b) = (NodeId(1), NodeId(2));
+    let keys = shared_keys(a, b, 3);
+    let mut node_a = coordinator(a, |_| {});
+    let mut node_b = coordinator(b, |_| {});
+    let (mut store_a, mut store_b) = (MemoryStore::default(), MemoryStore::default());
+    assert!(node_a.slot_digests(None).is_empty());
+    for (index, key) in keys.iter().enumerate() {
+        let mut value = VersionedValue::new();
+        let hlc = Hlc::new(a).now(at(0));
+        value.write(a, &VersionVector::new(), value_payload(index), hlc, 10).unwrap();
+        for (node, store) in [(&mut node_a, &mut store_a), (&mut node_b, &mut store_b)] {
+            node.store_put(store, key.clone(), value.clone());
+        }
+    }
+    let digests_a = node_a.slot_digests(Some(b));
+    assert_eq!(digests_a, node_b.slot_digests(Some(a)), "same data, same digests");
+    let mut slots: Vec<Slot> = keys.iter().map(|key| Slot::of_key(key)).collect();
+    slots.sort();
+    slots.dedup();
+    assert_eq!(digests_a.iter().map(|(slot, _)| *slot).collect::<Vec<_>>(), slots, "every slot held, in order");
+    assert!(digests_a.iter().all(|(slot, digest)| *digest == node_a.merkle_tree().level(0)[usize::from(slot.0)]));
+    // One key changes on b: exactly its slot's digest differs.
+    let changed = keys[1].clone();
+    let mut value = store_b.get(&changed).unwrap();
+    value.write(b, &value.context().clone(), value_payload(99), Hlc::new(b).now(at(1)), 10).unwrap();
+    node_b.store_put(&mut store_b, changed.clone(), value);
+    let digests_b = node_b.slot_digests(Some(a));
+    let differing: Vec<Slot> =
+        digests_a.iter().zip(&digests_b).filter(|(ours, theirs)| ours != theirs).map(|(ours, _)| ours.0).collect();
+    assert_eq!(differing, [Slot::of_key(&changed)]);
+}
+
+fn value_payload(index: usize) -> Payload {
+    Payload::Value(Bytes::from(format!("v{index}")))
 }
 
 #[test]
