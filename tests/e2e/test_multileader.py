@@ -15,6 +15,7 @@ import random
 import signal
 import subprocess
 import threading
+import urllib.request
 
 import pytest
 import redis
@@ -41,6 +42,7 @@ class MultiDc:
         self.dc_names = [f"dc{d}" for d in range(1, datacenters + 1)]
         self.client_ports = {i: free_port() for i in self.ids}
         self.peer_ports = {i: free_port() for i in self.ids}
+        self.admin_ports = {i: free_port() for i in self.ids}
         self.extra_args = list(extra_args)
         self.procs = {}
         self.logs = {}
@@ -60,6 +62,7 @@ class MultiDc:
             "--data-dir", str(self.tmp_path / f"data{node_id}"),
             "--client-addr", f"127.0.0.1:{self.client_ports[node_id]}",
             "--peer-addr", f"127.0.0.1:{self.peer_ports[node_id]}",
+            "--admin-addr", f"127.0.0.1:{self.admin_ports[node_id]}",
             "--initial-cluster", self.initial_cluster,
             "--mode", "multi-leader", "--datacenter", self.dc_of(node_id),
             "--enable-debug-commands",
@@ -116,6 +119,13 @@ class MultiDc:
             for dc in self.dc_names:
                 if dc != own and "dc1" in (dc, own):
                     assert self.client(node_id).execute_command("CHORUS.DEBUG", "DC-PARTITION", dc, flag) == b"OK"
+
+    def metrics(self, node_id):
+        """The node's Prometheus page as {metric line name: value}."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_ports[node_id]}/metrics", timeout=10) as page:
+            text = page.read().decode()
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line and not line.startswith("#")}
 
     def kill(self, node_id):
         self.procs[node_id].send_signal(signal.SIGKILL)
@@ -244,6 +254,11 @@ def test_partitioned_datacenters_take_conflicting_writes_and_converge_after_heal
             assert ml["chorus_ml_policy"] == policy
             assert ml["chorus_ml_conflicts_resolved"] >= 1, ml
             assert ml["chorus_ml_held_back"] == 0
+            metrics = cluster.metrics(leader)
+            assert metrics["chorus_ml_conflicts_resolved_total"] == ml["chorus_ml_conflicts_resolved"], metrics
+            other = next(name for name in cluster.dc_names if name != dc)
+            assert metrics[f'chorus_ml_link_up{{datacenter="{other}"}}'] == 1
+            assert metrics[f'chorus_ml_replication_lag_changes{{datacenter="{other}"}}'] >= 0
             conflicts = client.execute_command("CHORUS.CONFLICTS", 10)
             assert any(record[0] == b"k" for record in conflicts), conflicts
             versions = client.execute_command("CHORUS.VERSIONS", "k")
