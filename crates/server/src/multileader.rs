@@ -838,6 +838,30 @@ mod tests {
     }
 
     #[test]
+    fn topologies_and_policies_resolve_datacenter_names_to_ids() {
+        let assignment: BTreeMap<u64, String> =
+            [(1, "dc1"), (2, "dc2"), (3, "dc3")].map(|(id, name)| (id, name.to_string())).into();
+        let dcs = Datacenters::new(&assignment);
+        let mut config = NodeConfig::default();
+        assert_eq!(resolve_config(&config, &dcs).unwrap(), (ConflictPolicy::LastWriteWins, Topology::AllToAll));
+        config.multileader.conflict_policy = ConflictPolicyConfig::Siblings;
+        config.multileader.topology = TopologyKind::Star;
+        config.multileader.hub = Some("dc2".into());
+        assert_eq!(resolve_config(&config, &dcs).unwrap(), (ConflictPolicy::Siblings, Topology::Star { hub: DcId(1) }));
+        config.multileader.topology = TopologyKind::Ring;
+        config.multileader.ring_order = Some("dc3, dc1,dc2".into());
+        let order = vec![DcId(2), DcId(0), DcId(1)];
+        assert_eq!(resolve_config(&config, &dcs).unwrap().1, Topology::Ring { order });
+        for bad in ["dc1,dc2", "dc1,dc2,dc2", "dc1,dc2,dc4"] {
+            config.multileader.ring_order = Some(bad.into());
+            assert!(resolve_config(&config, &dcs).is_err(), "ring order {bad} must name every datacenter once");
+        }
+        config.multileader.topology = TopologyKind::Star;
+        config.multileader.hub = Some("nowhere".into());
+        assert!(resolve_config(&config, &dcs).is_err(), "an unknown hub");
+    }
+
+    #[test]
     fn the_assignment_file_round_trips_and_bad_lines_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(DATACENTERS_FILE);
