@@ -49,6 +49,9 @@ use crate::peer::PeerMessage;
 
 /// Where a node records every node's datacenter once it has learnt them.
 pub const DATACENTERS_FILE: &str = "DATACENTERS";
+/// Journal positions remembered per link for its lag in milliseconds (past this, the newest sample
+/// is replaced: the oldest, which the lag reads, stays right).
+const LAG_SAMPLES_MAX: usize = 4096;
 /// The least time between two rounds of the driver (see `MlNode::run`).
 const STEP_GAP_MIN: Duration = Duration::from_millis(2);
 /// How often a datacenter leader's driver runs at the least (retries, timeouts, heartbeats); it
@@ -270,8 +273,9 @@ struct Link {
     trying_since: Option<Instant>,
     /// Whether the topology routes changes to this DC now.
     routed: bool,
-    /// Since when changes have been waiting for acknowledgement (replication lag in ms).
-    behind_since: Option<Instant>,
+    /// When each journal position past the acknowledged one was first seen (sampled once per
+    /// driver round, bounded): the oldest gives the replication lag in milliseconds.
+    pending_since: std::collections::VecDeque<(u64, Instant)>,
     lag_changes: u64,
     batches_sent: u64,
     bootstraps_sent: u64,
@@ -291,7 +295,7 @@ impl Link {
             backoff: LOCATE_RETRY_MIN,
             trying_since: None,
             routed: false,
-            behind_since: None,
+            pending_since: std::collections::VecDeque::new(),
             lag_changes: 0,
             batches_sent: 0,
             bootstraps_sent: 0,
@@ -442,7 +446,7 @@ impl MlNode {
             for link in lock(&self.links).values_mut() {
                 link.phase = Phase::Idle;
                 link.trying_since = None;
-                link.behind_since = None;
+                link.pending_since.clear();
             }
             lock(&self.upstreams).clear();
             return false;
@@ -499,13 +503,21 @@ impl MlNode {
             if link.phase == Phase::Streaming && link.routed {
                 self.send_batches(ml, dc, link, &all, &alive);
             }
-            // Lag: journal positions not yet acknowledged (only on routed links).
-            let behind = link.routed && link.acked < journal_last;
+            // Lag: journal positions not yet acknowledged, and how long the oldest has waited
+            // (only on routed links).
             link.lag_changes = if link.routed { journal_last.saturating_sub(link.acked) } else { 0 };
-            if !behind {
-                link.behind_since = None;
-            } else if link.behind_since.is_none() {
-                link.behind_since = Some(now);
+            while link.pending_since.front().is_some_and(|(position, _)| *position <= link.acked) {
+                link.pending_since.pop_front();
+            }
+            if !link.routed {
+                link.pending_since.clear();
+            } else if journal_last > link.acked
+                && link.pending_since.back().is_none_or(|(last, _)| *last < journal_last)
+            {
+                if link.pending_since.len() >= LAG_SAMPLES_MAX {
+                    link.pending_since.pop_back();
+                }
+                link.pending_since.push_back((journal_last, now));
             }
         }
     }
@@ -771,9 +783,9 @@ impl MlNode {
                     sent: link.map_or(0, |link| link.sent),
                     acked: link.map_or(0, |link| link.acked),
                     lag_changes: link.map_or(0, |link| link.lag_changes),
-                    lag_ms: link
-                        .and_then(|link| link.behind_since)
-                        .map_or(0, |since| u64::try_from(now.duration_since(since).as_millis()).unwrap_or(u64::MAX)),
+                    lag_ms: link.and_then(|link| link.pending_since.front()).map_or(0, |(_, since)| {
+                        u64::try_from(now.duration_since(*since).as_millis()).unwrap_or(u64::MAX)
+                    }),
                     batches_sent: link.map_or(0, |link| link.batches_sent),
                     bootstraps_sent: link.map_or(0, |link| link.bootstraps_sent),
                     resets: link.map_or(0, |link| link.resets),
