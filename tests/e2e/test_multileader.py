@@ -10,6 +10,7 @@ Raft group taking local writes, their leaders streaming committed changes to eac
 
 CHORUS_TEST_SEED=<n> replays a run's random choices (printed on failure)."""
 
+import json
 import os
 import random
 import signal
@@ -254,6 +255,9 @@ def test_partitioned_datacenters_take_conflicting_writes_and_converge_after_heal
             assert ml["chorus_ml_policy"] == policy
             assert ml["chorus_ml_conflicts_resolved"] >= 1, ml
             assert ml["chorus_ml_held_back"] == 0
+            with urllib.request.urlopen(f"http://127.0.0.1:{cluster.admin_ports[leader]}/status", timeout=10) as page:
+                status = json.loads(page.read())
+            assert (status["mode"], status["role"], status["datacenter"]) == ("multi-leader", "leader", dc), status
             metrics = cluster.metrics(leader)
             assert metrics["chorus_ml_conflicts_resolved_total"] == ml["chorus_ml_conflicts_resolved"], metrics
             other = next(name for name in cluster.dc_names if name != dc)

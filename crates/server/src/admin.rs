@@ -81,10 +81,20 @@ fn record_leaderless(status: &crate::leaderless::Status) {
 async fn status_page(State(state): State<AdminState>) -> axum::Json<serde_json::Value> {
     let context = &state.context;
     let status = context.core.inspect(|inner| inner.replica.status());
+    let mode =
+        if context.config.initial_cluster.is_some() { context.config.mode.to_string() } else { "standalone".into() };
+    let role = match status.role {
+        _ if context.leaderless.is_some() => "leaderless",
+        None | Some(chorus_core::raft::Role::Leader) => "leader",
+        Some(chorus_core::raft::Role::Follower) => "follower",
+        Some(_) => "candidate",
+    };
+    let datacenter = context.multileader.as_ref().map(|node| node.dcs.name(node.this).to_string());
     axum::Json(serde_json::json!({
         "node_id": context.config.id,
-        "mode": "standalone",
-        "role": "leader",
+        "mode": mode,
+        "role": role,
+        "datacenter": datacenter,
         "term": status.term.0,
         "last_index": status.last_index.0,
         "commit_index": status.commit_index.0,
