@@ -279,6 +279,7 @@ struct Link {
     lag_changes: u64,
     batches_sent: u64,
     bootstraps_sent: u64,
+    bootstrap_failures: u64,
     resets: u64,
 }
 
@@ -299,6 +300,7 @@ impl Link {
             lag_changes: 0,
             batches_sent: 0,
             bootstraps_sent: 0,
+            bootstrap_failures: 0,
             resets: 0,
         }
     }
@@ -543,7 +545,6 @@ impl MlNode {
                 }
                 Err(trimmed) => {
                     tracing::info!(dc = self.dcs.name(dc), %trimmed, "sending a bootstrap");
-                    link.bootstraps_sent += 1;
                     let through = ml.journal_last();
                     MlEntry::Bootstrap { from: self.this, through, state: Box::new(ml.export()) }
                 }
@@ -555,9 +556,24 @@ impl MlNode {
             if through <= after {
                 break; // nothing more to say (cannot happen while sent < journal_last)
             }
-            self.send(target, MlMessage::Batch { from_dc: self.this, epoch: link.epoch, after, entry });
+            let bootstrap = matches!(entry, MlEntry::Bootstrap { .. });
+            let message = PeerMessage::Ml(MlMessage::Batch { from_dc: self.this, epoch: link.epoch, after, entry });
+            if !self.network.send(target, &message) {
+                if bootstrap {
+                    link.bootstrap_failures += 1;
+                    if link.bootstrap_failures.is_power_of_two() {
+                        tracing::error!(
+                            dc = self.dcs.name(dc),
+                            failures = link.bootstrap_failures,
+                            "a bootstrap could not be sent (too large for one peer frame, or the queue is full); retrying"
+                        );
+                    }
+                }
+                break; // retried from `sent` at a later round (or after the link resets)
+            }
             link.sent = through;
             link.batches_sent += 1;
+            link.bootstraps_sent += u64::from(bootstrap);
         }
     }
 

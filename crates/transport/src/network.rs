@@ -116,6 +116,8 @@ struct Redial {
 /// The sending half: cheap to clone, never blocks.
 pub struct PeerNetwork<M> {
     node_id: u64,
+    /// Peers refuse frames over this (they share the configuration): such a message is not sent.
+    frame_bytes_max: usize,
     /// Replaced wholesale when the group's configuration changes (rarely); read on every send.
     links: Links,
     redial: Redial,
@@ -129,6 +131,7 @@ impl<M> Clone for PeerNetwork<M> {
     fn clone(&self) -> Self {
         PeerNetwork {
             node_id: self.node_id,
+            frame_bytes_max: self.frame_bytes_max,
             links: Arc::clone(&self.links),
             redial: self.redial.clone(),
             runtime: self.runtime.clone(),
@@ -151,6 +154,7 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> PeerNetwork<M> {
                 .abort_handle();
         let network = PeerNetwork {
             node_id: config.node_id,
+            frame_bytes_max: config.frame_bytes_max,
             links,
             redial: Redial {
                 delay_min: config.redial_delay_min.max(Duration::from_millis(1)),
@@ -234,8 +238,8 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> PeerNetwork<M> {
         self.links.write().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
     }
 
-    /// Queues `message` for `to`. Returns false when it was dropped (unknown peer, queue full, or
-    /// encoding failed — the last is a bug, and is logged).
+    /// Queues `message` for `to`. Returns false when it was dropped (unknown peer, queue full, a
+    /// message larger than a frame may be, or encoding failed — the last two are logged).
     pub fn send(&self, to: u64, message: &M) -> bool {
         if self.controls.is_blocked(to) {
             return false;
@@ -249,6 +253,16 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> PeerNetwork<M> {
                 return false;
             }
         };
+        if payload.len() > self.frame_bytes_max {
+            // The peer would drop the connection on it (and encoding a frame over 4 GiB is a bug).
+            tracing::error!(
+                to,
+                bytes = payload.len(),
+                limit = self.frame_bytes_max,
+                "a peer message too large to send"
+            );
+            return false;
+        }
         let mut frame = BytesMut::with_capacity(payload.len() + 8);
         encode_frame(&payload, &mut frame);
         link.queue.try_send((tokio::time::Instant::now(), frame)).is_ok()
@@ -623,6 +637,17 @@ mod tests {
         assert!(inbox_1.try_recv().is_err());
         network_2.set_blocked(1, false);
         send_until_received(&network_1, 2, Ping::Number(101), &mut inbox_2).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_message_over_the_frame_limit_is_refused_not_sent() {
+        let (listener, addr) = bind().await;
+        let (inbound, _inbox) = mpsc::channel::<(u64, Ping)>(16);
+        let mut config = PeerConfig::new(1, [(1, addr), (2, addr)].into());
+        config.frame_bytes_max = 64;
+        let network = PeerNetwork::<Ping>::start(config, listener, inbound);
+        assert!(!network.send(2, &Ping::Hello { text: "x".repeat(100) }), "over the limit");
+        assert!(network.send(2, &Ping::Number(1)), "a small message is queued");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
