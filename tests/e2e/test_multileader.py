@@ -427,6 +427,7 @@ def test_three_datacenters_forward_through_the_topology_and_route_around_a_dead_
         wait_until(lambda: info(source).get(f"chorus_ml_dc_{target}", {}).get("routed") == 1, 30,
                    f"{source} to route around the dead {forwarder} (seed {SEED})")
         assert info(source)[f"chorus_ml_dc_{forwarder}"]["link"] == "unreachable"
+        assert info(source)["chorus_ml_unreachable"] == forwarder, "the dead datacenter is reported"
         assert on_leader(cluster, source, "SET", "around", "direct") == (True, True)
         assert on_leader(cluster, target, "INCRBY", "c", 7) == (12, True)
         live = [dc for dc in cluster.dc_names if dc != forwarder]
