@@ -144,12 +144,13 @@ def test_any_node_serves_plain_redis_commands(cluster):
     assert c1.incr("n") == 1
     assert c1.incrby("n", 10) == 11
     assert c1.decr("n") == 10
-    # Through different nodes, an answer is the coordinator's own copy plus the update, which may
-    # miss an increment acknowledged (w = 2) by the other two; none is ever lost: a quorum read
-    # (r + w > n) sees them all.
-    c2.decrby("n", 3)
-    c3.incrby("n", 100)
+    # Through different nodes too: the replica acknowledging an increment sends its counter back,
+    # and with w = 2 of 3 it holds every increment acknowledged before (the coordinator's own copy
+    # may lack them), so each answer counts them all.
+    assert c2.decrby("n", 3) == 7
+    assert c3.incrby("n", 100) == 107
     assert c1.get("n") == b"107"
+    assert c2.incr("n") == 108
     assert c1.set("i", "7") and c1.incr("i") == 8
     with pytest.raises(redis.exceptions.ResponseError, match="not an integer"):
         c3.incr("k")
