@@ -6,6 +6,7 @@ compares). The leaderless counters are checked on the admin port's Prometheus /m
 
 CHORUS_TEST_SEED=<n> replays a run's random choices."""
 
+import json
 import os
 import random
 import threading
@@ -37,6 +38,12 @@ class LeaderlessGroup(Group):
     def start(self, node_id):
         self.extra_args = [*self.common_args, "--admin-addr", f"127.0.0.1:{self.admin_ports[node_id]}"]
         super().start(node_id)
+
+    def status(self, node_id):
+        """The admin port's /status JSON."""
+        url = f"http://127.0.0.1:{self.admin_ports[node_id]}/status"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())
 
     def metrics(self, node_id):
         """The node's Prometheus metrics without labels, as {name: value}."""
@@ -237,6 +244,9 @@ def test_a_read_repairs_a_replica_that_missed_writes_and_metrics_count_it(tmp_pa
         assert group.metrics(3)["chorus_ll_read_repairs_total"] >= len(keys)
         assert int(ll_info(group, 3)["chorus_ll_read_repairs"]) >= len(keys)
         assert group.metrics(3)["chorus_ll_anti_entropy_keys_received_total"] == 0
+        status = group.status(3)
+        assert (status["mode"], status["quorum"], status["peers_down"]) == ("leaderless", {"n": 3, "w": 2, "r": 2}, [])
+        assert status["keys"] >= len(keys)
     finally:
         group.stop_all()
 
