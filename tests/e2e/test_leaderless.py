@@ -75,8 +75,11 @@ def ll_info(group, node_id):
 
 
 def all_up(group, node_id):
+    """The node serves, has heard from every peer since it started, and marks none down."""
     info = ll_info(group, node_id)
-    return info is not None and str(info.get("chorus_ll_peers_down", "")) == ""
+    if info is None:
+        return False
+    return str(info.get("chorus_ll_peers_down", "")) == "" and str(info.get("chorus_ll_peers_unheard", "")) == ""
 
 
 def quorum_client(group, node_id, *quorum):
