@@ -201,6 +201,28 @@ def test_concurrent_puts_become_siblings_and_a_put_with_the_context_collapses_th
         c1.execute_command("CHORUS.PUT", "s", "x", "not-hex")
 
 
+def test_digest_forms_and_bad_arguments(cluster):
+    c1 = cluster.client(1)
+    assert c1.set("dg", "v") is True
+    slots = c1.execute_command("CHORUS.DIGEST", "SLOTS")
+    assert [slot for slot, _ in slots] == sorted(slot for slot, _ in slots)
+    assert key_slot(b"dg") in {slot for slot, _ in slots}
+    assert all(len(digest) == 16 for _, digest in slots)
+    assert len(c1.execute_command("CHORUS.DIGEST")) == 16
+    # n = 3 on 3 nodes: node 1 shares every slot with node 2.
+    assert c1.execute_command("CHORUS.DIGEST", "slots", 2) == slots
+    for args, error in [
+        (["SLOTS", "x"], "invalid node id"),
+        (["x"], "invalid node id"),
+        (["SLOTS", 9], "not a member"),
+        (["SLOTS", 1], "shares every slot with itself"),
+        (["SLOTS", 2, 3], "syntax"),
+    ]:
+        with pytest.raises(redis.exceptions.ResponseError, match=error):
+            c1.execute_command("CHORUS.DIGEST", *args)
+    assert c1.ping()
+
+
 def test_per_connection_quorum_and_forwarding_to_a_home_replica(cluster, rng):
     # n=1: each key has one home replica, so most writes arrive at a node that must forward them.
     clients = {i: quorum_client(cluster, i, 1, 1, 1) for i in cluster.ids}
