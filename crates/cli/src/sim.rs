@@ -3,23 +3,28 @@
 use anyhow::bail;
 use chorus_core::raft::Durability;
 use chorus_sim::leaderless::LeaderlessOptions;
-use chorus_sim::{Faults, SimOptions, leaderless, run_seed, run_seeds};
+use chorus_sim::multileader::{MlSimOptions, TopologyKind};
+use chorus_sim::{Faults, SimOptions, leaderless, multileader, run_seed, run_seeds};
 
-/// What `--mode` simulates: a Raft group of that durability, or a leaderless cluster.
+/// What `--mode` simulates: a Raft group of that durability, a leaderless cluster, or multi-leader
+/// datacenters.
 #[derive(Debug, Clone, Copy)]
 pub enum SimMode {
     Raft(Durability),
     Leaderless,
+    MultiLeader,
 }
 
 impl std::str::FromStr for SimMode {
     type Err = String;
 
     fn from_str(text: &str) -> Result<SimMode, String> {
-        if text == "leaderless" {
-            return Ok(SimMode::Leaderless);
+        match text {
+            "leaderless" => return Ok(SimMode::Leaderless),
+            "multi-leader" => return Ok(SimMode::MultiLeader),
+            _ => {}
         }
-        text.parse::<Durability>().map(SimMode::Raft).map_err(|error| format!("{error} (or leaderless)"))
+        text.parse::<Durability>().map(SimMode::Raft).map_err(|error| format!("{error} (or leaderless, multi-leader)"))
     }
 }
 
@@ -38,9 +43,12 @@ pub struct SimArgs {
     #[arg(long, requires = "seed")]
     trace: bool,
     /// Durability of the simulated group: async | semi-sync:K | quorum | all; or leaderless (a
-    /// Dynamo-style cluster of leaderless coordinators).
+    /// Dynamo-style cluster of leaderless coordinators); or multi-leader (three datacenters).
     #[arg(long, default_value = "quorum")]
     mode: SimMode,
+    /// Multi-leader only: all-to-all | star | ring (default: drawn from each seed).
+    #[arg(long)]
+    topology: Option<TopologyKind>,
     /// Faults to inject: all | none | a list of network,partition,crash,disk,clock,transfer,membership,replay.
     #[arg(long, default_value = "all")]
     faults: Faults,
@@ -64,6 +72,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     let durability = match args.mode {
         SimMode::Raft(durability) => durability,
         SimMode::Leaderless => return run_leaderless(&args),
+        SimMode::MultiLeader => return run_multileader(&args),
     };
     let mut options = SimOptions {
         durability,
@@ -136,6 +145,37 @@ fn run_leaderless(args: &SimArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let sweep = leaderless::run_seeds(args.from, args.seeds, &options);
+    println!("{sweep}");
+    if !sweep.failed.is_empty() {
+        for report in &sweep.failed {
+            eprintln!("{report}");
+        }
+        bail!("{} of {} seeds failed", sweep.failed.len(), sweep.seeds);
+    }
+    Ok(())
+}
+
+fn run_multileader(args: &SimArgs) -> anyhow::Result<()> {
+    let mut options = MlSimOptions { faults: args.faults, topology: args.topology, ..MlSimOptions::default() };
+    if let Some(nodes) = args.nodes {
+        options.dcs = nodes;
+    }
+    if let Some(safety_ms) = args.safety_ms {
+        options.safety_ms = safety_ms;
+    }
+    if let Some(seed) = args.seed {
+        options.trace = args.trace;
+        let report = multileader::run_seed(seed, &options);
+        for line in report.trace.iter().flatten() {
+            println!("{line}");
+        }
+        println!("{report}");
+        if !report.passed() {
+            bail!("seed {seed} failed");
+        }
+        return Ok(());
+    }
+    let sweep = multileader::run_seeds(args.from, args.seeds, &options);
     println!("{sweep}");
     if !sweep.failed.is_empty() {
         for report in &sweep.failed {

@@ -21,6 +21,7 @@ pub mod command;
 pub mod kv;
 pub mod leaderless;
 pub mod log;
+pub mod multileader;
 pub mod raft;
 pub mod replica;
 pub mod slot;

@@ -29,6 +29,7 @@ pub mod checker;
 pub mod cluster;
 pub mod history;
 pub mod leaderless;
+pub mod multileader;
 pub mod options;
 
 use std::fmt;
