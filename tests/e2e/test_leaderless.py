@@ -6,6 +6,7 @@ compares). The leaderless counters are checked on the admin port's Prometheus /m
 
 CHORUS_TEST_SEED=<n> replays a run's random choices."""
 
+import json
 import os
 import random
 import threading
@@ -38,6 +39,12 @@ class LeaderlessGroup(Group):
         self.extra_args = [*self.common_args, "--admin-addr", f"127.0.0.1:{self.admin_ports[node_id]}"]
         super().start(node_id)
 
+    def status(self, node_id):
+        """The admin port's /status JSON."""
+        url = f"http://127.0.0.1:{self.admin_ports[node_id]}/status"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())
+
     def metrics(self, node_id):
         """The node's Prometheus metrics without labels, as {name: value}."""
         url = f"http://127.0.0.1:{self.admin_ports[node_id]}/metrics"
@@ -68,8 +75,11 @@ def ll_info(group, node_id):
 
 
 def all_up(group, node_id):
+    """The node serves, has heard from every peer since it started, and marks none down."""
     info = ll_info(group, node_id)
-    return info is not None and str(info.get("chorus_ll_peers_down", "")) == ""
+    if info is None:
+        return False
+    return str(info.get("chorus_ll_peers_down", "")) == "" and str(info.get("chorus_ll_peers_unheard", "")) == ""
 
 
 def quorum_client(group, node_id, *quorum):
@@ -144,12 +154,13 @@ def test_any_node_serves_plain_redis_commands(cluster):
     assert c1.incr("n") == 1
     assert c1.incrby("n", 10) == 11
     assert c1.decr("n") == 10
-    # Through different nodes, an answer is the coordinator's own copy plus the update, which may
-    # miss an increment acknowledged (w = 2) by the other two; none is ever lost: a quorum read
-    # (r + w > n) sees them all.
-    c2.decrby("n", 3)
-    c3.incrby("n", 100)
+    # Through different nodes too: the replica acknowledging an increment sends its counter back,
+    # and with w = 2 of 3 it holds every increment acknowledged before (the coordinator's own copy
+    # may lack them), so each answer counts them all.
+    assert c2.decrby("n", 3) == 7
+    assert c3.incrby("n", 100) == 107
     assert c1.get("n") == b"107"
+    assert c2.incr("n") == 108
     assert c1.set("i", "7") and c1.incr("i") == 8
     with pytest.raises(redis.exceptions.ResponseError, match="not an integer"):
         c3.incr("k")
@@ -188,6 +199,28 @@ def test_concurrent_puts_become_siblings_and_a_put_with_the_context_collapses_th
     assert values == [b"merged"]
     with pytest.raises(redis.exceptions.ResponseError, match="invalid context"):
         c1.execute_command("CHORUS.PUT", "s", "x", "not-hex")
+
+
+def test_digest_forms_and_bad_arguments(cluster):
+    c1 = cluster.client(1)
+    assert c1.set("dg", "v") is True
+    slots = c1.execute_command("CHORUS.DIGEST", "SLOTS")
+    assert [slot for slot, _ in slots] == sorted(slot for slot, _ in slots)
+    assert key_slot(b"dg") in {slot for slot, _ in slots}
+    assert all(len(digest) == 16 for _, digest in slots)
+    assert len(c1.execute_command("CHORUS.DIGEST")) == 16
+    # n = 3 on 3 nodes: node 1 shares every slot with node 2.
+    assert c1.execute_command("CHORUS.DIGEST", "slots", 2) == slots
+    for args, error in [
+        (["SLOTS", "x"], "invalid node id"),
+        (["x"], "invalid node id"),
+        (["SLOTS", 9], "not a member"),
+        (["SLOTS", 1], "shares every slot with itself"),
+        (["SLOTS", 2, 3], "syntax"),
+    ]:
+        with pytest.raises(redis.exceptions.ResponseError, match=error):
+            c1.execute_command("CHORUS.DIGEST", *args)
+    assert c1.ping()
 
 
 def test_per_connection_quorum_and_forwarding_to_a_home_replica(cluster, rng):
@@ -236,6 +269,9 @@ def test_a_read_repairs_a_replica_that_missed_writes_and_metrics_count_it(tmp_pa
         assert group.metrics(3)["chorus_ll_read_repairs_total"] >= len(keys)
         assert int(ll_info(group, 3)["chorus_ll_read_repairs"]) >= len(keys)
         assert group.metrics(3)["chorus_ll_anti_entropy_keys_received_total"] == 0
+        status = group.status(3)
+        assert (status["mode"], status["quorum"], status["peers_down"]) == ("leaderless", {"n": 3, "w": 2, "r": 2}, [])
+        assert status["keys"] >= len(keys)
     finally:
         group.stop_all()
 

@@ -80,6 +80,22 @@ fn record_leaderless(status: &crate::leaderless::Status) {
 
 async fn status_page(State(state): State<AdminState>) -> axum::Json<serde_json::Value> {
     let context = &state.context;
+    if let Some(node) = &context.leaderless {
+        let ll = node.status();
+        return axum::Json(serde_json::json!({
+            "node_id": context.config.id,
+            "mode": "leaderless",
+            "quorum": { "n": ll.quorum.n, "w": ll.quorum.w, "r": ll.quorum.r },
+            "keys": ll.keys,
+            "keys_with_siblings": ll.keys_with_siblings,
+            "hints": ll.hints,
+            "peers_down": ll.peers_down.iter().map(|peer| peer.0).collect::<Vec<u64>>(),
+            "in_flight": ll.in_flight,
+            "client_addr": context.config.client_addr.to_string(),
+            "fsync": context.config.fsync.to_string(),
+            "uptime_seconds": context.started.elapsed().as_secs(),
+        }));
+    }
     let status = context.core.inspect(|inner| inner.replica.status());
     let mode =
         if context.config.initial_cluster.is_some() { context.config.mode.to_string() } else { "standalone".into() };

@@ -106,6 +106,7 @@ fn render_section(context: &NodeContext, section: &str, out: &mut String) {
             let ll = node.status();
             let (c, n) = (ll.coordinator, ll.node);
             let down: Vec<String> = ll.peers_down.iter().map(ToString::to_string).collect();
+            let unheard: Vec<String> = ll.peers_unheard.iter().map(ToString::to_string).collect();
             write!(
                 out,
                 "# Leaderless\r\nchorus_ll_n:{}\r\nchorus_ll_w:{}\r\nchorus_ll_r:{}\r\nchorus_ll_keys:{}\r\n\
@@ -114,7 +115,8 @@ fn render_section(context: &NodeContext, section: &str, out: &mut String) {
                  chorus_ll_read_repairs:{}\r\nchorus_ll_anti_entropy_rounds:{}\r\nchorus_ll_anti_entropy_keys_received:{}\r\n\
                  chorus_ll_anti_entropy_keys_sent:{}\r\nchorus_ll_tombstones_purged:{}\r\nchorus_ll_forwarded:{}\r\n\
                  chorus_ll_forwards_received:{}\r\nchorus_ll_forward_timeouts:{}\r\nchorus_ll_peers_down:{}\r\n\
-                 chorus_ll_peer_down_events:{}\r\nchorus_ll_in_flight:{}\r\nchorus_ll_store_records:{}\r\n",
+                 chorus_ll_peer_down_events:{}\r\nchorus_ll_in_flight:{}\r\nchorus_ll_store_records:{}\r\n\
+                 chorus_ll_peers_unheard:{}\r\n",
                 ll.quorum.n,
                 ll.quorum.w,
                 ll.quorum.r,
@@ -137,6 +139,7 @@ fn render_section(context: &NodeContext, section: &str, out: &mut String) {
                 n.peers_down,
                 ll.in_flight,
                 n.store_records,
+                unheard.join(","),
             )
         }
         "multileader" => {

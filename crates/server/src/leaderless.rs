@@ -22,7 +22,7 @@
 //! A simple failure detector: every node sends `Hello` to every peer each `failure_timeout_ms / 5`;
 //! a peer not heard from (any message counts) for `failure_timeout_ms` is marked down.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -464,6 +464,9 @@ struct Inner {
     deletes: HashMap<u64, DelAggregate>,
     next_id: u64,
     last_heard: BTreeMap<NodeId, Instant>,
+    /// Peers not heard from since this process started (the failure detector gives them
+    /// `failure_timeout_ms` before marking them down, so "not down" alone does not mean reached).
+    unheard: BTreeSet<NodeId>,
     down: BTreeMap<NodeId, bool>,
     stats: NodeStats,
     outputs: Vec<Output>,
@@ -491,6 +494,8 @@ pub struct Status {
     pub keys_with_siblings: u64,
     pub siblings_max: usize,
     pub peers_down: Vec<NodeId>,
+    /// Peers not heard from since this node started.
+    pub peers_unheard: Vec<NodeId>,
     pub quorum: Quorum,
     pub in_flight: usize,
 }
@@ -539,6 +544,7 @@ impl LeaderlessNode {
             // earlier process could have used (the time, packed like the coordinator's op ids).
             next_id: now.0 << 16,
             last_heard: peers.iter().map(|&peer| (peer, started)).collect(),
+            unheard: peers.iter().copied().collect(),
             down: peers.iter().map(|&peer| (peer, false)).collect(),
             stats: NodeStats::default(),
             outputs: Vec::new(),
@@ -752,6 +758,7 @@ impl LeaderlessNode {
             keys_with_siblings,
             siblings_max,
             peers_down: inner.down.iter().filter(|(_, down)| **down).map(|(&peer, _)| peer).collect(),
+            peers_unheard: inner.unheard.iter().copied().collect(),
             quorum: self.default_quorum(),
             in_flight: inner.pending.len() + inner.forwards.len(),
         }
@@ -868,6 +875,7 @@ impl Inner {
     fn heard(&mut self, from: NodeId) {
         if let Some(at) = self.last_heard.get_mut(&from) {
             *at = Instant::now();
+            self.unheard.remove(&from);
         }
     }
 

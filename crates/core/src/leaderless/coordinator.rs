@@ -36,6 +36,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::clock::{Hlc, HlcTimestamp};
+use super::counter::Counter;
 use super::merkle::{MerkleTree, SlotDigests};
 use super::placement::{Quorum, Target, preference_list, targets};
 use super::version::{Dot, IncrementError, Payload, TooManySiblings, VersionVector, VersionedValue};
@@ -160,8 +161,11 @@ pub enum Message {
         value: VersionedValue,
         hint_for: Option<NodeId>,
     },
+    /// `counter`: for a container with a counter, the replica's counter after the merge (the
+    /// coordinator of an increment joins them into its answer).
     PutAck {
         op: u64,
+        counter: Option<Counter>,
     },
     /// Send your copy of `key` (from your hints for `hint_for`, if set).
     Get {
@@ -320,8 +324,9 @@ pub enum Effect {
 struct PendingWrite {
     request: RequestId,
     dot: Dot,
-    /// For an increment, the value to answer with.
-    incremented: Option<i64>,
+    /// For an increment, the value the coordinator computed, and its counter joined with the
+    /// counters the acks carried (same base only): what the answer is computed from.
+    incremented: Option<(i64, Counter)>,
     /// The nodes the write was sent to: only their acks count.
     targets: Vec<NodeId>,
     context: VersionVector,
@@ -478,8 +483,14 @@ impl Coordinator {
     }
 
     /// A client INCRBY (`delta` negative for DECRBY): an update of the key's counter on this home
-    /// replica's copy, replicated like a write. Answered with `Incremented` (the value this replica
-    /// computed; concurrent increments elsewhere are joined by replicas, never lost) after `w` acks.
+    /// replica's copy, replicated like a write. Answered with `Incremented` after `w` acks.
+    ///
+    /// The answer is this copy's counter joined with the counter each acknowledging replica holds
+    /// after merging the update (acks carry it). With `w + w' > n`, the acknowledging replicas meet
+    /// the write quorum of every earlier acknowledged increment (of quorum `w'`), so the answer counts
+    /// every increment acknowledged before this one began, whichever node coordinated it (as long as
+    /// no SET or DEL of the key raced with them: a counter on another base is not joined). With
+    /// `w = 1` it is this copy's alone. Increments are never lost either way: replicas join them.
     pub fn increment(
         &mut self,
         now: UnixMillis,
@@ -492,7 +503,8 @@ impl Coordinator {
         let siblings_max = self.config.siblings_max;
         self.coordinate_write(now, request, key, quorum, store, |container, me, hlc| {
             let (dot, value) = container.increment(me, delta, hlc, siblings_max)?;
-            Ok((dot, Some(value)))
+            let counter = container.counter().map(|(_, counter)| counter).unwrap_or_default();
+            Ok((dot, Some((value, counter))))
         });
     }
 
@@ -505,7 +517,11 @@ impl Coordinator {
         key: Bytes,
         quorum: Option<Quorum>,
         store: &mut impl Store,
-        update: impl FnOnce(&mut VersionedValue, NodeId, HlcTimestamp) -> Result<(Dot, Option<i64>), RequestError>,
+        update: impl FnOnce(
+            &mut VersionedValue,
+            NodeId,
+            HlcTimestamp,
+        ) -> Result<(Dot, Option<(i64, Counter)>), RequestError>,
     ) {
         let quorum = match self.request_quorum(quorum) {
             Ok(quorum) => quorum,
@@ -609,13 +625,24 @@ impl Coordinator {
             Message::Put { op, key, value, hint_for } => {
                 self.observe(now, &value);
                 if self.merge_into(&key, &value, hint_for, store) {
-                    self.effects.push(Effect::Send { to: from, message: Message::PutAck { op } });
+                    let counter = match value.counter() {
+                        Some(_) => self.local_copy(&key, hint_for, store).and_then(|held| held.counter()),
+                        None => None,
+                    };
+                    let counter = counter.map(|(_, counter)| counter);
+                    self.effects.push(Effect::Send { to: from, message: Message::PutAck { op, counter } });
                 }
             }
-            Message::PutAck { op } => {
+            Message::PutAck { op, counter } => {
                 if let Some(pending) = self.writes.get_mut(&op)
                     && pending.targets.contains(&from)
                 {
+                    if let (Some((_, ours)), Some(theirs)) = (&mut pending.incremented, &counter)
+                        && ours.base() == theirs.base()
+                        && !pending.acked.contains(&from)
+                    {
+                        ours.merge(theirs);
+                    }
                     pending.acked.insert(from);
                     if pending.acked.len() >= pending.w
                         && let Some(pending) = self.writes.remove(&op)
@@ -1057,8 +1084,11 @@ impl Coordinator {
 
     fn reply_written(&mut self, pending: &PendingWrite) {
         let (dot, context) = (pending.dot, pending.context.clone());
-        let reply = match pending.incremented {
-            Some(value) => ClientReply::Incremented { value, dot, context },
+        let reply = match &pending.incremented {
+            // Concurrent updates can push the joined value out of range; this copy's is in range.
+            Some((value, counter)) => {
+                ClientReply::Incremented { value: counter.value_i64().unwrap_or(*value), dot, context }
+            }
             None => ClientReply::Written { dot, context },
         };
         self.effects.push(Effect::Reply { request: pending.request, reply });

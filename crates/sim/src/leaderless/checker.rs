@@ -13,6 +13,10 @@
 //!    acknowledged, with no topology change from the write's invoke to the read's answer, in an
 //!    epoch with every node up, connected and believed up, has the write's dot in its context.
 //! 5. Reads return only values some client wrote to that key.
+//! 6. **Increment answers**: an increment answers at least its own delta plus every increment
+//!    acknowledged before it was invoked whose write quorum meets its own (`w + w' > n`, the same
+//!    `n`), under the same conditions as 4 (the acknowledging replicas send their counters back;
+//!    counter keys only ever get positive increments here, so the bound is a sum).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -148,6 +152,40 @@ fn check_counter(cluster: &LeaderlessCluster, key: &str, ops: &[&OpRecord], find
         ));
     }
     check_overlapping_reads(cluster, key, ops, &VersionVector::new(), findings);
+    check_increment_answers(cluster, key, ops, findings);
+}
+
+fn check_increment_answers(cluster: &LeaderlessCluster, key: &str, ops: &[&OpRecord], findings: &mut Findings) {
+    let acked: Vec<(&OpRecord, i64)> = ops
+        .iter()
+        .filter_map(|op| match (&op.kind, &op.outcome) {
+            (OpKind::Increment { delta }, Outcome::Incremented { .. }) => Some((*op, *delta)),
+            _ => None,
+        })
+        .collect();
+    for (increment, delta) in &acked {
+        let Outcome::Incremented { value, .. } = increment.outcome else { continue };
+        let epoch = increment.invoked_epoch;
+        if increment.completed_epoch != epoch || !cluster.clean_epochs.contains(&epoch) {
+            continue;
+        }
+        let mut floor = i128::from(*delta);
+        for (earlier, earlier_delta) in &acked {
+            let same_epoch = earlier.invoked_epoch == epoch && earlier.completed_epoch == epoch;
+            let before = earlier.completed_ms.is_some_and(|at| at < increment.invoked_ms);
+            let overlapping = earlier.quorum.n == increment.quorum.n
+                && usize::from(earlier.quorum.w) + usize::from(increment.quorum.w) > usize::from(increment.quorum.n);
+            if same_epoch && before && overlapping {
+                floor += i128::from(*earlier_delta);
+            }
+        }
+        if i128::from(value) < floor {
+            findings.failures.push(format!(
+                "{key}: increment by client {} (invoked at {}, via {}, {:?}) answered {value}, below the {floor} of itself and the increments acknowledged before it",
+                increment.client, increment.invoked_ms, increment.node, increment.quorum
+            ));
+        }
+    }
 }
 
 fn check_overlapping_reads(

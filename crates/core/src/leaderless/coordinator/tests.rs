@@ -92,14 +92,14 @@ fn a_write_goes_to_all_n_and_is_acknowledged_after_w() {
         ],
         "no reply before a second replica acknowledges"
     );
-    node.handle_message(at(1), home2, Message::PutAck { op }, &mut store);
+    node.handle_message(at(1), home2, Message::PutAck { op, counter: None }, &mut store);
     let dot = stored.siblings()[0].dot;
     assert_eq!(
         take(&mut node),
         [Effect::Reply { request: request(1), reply: ClientReply::Written { dot, context: stored.context().clone() } }]
     );
     // A late ack changes nothing.
-    node.handle_message(at(2), home1, Message::PutAck { op }, &mut store);
+    node.handle_message(at(2), home1, Message::PutAck { op, counter: None }, &mut store);
     assert!(take(&mut node).is_empty());
 }
 
@@ -227,7 +227,10 @@ fn a_replica_merges_a_put_and_acks_and_answers_gets_from_its_store() {
     container.write(ranks()[0], &VersionVector::new(), value("v"), hlc, 100).unwrap();
     let put = Message::Put { op: 7, key: key(), value: container.clone(), hint_for: None };
     replica.handle_message(at(0), ranks()[0], put.clone(), &mut store);
-    assert_eq!(take(&mut replica), [Effect::Send { to: ranks()[0], message: Message::PutAck { op: 7 } }]);
+    assert_eq!(
+        take(&mut replica),
+        [Effect::Send { to: ranks()[0], message: Message::PutAck { op: 7, counter: None } }]
+    );
     // A duplicate is harmless: same state, acked again.
     replica.handle_message(at(0), ranks()[0], put, &mut store);
     assert_eq!(take(&mut replica).len(), 1);
@@ -1031,18 +1034,50 @@ fn concurrent_increments_through_two_home_replicas_are_both_counted() {
     let first = cluster.increment(ranks[0], 5);
     cluster.deliver_all();
     assert!(matches!(cluster.reply(first), ClientReply::Incremented { value: 5, .. }));
-    // Two increments start before either has reached the other's coordinator.
+    // Two increments start before either has reached the other's coordinator. Each answer joins
+    // the counters of the replicas that acknowledged it, which had the other one by then: both
+    // answer 16 (concurrent increments may or may not be in each other's answers; both are in the
+    // counter).
     let a = cluster.increment(ranks[0], 1);
     let b = cluster.increment(ranks[1], 10);
     cluster.deliver_all();
-    assert!(matches!(cluster.reply(a), ClientReply::Incremented { value: 6, .. }));
-    assert!(matches!(cluster.reply(b), ClientReply::Incremented { value: 15, .. }));
+    assert!(matches!(cluster.reply(a), ClientReply::Incremented { value: 16, .. }));
+    assert!(matches!(cluster.reply(b), ClientReply::Incremented { value: 16, .. }));
     let read = cluster.get(ranks[2], None);
     cluster.deliver_all();
     assert_eq!(cluster.read(read).1, Some(Bytes::from_static(b"16")));
     let next = cluster.increment(ranks[2], 1);
     cluster.deliver_all();
     assert!(matches!(cluster.reply(next), ClientReply::Incremented { value: 17, .. }));
+}
+
+/// The gap the acks close: an increment coordinated by a home replica that missed earlier
+/// increments (acknowledged by the other two) still answers with them, because the replica that
+/// acknowledges it sends back its counter, and with w = 2 of n = 3 that replica holds every earlier
+/// acknowledged increment. With w = 1 nothing is joined, and the answer is the coordinator's copy.
+#[test]
+fn an_increment_answers_every_increment_acknowledged_before_it_through_other_nodes() {
+    let ranks = ranks();
+    let behind = ranks[2];
+    for (quorum, expected) in [(None, 111), (Some(Quorum::new(3, 1, 2).unwrap()), 101)] {
+        let mut cluster = Cluster::new(|_| {});
+        for (via, delta) in [(ranks[0], 5), (ranks[1], 5)] {
+            let earlier = cluster.increment(via, delta);
+            // Node `behind` misses both earlier increments; the other two have them.
+            cluster.deliver(|_, to, message| to == behind && matches!(message, Message::Put { .. }));
+            assert!(matches!(cluster.reply(earlier), ClientReply::Incremented { .. }), "acknowledged with w = 2");
+        }
+        let request = cluster.next_request();
+        let now = cluster.now;
+        let (node, store) = cluster.nodes.get_mut(&behind).unwrap();
+        node.increment(now, request, key(), 101, quorum, store);
+        cluster.collect(behind);
+        cluster.deliver_all();
+        let ClientReply::Incremented { value, .. } = cluster.reply(request) else {
+            panic!("{:?}", cluster.reply(request))
+        };
+        assert_eq!(value, expected, "{quorum:?}");
+    }
 }
 
 #[test]
@@ -1179,9 +1214,9 @@ fn acks_from_nodes_the_write_was_not_sent_to_do_not_count() {
     node.put(at(0), request(1), put(value("v"), &VersionVector::new(), None), &mut store);
     take(&mut node);
     let op = T0.0 << 16;
-    node.handle_message(at(1), ranks()[4], Message::PutAck { op }, &mut store);
+    node.handle_message(at(1), ranks()[4], Message::PutAck { op, counter: None }, &mut store);
     assert!(take(&mut node).is_empty());
-    node.handle_message(at(1), ranks()[1], Message::PutAck { op }, &mut store);
+    node.handle_message(at(1), ranks()[1], Message::PutAck { op, counter: None }, &mut store);
     assert_eq!(replies(&take(&mut node)).len(), 1);
 }
 
