@@ -448,15 +448,21 @@ impl Raft {
                 Message::PreVote(_) => {}
                 Message::PreVoteResponse(response) if response.granted => {}
                 // Dissertation §4.2.3: while a leader is heard from, a vote request does not disrupt
-                // it, unless the leader itself asked for the election. A transfer target has the
-                // leader's whole log (no entry is appended while a transfer runs), so one whose log
-                // is behind this node's was told to campaign long ago: a `TimeoutNow` delayed past
-                // the transfer's end, possibly to a node removed since (it never gets its removal).
+                // it, unless the leader itself asked for the election.
+                Message::RequestVote(request) if !request.leadership_transfer && self.in_leader_lease(now) => {
+                    return;
+                }
+                // A transfer target has the leader's whole log (no entry is appended while a
+                // transfer runs), so one whose log is behind this node's was told to campaign long
+                // ago: a `TimeoutNow` delayed past the transfer's end, possibly to a node removed
+                // since (it never gets its removal). It skipped pre-vote, and this node could not
+                // grant it anyway: its term is not taken, leader heard from or not (seed 12680 with
+                // a leader; seed 1006098 without: a member that took the term would depose a leader
+                // it had merely lost contact with, by answering its next append).
                 Message::RequestVote(request)
-                    if self.in_leader_lease(now)
-                        && (!request.leadership_transfer
-                            || (request.last_log_term, request.last_log_index)
-                                < (self.log.last_term(), self.log.last_index())) =>
+                    if request.leadership_transfer
+                        && (request.last_log_term, request.last_log_index)
+                            < (self.log.last_term(), self.log.last_index()) =>
                 {
                     return;
                 }
