@@ -1889,7 +1889,11 @@ impl Cluster {
     // ---------------------------------------------------------------- the end
 
     /// Clients are idle, and every member of the group (in the one leader's configuration) has
-    /// applied the whole log of the leader. Nodes outside the group are not waited for.
+    /// applied the whole log of the leader: the same terms at every index, not only as many entries
+    /// (under `async` / `semi-sync` a member may have applied as many entries of a log a failover
+    /// lost, which the leader has not yet found: seed 1011391, async, stopped waiting and failed the
+    /// final checks while the leader was still streaming it a snapshot). Nodes outside the group are
+    /// not waited for.
     fn converged(&self) -> bool {
         if self.clients.iter().any(|client| client.op.is_some()) {
             return false;
@@ -1906,10 +1910,12 @@ impl Cluster {
             return false;
         }
         let config = leader.membership();
-        self.nodes
-            .iter()
-            .filter(|node| config.is_member(node.id))
-            .all(|node| node.raft.is_some() && !node.diverged && node.state.applied_index() == leader.commit_index())
+        self.nodes.iter().filter(|node| config.is_member(node.id)).all(|node| {
+            node.raft.is_some()
+                && !node.diverged
+                && node.state.applied_index() == leader.commit_index()
+                && node.applied_terms == leader_node.applied_terms
+        })
     }
 
     /// The node that leads in the highest term, if any.

@@ -352,6 +352,10 @@ const REGRESSIONS: &[(u64, &str, &str, bool, bool)] = &[
     // leader lease and the fix above did not apply: node 3, whose log was ahead of node 1's, took its
     // term. See `a_stale_transfer_request_is_ignored_without_a_leader_too`.
     (1006098, "quorum", "all", true, false),
+    // Simulator: quiescence took a member for converged once it had applied as many entries as the
+    // leader, though it had applied a log a failover lost (async) and the leader was still streaming
+    // it a snapshot; the final checks then failed. `converged` now compares the terms applied.
+    (1011391, "async", "all", true, false),
 ];
 
 #[test]
