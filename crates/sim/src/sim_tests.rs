@@ -352,6 +352,11 @@ const REGRESSIONS: &[(u64, &str, &str, bool, bool)] = &[
     // leader lease and the fix above did not apply: node 3, whose log was ahead of node 1's, took its
     // term. See `a_stale_transfer_request_is_ignored_without_a_leader_too`.
     (1006098, "quorum", "all", true, false),
+    // Engine: a pre-vote grant node 3 gave node 1 was held 500 ms and reached node 1 in a later
+    // round of the same pre-vote term, after node 1's removal had committed; counted, it started an
+    // election and the former leader, out of its lease, took the removed node's term. See
+    // `a_pre_vote_grant_to_an_earlier_round_is_not_counted`.
+    (1058948, "quorum", "all", true, false),
     // Simulator: quiescence took a member for converged once it had applied as many entries as the
     // leader, though it had applied a log a failover lost (async) and the leader was still streaming
     // it a snapshot; the final checks then failed. `converged` now compares the terms applied.

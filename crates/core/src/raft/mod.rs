@@ -380,6 +380,10 @@ pub struct Raft {
     last_leader_contact: Option<UnixMillis>,
     /// Pre-vote or vote answers of the current round.
     votes: BTreeMap<NodeId, bool>,
+    /// The current (or last) pre-vote round: the local time it started, or one past the previous
+    /// round if the clock went back, so rounds of this life increase, and those of a restarted node
+    /// follow its earlier life's unless its clock went back across the restart.
+    pre_vote_round: u64,
     follower: FollowerState,
     /// Set after discarding committed entries: appends are refused until a snapshot is installed.
     awaiting_snapshot: bool,
@@ -415,6 +419,7 @@ impl Raft {
             election_deadline: None,
             last_leader_contact: None,
             votes: BTreeMap::new(),
+            pre_vote_round: 0,
             follower: FollowerState::default(),
             awaiting_snapshot: false,
             lead: None,
@@ -850,8 +855,12 @@ impl Raft {
                     hint_term: self.log.last_term(),
                 },
             }),
-            Message::PreVote(_) => Message::PreVoteResponse(VoteResponse { term, granted: false }),
-            Message::RequestVote(_) => Message::RequestVoteResponse(VoteResponse { term, granted: false }),
+            Message::PreVote(request) => {
+                Message::PreVoteResponse(VoteResponse { term, granted: false, round: request.round })
+            }
+            Message::RequestVote(request) => {
+                Message::RequestVoteResponse(VoteResponse { term, granted: false, round: request.round })
+            }
             Message::PreVoteResponse(_)
             | Message::RequestVoteResponse(_)
             | Message::AppendEntriesResponse(_)
