@@ -59,6 +59,7 @@ impl Raft {
         self.role = Role::PreCandidate;
         self.leader = None;
         self.votes = BTreeMap::from([(self.config.node_id, true)]);
+        self.pre_vote_round = (self.pre_vote_round + 1).max(now.0);
         self.reset_election_deadline(now);
         self.report_role();
         let request = VoteRequest {
@@ -66,6 +67,7 @@ impl Raft {
             last_log_index: self.log.last_index(),
             last_log_term: self.log.last_term(),
             leadership_transfer: false,
+            round: self.pre_vote_round,
         };
         self.send_to_voters(&Message::PreVote(request));
         self.tally_votes(now);
@@ -85,6 +87,7 @@ impl Raft {
             last_log_index: self.log.last_index(),
             last_log_term: self.log.last_term(),
             leadership_transfer,
+            round: 0,
         };
         self.send_to_voters(&Message::RequestVote(request));
         self.tally_votes(now);
@@ -134,7 +137,7 @@ impl Raft {
         };
         let message = if pre_vote {
             let term = if granted { request.term } else { self.term };
-            Message::PreVoteResponse(VoteResponse { term, granted })
+            Message::PreVoteResponse(VoteResponse { term, granted, round: request.round })
         } else {
             if granted {
                 if self.voted_for != Some(from) {
@@ -142,7 +145,7 @@ impl Raft {
                 }
                 self.reset_election_deadline(now);
             }
-            Message::RequestVoteResponse(VoteResponse { term: self.term, granted })
+            Message::RequestVoteResponse(VoteResponse { term: self.term, granted, round: request.round })
         };
         self.effects.push(Effect::Send { to: from, message });
     }
@@ -153,6 +156,12 @@ impl Raft {
         }
         if response.granted && response.term != Term(self.term.0 + 1) {
             return; // An answer to a pre-vote from an earlier term.
+        }
+        if response.round != self.pre_vote_round {
+            // An answer to an earlier round of this term, delayed: it says what the voter thought
+            // then (seed 1058948: a grant 500 ms old, from a voter that had since learned of this
+            // node's removal, made the removed node start an election and members take its term).
+            return;
         }
         self.votes.insert(from, response.granted);
         self.tally_votes(now);

@@ -48,6 +48,8 @@ pub struct VoteRequest {
     pub last_log_term: Term,
     /// Sent on the leader's request (`TimeoutNow`): voters skip the "I still hear from a leader" check.
     pub leadership_transfer: bool,
+    /// Pre-vote: the pre-candidate's round, echoed in the answer (0 in a vote request).
+    pub round: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +57,9 @@ pub struct VoteResponse {
     /// The voter's term; for a granted pre-vote, the term that was asked about.
     pub term: Term,
     pub granted: bool,
+    /// The round of the request answered (pre-vote; 0 for a vote): a pre-candidate counts only
+    /// answers to its current round.
+    pub round: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -380,6 +380,10 @@ pub struct Raft {
     last_leader_contact: Option<UnixMillis>,
     /// Pre-vote or vote answers of the current round.
     votes: BTreeMap<NodeId, bool>,
+    /// The current (or last) pre-vote round: the local time it started, or one past the previous
+    /// round if the clock went back, so rounds of this life increase, and those of a restarted node
+    /// follow its earlier life's unless its clock went back across the restart.
+    pre_vote_round: u64,
     follower: FollowerState,
     /// Set after discarding committed entries: appends are refused until a snapshot is installed.
     awaiting_snapshot: bool,
@@ -415,6 +419,7 @@ impl Raft {
             election_deadline: None,
             last_leader_contact: None,
             votes: BTreeMap::new(),
+            pre_vote_round: 0,
             follower: FollowerState::default(),
             awaiting_snapshot: false,
             lead: None,
@@ -448,15 +453,21 @@ impl Raft {
                 Message::PreVote(_) => {}
                 Message::PreVoteResponse(response) if response.granted => {}
                 // Dissertation §4.2.3: while a leader is heard from, a vote request does not disrupt
-                // it, unless the leader itself asked for the election. A transfer target has the
-                // leader's whole log (no entry is appended while a transfer runs), so one whose log
-                // is behind this node's was told to campaign long ago: a `TimeoutNow` delayed past
-                // the transfer's end, possibly to a node removed since (it never gets its removal).
+                // it, unless the leader itself asked for the election.
+                Message::RequestVote(request) if !request.leadership_transfer && self.in_leader_lease(now) => {
+                    return;
+                }
+                // A transfer target has the leader's whole log (no entry is appended while a
+                // transfer runs), so one whose log is behind this node's was told to campaign long
+                // ago: a `TimeoutNow` delayed past the transfer's end, possibly to a node removed
+                // since (it never gets its removal). It skipped pre-vote, and this node could not
+                // grant it anyway: its term is not taken, leader heard from or not (seed 12680 with
+                // a leader; seed 1006098 without: a member that took the term would depose a leader
+                // it had merely lost contact with, by answering its next append).
                 Message::RequestVote(request)
-                    if self.in_leader_lease(now)
-                        && (!request.leadership_transfer
-                            || (request.last_log_term, request.last_log_index)
-                                < (self.log.last_term(), self.log.last_index())) =>
+                    if request.leadership_transfer
+                        && (request.last_log_term, request.last_log_index)
+                            < (self.log.last_term(), self.log.last_index()) =>
                 {
                     return;
                 }
@@ -844,8 +855,12 @@ impl Raft {
                     hint_term: self.log.last_term(),
                 },
             }),
-            Message::PreVote(_) => Message::PreVoteResponse(VoteResponse { term, granted: false }),
-            Message::RequestVote(_) => Message::RequestVoteResponse(VoteResponse { term, granted: false }),
+            Message::PreVote(request) => {
+                Message::PreVoteResponse(VoteResponse { term, granted: false, round: request.round })
+            }
+            Message::RequestVote(request) => {
+                Message::RequestVoteResponse(VoteResponse { term, granted: false, round: request.round })
+            }
             Message::PreVoteResponse(_)
             | Message::RequestVoteResponse(_)
             | Message::AppendEntriesResponse(_)

@@ -22,7 +22,8 @@ fn election_timeout_starts_a_pre_vote_without_changing_term() {
     raft.tick(at(999));
     assert_eq!(take(&mut raft), vec![], "no timeout before the minimum");
     raft.tick(at(2000));
-    let request = Message::PreVote(vote_request(1, (0, 0), false));
+    // The round is the local time it started at.
+    let request = Message::PreVote(VoteRequest { round: at(2000).0, ..vote_request(1, (0, 0), false) });
     assert_eq!(
         take(&mut raft),
         vec![
@@ -42,7 +43,8 @@ fn pre_vote_majority_starts_an_election_with_the_vote_durable_first() {
     raft.tick(T0);
     raft.tick(at(2000));
     take(&mut raft);
-    raft.handle_message(at(2000), n(2), Message::PreVoteResponse(vote(1, true)));
+    let answer = pre_vote_answer(&raft, 1, true);
+    raft.handle_message(at(2000), n(2), answer);
     let request = Message::RequestVote(vote_request(1, (0, 0), false));
     assert_eq!(
         take(&mut raft),
@@ -61,7 +63,8 @@ fn candidate_with_a_majority_becomes_leader_and_appends_a_no_op() {
     let mut raft = fresh(1, &[1, 2, 3], Q);
     raft.tick(T0);
     raft.tick(at(2000));
-    raft.handle_message(at(2000), n(2), Message::PreVoteResponse(vote(1, true)));
+    let answer = pre_vote_answer(&raft, 1, true);
+    raft.handle_message(at(2000), n(2), answer);
     take(&mut raft);
     raft.handle_message(at(2000), n(3), Message::RequestVoteResponse(vote(1, true)));
     let probe = append(1, (0, 0), vec![noop(1, 1)], 0, 0);
@@ -81,7 +84,8 @@ fn rejected_by_a_majority_the_candidate_steps_down() {
     let mut raft = fresh(1, &[1, 2, 3], Q);
     raft.tick(T0);
     raft.tick(at(2000));
-    raft.handle_message(at(2000), n(2), Message::PreVoteResponse(vote(1, true)));
+    let answer = pre_vote_answer(&raft, 1, true);
+    raft.handle_message(at(2000), n(2), answer);
     take(&mut raft);
     raft.handle_message(at(2000), n(2), Message::RequestVoteResponse(vote(1, false)));
     assert_eq!(take(&mut raft), vec![], "one refusal of three: the election can still be won");
@@ -95,7 +99,8 @@ fn a_timed_out_candidate_starts_over_with_pre_vote() {
     let mut raft = fresh(1, &[1, 2, 3], Q);
     raft.tick(T0);
     raft.tick(at(2000));
-    raft.handle_message(at(2000), n(2), Message::PreVoteResponse(vote(1, true)));
+    let answer = pre_vote_answer(&raft, 1, true);
+    raft.handle_message(at(2000), n(2), answer);
     take(&mut raft);
     raft.tick(at(4001));
     let effects = take(&mut raft);
@@ -103,10 +108,39 @@ fn a_timed_out_candidate_starts_over_with_pre_vote() {
     assert_eq!(
         sent(&effects),
         vec![
-            (2, Message::PreVote(vote_request(2, (0, 0), false))),
-            (3, Message::PreVote(vote_request(2, (0, 0), false)))
+            (2, Message::PreVote(VoteRequest { round: at(4001).0, ..vote_request(2, (0, 0), false) })),
+            (3, Message::PreVote(VoteRequest { round: at(4001).0, ..vote_request(2, (0, 0), false) }))
         ]
     );
+}
+
+#[test]
+fn a_pre_vote_grant_to_an_earlier_round_is_not_counted() {
+    // §9.6: a node campaigns only if a majority would vote for it now. Found by the simulator (seed
+    // 1058948, quorum, all faults): node 3 granted node 1's pre-vote for term 7 while it was itself
+    // out of touch; the grant was held by the network for 500 ms, and reached node 1 in a later round
+    // of its pre-vote for term 7, after node 1 had been removed and node 3 had learned of it. Counted,
+    // it made the removed node start an election, and a member (the former leader, out of its lease)
+    // took its term. Answers echo the round of the request, and only the current round's count.
+    let mut voter = fresh(3, &[1, 2, 3], Q);
+    voter.handle_message(T0, n(1), Message::PreVote(VoteRequest { round: 7, ..vote_request(1, (0, 0), false) }));
+    assert_eq!(take(&mut voter), vec![send(1, Message::PreVoteResponse(VoteResponse { round: 7, ..vote(1, true) }))]);
+
+    let mut raft = fresh(1, &[1, 2, 3], Q);
+    raft.tick(T0);
+    raft.tick(at(2000));
+    let first_round = pre_vote_answer(&raft, 1, true);
+    take(&mut raft);
+    raft.tick(at(4000));
+    assert_eq!(raft.role(), Role::PreCandidate, "a second round, for the same term");
+    take(&mut raft);
+    raft.handle_message(at(4010), n(3), first_round);
+    assert_eq!(take(&mut raft), vec![], "the grant of the first round is not counted");
+    assert_eq!((raft.role(), raft.term()), (Role::PreCandidate, Term(0)));
+    let answer = pre_vote_answer(&raft, 1, true);
+    raft.handle_message(at(4010), n(3), answer);
+    assert_eq!(raft.role(), Role::Candidate, "a grant of this round is");
+    assert_eq!(raft.term(), Term(1));
 }
 
 #[test]
@@ -235,7 +269,8 @@ fn a_candidate_steps_down_for_the_leader_of_its_term() {
     let mut raft = fresh(1, &[1, 2, 3], Q);
     raft.tick(T0);
     raft.tick(at(2000));
-    raft.handle_message(at(2000), n(2), Message::PreVoteResponse(vote(1, true)));
+    let answer = pre_vote_answer(&raft, 1, true);
+    raft.handle_message(at(2000), n(2), answer);
     take(&mut raft);
     raft.handle_message(at(2000), n(3), append(1, (0, 0), vec![noop(1, 1)], 0, 0));
     assert_eq!(
@@ -283,10 +318,13 @@ fn a_learners_vote_does_not_count() {
     raft.tick(at(2000));
     let effects = take(&mut raft);
     assert_eq!(sent(&effects).iter().map(|(to, _)| *to).collect::<Vec<_>>(), vec![2, 3], "learners are not asked");
-    raft.handle_message(at(2000), n(4), Message::PreVoteResponse(vote(1, true)));
-    raft.handle_message(at(2000), n(5), Message::PreVoteResponse(vote(1, true)));
+    let answer = pre_vote_answer(&raft, 1, true);
+    raft.handle_message(at(2000), n(4), answer);
+    let answer = pre_vote_answer(&raft, 1, true);
+    raft.handle_message(at(2000), n(5), answer);
     assert_eq!(raft.role(), Role::PreCandidate, "two learner grants are not a majority");
-    raft.handle_message(at(2000), n(2), Message::PreVoteResponse(vote(1, true)));
+    let answer = pre_vote_answer(&raft, 1, true);
+    raft.handle_message(at(2000), n(2), answer);
     assert_eq!(raft.role(), Role::Candidate);
 }
 

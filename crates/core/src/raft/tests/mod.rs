@@ -116,11 +116,18 @@ pub(super) fn vote_request(term: u64, last: (u64, u64), transfer: bool) -> VoteR
         last_log_index: LogIndex(last.0),
         last_log_term: Term(last.1),
         leadership_transfer: transfer,
+        round: 0,
     }
 }
 
+/// An answer to a vote request, or to a pre-vote of round 0 (as `vote_request` makes).
 pub(super) fn vote(term: u64, granted: bool) -> VoteResponse {
-    VoteResponse { term: Term(term), granted }
+    VoteResponse { term: Term(term), granted, round: 0 }
+}
+
+/// An answer to the current pre-vote round of `raft`.
+pub(super) fn pre_vote_answer(raft: &Raft, term: u64, granted: bool) -> Message {
+    Message::PreVoteResponse(VoteResponse { term: Term(term), granted, round: raft.pre_vote_round })
 }
 
 /// Makes node `id` of a fresh group of `voters` the leader of term 1, answering its (pre-)vote
@@ -138,7 +145,8 @@ pub(super) fn campaign(raft: &mut Raft, voters: &[u64]) {
     raft.tick(at(raft.config().election_timeout_ms_max));
     let next_term = raft.term().0 + 1;
     for voter in voters.iter().copied().filter(|voter| *voter != me) {
-        raft.handle_message(T0, n(voter), Message::PreVoteResponse(vote(next_term, true)));
+        let answer = pre_vote_answer(raft, next_term, true);
+        raft.handle_message(T0, n(voter), answer);
     }
     for voter in voters.iter().copied().filter(|voter| *voter != me) {
         raft.handle_message(T0, n(voter), Message::RequestVoteResponse(vote(next_term, true)));

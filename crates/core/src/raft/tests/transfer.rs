@@ -109,3 +109,27 @@ fn a_stale_transfer_request_does_not_disrupt_the_leader() {
     assert_eq!(take(&mut follower), vec![]);
     assert_eq!(follower.term(), Term(1));
 }
+
+#[test]
+fn a_stale_transfer_request_is_ignored_without_a_leader_too() {
+    // Found by the simulator (seed 1006098, quorum, all faults): the leader's `TimeoutNow` to node 1
+    // was held by a partition and delivered a second later, after node 1 had been removed; by then
+    // the leader was cut off and had stepped down, so no member was in a leader lease and the fix for
+    // seed 12680 did not apply: every member took the removed node's term. Here it did no harm (the
+    // group had no leader), but a member that merely lost contact with a live leader would have
+    // taken it too, and its answer to that leader's next append would have deposed the leader. A
+    // transfer target has the leader's whole log, so a member whose log is ahead of the candidate's
+    // knows the request is stale, and could not grant it anyway.
+    let mut follower = fresh(2, &[1, 2, 3], Q);
+    follower.handle_message(T0, n(1), append(1, (0, 0), vec![noop(1, 1), noop(2, 1)], 0, 0));
+    take(&mut follower);
+    // Long past the lease: node 2 no longer counts on node 1.
+    let late = at(10 * follower.config().election_timeout_ms_max);
+    follower.handle_message(late, n(3), Message::RequestVote(vote_request(2, (1, 1), true)));
+    assert_eq!(take(&mut follower), vec![], "stale: not answered, its term not taken");
+    assert_eq!(follower.term(), Term(1));
+    // The leader of term 1 is heard from again and is followed, not deposed by a higher term.
+    follower.handle_message(late, n(1), append(1, (2, 1), vec![], 2, 0));
+    assert_eq!(sent(&take(&mut follower)), vec![(1, accepted(1, 0, 2, 0))], "appended, not yet durable");
+    assert_eq!(follower.term(), Term(1));
+}
