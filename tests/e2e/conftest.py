@@ -40,11 +40,38 @@ def chorus_bin() -> Path:
     return path
 
 
+# Ports for test nodes come from below the kernel's ephemeral range: a port the kernel chose for us
+# (bind to port 0) sits in that range, and the kernel may hand it to an outgoing connection (a node
+# dialling a peer) before the node that was meant to listen on it binds it ("Address already in
+# use" at start-up). Below the range only explicit binds compete. The start is spread by pid so two
+# test runs on one machine rarely probe the same ports.
+_EPHEMERAL_LOW = 32768
+_PORT_LOW = 10000
+_next_port = _PORT_LOW + (os.getpid() * 97) % (_EPHEMERAL_LOW - _PORT_LOW)
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+            return int(ports.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return _EPHEMERAL_LOW
+
+
 def free_port() -> int:
-    """A port nothing listens on right now (bind to port 0 and let the kernel choose)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port nothing listens on right now, below the ephemeral range (see above)."""
+    global _next_port
+    high = max(_ephemeral_low(), _PORT_LOW + 1000)
+    for _ in range(high - _PORT_LOW):
+        port = _next_port
+        _next_port = _PORT_LOW + (_next_port + 1 - _PORT_LOW) % (high - _PORT_LOW)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def wait_until(condition: Callable[[], object], deadline_s: float, what: str, interval_s: float = 0.01):
