@@ -221,41 +221,7 @@ impl fmt::Display for ConflictPolicyConfig {
     }
 }
 
-/// Which DCs stream to which (`[multileader] topology`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TopologyKind {
-    /// Every DC sends its own changes to every other DC (the default).
-    #[default]
-    AllToAll,
-    /// Spokes send to the hub (`hub`), which forwards to every other spoke.
-    Star,
-    /// Each DC sends everything to the next one in `ring_order`.
-    Ring,
-}
-
-impl FromStr for TopologyKind {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
-            "all-to-all" => Ok(TopologyKind::AllToAll),
-            "star" => Ok(TopologyKind::Star),
-            "ring" => Ok(TopologyKind::Ring),
-            other => Err(format!("invalid topology '{other}': expected all-to-all, star or ring")),
-        }
-    }
-}
-
-impl fmt::Display for TopologyKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            TopologyKind::AllToAll => "all-to-all",
-            TopologyKind::Star => "star",
-            TopologyKind::Ring => "ring",
-        })
-    }
-}
+pub use chorus_core::multileader::TopologyKind;
 
 /// Multi-leader mode (`[multileader]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

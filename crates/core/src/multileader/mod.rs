@@ -30,4 +30,4 @@ pub use container::{Increment, KeyState, Version};
 pub use ids::{ConflictPolicy, DcId, OriginVector};
 pub use journal::JournalTrimmed;
 pub use state::{ConflictRecord, MlExport, MlPlantedBug, MlStats, MultiLeaderState, RECENT_CONFLICTS_MAX};
-pub use topology::{Routes, Topology};
+pub use topology::{Routes, Topology, TopologyKind};

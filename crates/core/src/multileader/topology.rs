@@ -147,3 +147,40 @@ mod tests {
         assert_eq!(alone.unreachable, vec![B, C, D]);
     }
 }
+
+/// A topology's shape without its parameters (the hub, the ring order): what a configuration file
+/// or a command-line flag names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TopologyKind {
+    /// Every DC sends its own changes to every other DC (the default).
+    #[default]
+    AllToAll,
+    /// Spokes send to the hub, which forwards to every other spoke.
+    Star,
+    /// Each DC sends everything to the next one in ring order.
+    Ring,
+}
+
+impl std::str::FromStr for TopologyKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<TopologyKind, String> {
+        match text {
+            "all-to-all" => Ok(TopologyKind::AllToAll),
+            "star" => Ok(TopologyKind::Star),
+            "ring" => Ok(TopologyKind::Ring),
+            other => Err(format!("invalid topology '{other}': expected all-to-all, star or ring")),
+        }
+    }
+}
+
+impl std::fmt::Display for TopologyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TopologyKind::AllToAll => "all-to-all",
+            TopologyKind::Star => "star",
+            TopologyKind::Ring => "ring",
+        })
+    }
+}

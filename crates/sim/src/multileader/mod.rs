@@ -34,35 +34,7 @@ use crate::{Faults, SimRng};
 pub const CONVERGE_ROUND_MS: u64 = 50;
 
 /// Which topology a run uses (the hub and ring order are drawn from the seed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TopologyKind {
-    AllToAll,
-    Star,
-    Ring,
-}
-
-impl std::str::FromStr for TopologyKind {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<TopologyKind, String> {
-        match text {
-            "all-to-all" => Ok(TopologyKind::AllToAll),
-            "star" => Ok(TopologyKind::Star),
-            "ring" => Ok(TopologyKind::Ring),
-            _ => Err(format!("unknown topology {text:?} (all-to-all, star or ring)")),
-        }
-    }
-}
-
-impl fmt::Display for TopologyKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            TopologyKind::AllToAll => "all-to-all",
-            TopologyKind::Star => "star",
-            TopologyKind::Ring => "ring",
-        })
-    }
-}
+pub use chorus_core::multileader::TopologyKind;
 
 /// What a multi-leader run is asked to do.
 #[derive(Debug, Clone)]
