@@ -1,5 +1,7 @@
 //! `chorus sim`: run the deterministic simulator over many seeds, or replay one with its trace.
 
+use std::fmt;
+
 use anyhow::bail;
 use chorus_core::raft::Durability;
 use chorus_sim::leaderless::LeaderlessOptions;
@@ -135,24 +137,10 @@ fn run_leaderless(args: &SimArgs) -> anyhow::Result<()> {
     if let Some(seed) = args.seed {
         options.trace = args.trace;
         let report = leaderless::run_seed(seed, &options);
-        for line in report.trace.iter().flatten() {
-            println!("{line}");
-        }
-        println!("{report}");
-        if !report.passed() {
-            bail!("seed {seed} failed");
-        }
-        return Ok(());
+        return print_replay(seed, report.trace.as_deref(), &report, report.passed());
     }
     let sweep = leaderless::run_seeds(args.from, args.seeds, &options);
-    println!("{sweep}");
-    if !sweep.failed.is_empty() {
-        for report in &sweep.failed {
-            eprintln!("{report}");
-        }
-        bail!("{} of {} seeds failed", sweep.failed.len(), sweep.seeds);
-    }
-    Ok(())
+    print_sweep(&sweep, &sweep.failed, sweep.seeds)
 }
 
 fn run_multileader(args: &SimArgs) -> anyhow::Result<()> {
@@ -166,22 +154,34 @@ fn run_multileader(args: &SimArgs) -> anyhow::Result<()> {
     if let Some(seed) = args.seed {
         options.trace = args.trace;
         let report = multileader::run_seed(seed, &options);
-        for line in report.trace.iter().flatten() {
-            println!("{line}");
-        }
-        println!("{report}");
-        if !report.passed() {
-            bail!("seed {seed} failed");
-        }
-        return Ok(());
+        return print_replay(seed, report.trace.as_deref(), &report, report.passed());
     }
     let sweep = multileader::run_seeds(args.from, args.seeds, &options);
-    println!("{sweep}");
-    if !sweep.failed.is_empty() {
-        for report in &sweep.failed {
+    print_sweep(&sweep, &sweep.failed, sweep.seeds)
+}
+
+/// Prints a replayed seed's trace and report (leaderless and multi-leader modes); fails if the
+/// seed did.
+fn print_replay(seed: u64, trace: Option<&[String]>, report: &dyn fmt::Display, passed: bool) -> anyhow::Result<()> {
+    for line in trace.into_iter().flatten() {
+        println!("{line}");
+    }
+    println!("{report}");
+    if !passed {
+        bail!("seed {seed} failed");
+    }
+    Ok(())
+}
+
+/// Prints a sweep's summary, then the report of every failed seed (leaderless and multi-leader
+/// modes); fails if any seed did.
+fn print_sweep<R: fmt::Display>(summary: &dyn fmt::Display, failed: &[R], seeds: u64) -> anyhow::Result<()> {
+    println!("{summary}");
+    if !failed.is_empty() {
+        for report in failed {
             eprintln!("{report}");
         }
-        bail!("{} of {} seeds failed", sweep.failed.len(), sweep.seeds);
+        bail!("{} of {seeds} seeds failed", failed.len());
     }
     Ok(())
 }

@@ -94,6 +94,15 @@ impl fmt::Display for RunReport {
     }
 }
 
+/// The text of a caught panic (what `panic!` and failed assertions carry), for a failure line.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|text| (*text).to_owned()))
+        .unwrap_or_else(|| "a panic with no message".to_owned())
+}
+
 /// Runs one seed: the simulated cluster, then the checkers. Never panics on what it finds: an
 /// assertion inside the engine becomes a failure line.
 pub fn run_seed(seed: u64, options: &SimOptions) -> RunReport {
@@ -101,11 +110,7 @@ pub fn run_seed(seed: u64, options: &SimOptions) -> RunReport {
     let mut cluster = cluster::Cluster::new(seed, options);
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cluster.run()));
     if let Err(panic) = outcome {
-        let message = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|text| (*text).to_owned()))
-            .unwrap_or_else(|| "a panic with no message".to_owned());
+        let message = panic_message(panic.as_ref());
         let (mut failures, trace, stats) = cluster.salvage();
         failures.insert(0, format!("seed {seed}: panic: {message}"));
         return RunReport {

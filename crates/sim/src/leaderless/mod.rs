@@ -237,11 +237,7 @@ pub fn run_seed(seed: u64, options: &LeaderlessOptions) -> LeaderlessReport {
     let knobs = cluster.knobs.clone();
     let mut failures = Vec::new();
     if let Err(panic) = outcome {
-        let message = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|text| (*text).to_owned()))
-            .unwrap_or_else(|| "a panic with no message".to_owned());
+        let message = crate::panic_message(panic.as_ref());
         failures.push(format!("panic: {message}"));
     } else {
         failures.extend(cluster.failures.iter().cloned());

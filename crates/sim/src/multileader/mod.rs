@@ -252,11 +252,7 @@ pub fn run_seed(seed: u64, options: &MlSimOptions) -> MlReport {
     let mut failures = Vec::new();
     match outcome {
         Err(panic) => {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|text| (*text).to_owned()))
-                .unwrap_or_else(|| "a panic with no message".to_owned());
+            let message = crate::panic_message(panic.as_ref());
             failures.push(format!("panic at {} ms: {message}", world.now_ms));
             failures.extend(world.failures.iter().cloned());
         }
