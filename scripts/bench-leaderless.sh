@@ -27,6 +27,7 @@
 set -euo pipefail
 
 readonly HOST=127.0.0.1
+readonly PORT_VARS=CHORUS_PORT/REDIS_PORT
 BENCH_SECS=${BENCH_SECS:-10}
 WARMUP_SECS=${WARMUP_SECS:-1}
 CLIENTS=${CLIENTS:-50}
@@ -43,15 +44,9 @@ RESULTS_DIR=${RESULTS_DIR:-bench-results}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
-log() { printf '%s\n' "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
+source "$ROOT/scripts/lib/bench-common.sh"
 
-for number in BENCH_SECS WARMUP_SECS CLIENTS VALUE_SIZE KEYS SEED STALE_ROUNDS REDIS CHORUS_PORT REDIS_PORT; do
-    [[ ${!number} =~ ^[0-9]+$ ]] || die "$number must be a whole number, got '${!number}'"
-done
+require_whole_numbers BENCH_SECS WARMUP_SECS CLIENTS VALUE_SIZE KEYS SEED STALE_ROUNDS REDIS CHORUS_PORT REDIS_PORT
 ((BENCH_SECS > 0 && CLIENTS > 0 && STALE_ROUNDS > 0)) || die "BENCH_SECS, CLIENTS and STALE_ROUNDS must be at least 1"
 for quorum in $QUORUMS; do
     [[ $quorum =~ ^[1-3]/[1-3]$ ]] || die "QUORUMS holds w/r pairs with 1 <= w, r <= 3, got '$quorum'"
@@ -85,38 +80,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT
 trap 'exit 143' TERM
-
-port_in_use() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
-check_ports_free() {
-    local port
-    for port in "$@"; do
-        ! port_in_use "$port" || die "$HOST:$port is already in use; stop what listens there or set CHORUS_PORT/REDIS_PORT"
-    done
-}
-
-wait_for_ping() { # port pid log
-    local port=$1 pid=$2 logfile=$3
-    for _ in $(seq 300); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            log "the server on port $port exited at start; the end of its log:"
-            tail -n 20 "$logfile" >&2 || true
-            return 1
-        fi
-        [[ $(redis-cli -h "$HOST" -p "$port" ping 2>/dev/null) == PONG ]] && return 0
-        sleep 0.1
-    done
-    log "port $port did not answer PING within 30 s"
-    return 1
-}
-
-stop_all() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill -KILL "$pid" 2>/dev/null || true
-        { wait "$pid"; } 2>/dev/null || true
-    done
-    PIDS=()
-}
 
 start_chorus() {
     local dir="$TMP/chorus" i cluster="" ports=()
@@ -164,11 +127,6 @@ STALE="$TMP/stale.tsv"     # config load rounds stale rate errors
 : >"$RESULTS"
 : >"$STALE"
 FAILURES=0
-fail() {
-    log "warning: $*"
-    FAILURES=$((FAILURES + 1))
-}
-json_field() { sed -n "s/.*\"$1\": *\([^,}]*\).*/\1/p" <<<"$2" | tr -d '"'; }
 
 # chorus bench against port $4 for (system $1, config $2, workload $3) + extra flags.
 bench() {

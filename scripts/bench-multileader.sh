@@ -42,15 +42,9 @@ RESULTS_DIR=${RESULTS_DIR:-bench-results}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
-log() { printf '%s\n' "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
+source "$ROOT/scripts/lib/bench-common.sh"
 
-for number in WAN_DELAY_MS BENCH_SECS WARMUP_SECS CLIENTS VALUE_SIZE KEYS SEED BASE_PORT; do
-    [[ ${!number} =~ ^[0-9]+$ ]] || die "$number must be a whole number, got '${!number}'"
-done
+require_whole_numbers WAN_DELAY_MS BENCH_SECS WARMUP_SECS CLIENTS VALUE_SIZE KEYS SEED BASE_PORT
 command -v redis-cli >/dev/null || die "redis-cli is needed (apt-get install redis-tools)"
 
 if [[ -n ${CHORUS_BIN:-} ]]; then

@@ -40,6 +40,7 @@
 set -euo pipefail
 
 readonly HOST=127.0.0.1
+readonly PORT_VARS=CHORUS_PORT/ETCD_PORT/REDIS_PORT
 BENCH_SECS=${BENCH_SECS:-10}
 WARMUP_SECS=${WARMUP_SECS:-1}
 CLIENTS=${CLIENTS:-50}
@@ -60,15 +61,9 @@ RESULTS_DIR=${RESULTS_DIR:-bench-results}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
-log() { printf '%s\n' "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
+source "$ROOT/scripts/lib/bench-common.sh"
 
-for number in BENCH_SECS WARMUP_SECS CLIENTS VALUE_SIZE KEYS FAILOVER_RUNS SEED CHORUS_PORT ETCD_PORT REDIS_PORT; do
-    [[ ${!number} =~ ^[0-9]+$ ]] || die "$number must be a whole number, got '${!number}'"
-done
+require_whole_numbers BENCH_SECS WARMUP_SECS CLIENTS VALUE_SIZE KEYS FAILOVER_RUNS SEED CHORUS_PORT ETCD_PORT REDIS_PORT
 ((BENCH_SECS > 0 && CLIENTS > 0)) || die "BENCH_SECS and CLIENTS must be at least 1"
 for durability in $DURABILITIES; do
     [[ $durability =~ ^(async|semi-sync:[0-9]+|quorum|all)$ ]] || die "unknown durability '$durability'"
@@ -148,40 +143,6 @@ run_tool() {
     wait "$TOOL_PID" || status=$?
     TOOL_PID=""
     return "$status"
-}
-
-port_in_use() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
-
-check_ports_free() {
-    local port
-    for port in "$@"; do
-        ! port_in_use "$port" || die "$HOST:$port is already in use; stop what listens there or set CHORUS_PORT/ETCD_PORT/REDIS_PORT"
-    done
-}
-
-# Kills the servers started so far (SIGKILL: their data dirs are thrown away anyway).
-stop_all() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill -KILL "$pid" 2>/dev/null || true
-        { wait "$pid"; } 2>/dev/null || true # braces: also silences bash's "Killed" notice
-    done
-    PIDS=()
-}
-
-wait_for_ping() { # port pid log
-    local port=$1 pid=$2 logfile=$3
-    for _ in $(seq 300); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            log "the server on port $port exited at start; the end of its log:"
-            tail -n 20 "$logfile" >&2 || true
-            return 1
-        fi
-        [[ $(redis-cli -h "$HOST" -p "$port" ping 2>/dev/null) == PONG ]] && return 0
-        sleep 0.1
-    done
-    log "port $port did not answer PING within 30 s"
-    return 1
 }
 
 # Starts a fresh 3-voter chorus group with durability $1; sets NODE_PIDS and LEADER_PORT.
@@ -299,12 +260,6 @@ FAILOVERS="$TMP/failover.tsv"
 : >"$RESULTS"
 : >"$FAILOVERS"
 FAILURES=0
-fail() {
-    log "warning: $*"
-    FAILURES=$((FAILURES + 1))
-}
-
-json_field() { sed -n "s/.*\"$1\": *\([^,}]*\).*/\1/p" <<<"$2" | tr -d '"'; }
 
 # Records the JSON report in $TMP/out of a run of system $1, config $2, tool $3, clients $4.
 record() {

@@ -29,6 +29,7 @@
 set -euo pipefail
 
 readonly HOST=127.0.0.1
+readonly PORT_VARS=REDIS_PORT/CHORUS_PORT
 BENCH_SECS=${BENCH_SECS:-10}
 KEYS=${KEYS:-100000}
 VALUE_SIZE=${VALUE_SIZE:-100}
@@ -46,15 +47,9 @@ RESULTS_DIR=${RESULTS_DIR:-bench-results}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
-log() { printf '%s\n' "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
+source "$ROOT/scripts/lib/bench-common.sh"
 
-for number in BENCH_SECS KEYS VALUE_SIZE CLIENTS SEED REDIS_PORT CHORUS_PORT; do
-    [[ ${!number} =~ ^[0-9]+$ ]] || die "$number must be a whole number, got '${!number}'"
-done
+require_whole_numbers BENCH_SECS KEYS VALUE_SIZE CLIENTS SEED REDIS_PORT CHORUS_PORT
 for pipeline in $PIPELINES; do
     [[ $pipeline =~ ^[1-9][0-9]*$ ]] || die "PIPELINES must be whole numbers, got '$pipeline'"
 done
@@ -120,11 +115,7 @@ run_tool() {
     return "$status"
 }
 
-port_in_use() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
-
-for port in "$REDIS_PORT" "$CHORUS_PORT"; do
-    ! port_in_use "$port" || die "$HOST:$port is already in use; stop what listens there or set REDIS_PORT/CHORUS_PORT"
-done
+check_ports_free "$REDIS_PORT" "$CHORUS_PORT"
 
 redis_args() {
     case $1 in
@@ -216,14 +207,6 @@ MEMORY="$TMP/memory.tsv"   # durability server rss_before_kb rss_after_kb rss_B_
 : >"$RESULTS"
 : >"$MEMORY"
 FAILURES=0
-
-fail() {
-    log "warning: $*"
-    FAILURES=$((FAILURES + 1))
-}
-
-# A field of `chorus bench --json` output (a flat object).
-json_field() { sed -n "s/.*\"$1\":\([^,}]*\).*/\1/p" <<<"$2" | tr -d '"'; }
 
 # SETs every key once and records memory per key for server $1 (pid $2) with durability $3.
 measure_memory() {
