@@ -6,16 +6,14 @@ compares). The leaderless counters are checked on the admin port's Prometheus /m
 
 CHORUS_TEST_SEED=<n> replays a run's random choices."""
 
-import json
 import os
 import random
 import threading
-import urllib.request
 
 import pytest
 import redis
 
-from conftest import free_port, wait_until
+from conftest import wait_until
 from test_replication import Group
 
 SEED = int(os.environ.get("CHORUS_TEST_SEED", random.randrange(1 << 32)))
@@ -31,31 +29,7 @@ class LeaderlessGroup(Group):
     """A Group whose nodes also serve the admin port (Prometheus /metrics) and debug commands."""
 
     def __init__(self, tmp_path, extra_args):
-        super().__init__(tmp_path, extra_args=[*extra_args, "--enable-debug-commands"])
-        self.admin_ports = {i: free_port() for i in self.ids}
-        self.common_args = list(self.extra_args)
-
-    def start(self, node_id):
-        self.extra_args = [*self.common_args, "--admin-addr", f"127.0.0.1:{self.admin_ports[node_id]}"]
-        super().start(node_id)
-
-    def status(self, node_id):
-        """The admin port's /status JSON."""
-        url = f"http://127.0.0.1:{self.admin_ports[node_id]}/status"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return json.loads(response.read())
-
-    def metrics(self, node_id):
-        """The node's Prometheus metrics without labels, as {name: value}."""
-        url = f"http://127.0.0.1:{self.admin_ports[node_id]}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
-        values = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#") and "{" not in line:
-                name, value = line.rsplit(" ", 1)
-                values[name] = float(value)
-        return values
+        super().__init__(tmp_path, extra_args=[*extra_args, "--enable-debug-commands"], admin=True)
 
 
 def leaderless_group(tmp_path, quorum="3/2/2", anti_entropy_ms=300):

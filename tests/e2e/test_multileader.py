@@ -10,18 +10,16 @@ Raft group taking local writes, their leaders streaming committed changes to eac
 
 CHORUS_TEST_SEED=<n> replays a run's random choices (printed on failure)."""
 
-import json
 import os
 import random
 import signal
-import subprocess
 import threading
-import urllib.request
 
 import pytest
 import redis
 
-from conftest import chorus_bin, free_port, wait_until
+from conftest import wait_until
+from test_replication import Group
 
 SEED = int(os.environ.get("CHORUS_TEST_SEED", random.randrange(1 << 32)))
 CONVERGE_S = 30
@@ -33,21 +31,18 @@ def rng():
     return random.Random(SEED)
 
 
-class MultiDc:
+class MultiDc(Group):
     """Datacenters dc1, dc2, ... of `per_dc` nodes each: ids go dc by dc (dc1 = 1..per_dc)."""
 
     def __init__(self, tmp_path, datacenters=2, per_dc=3, extra_args=()):
-        self.tmp_path = tmp_path
-        self.ids = list(range(1, datacenters * per_dc + 1))
+        super().__init__(
+            tmp_path,
+            size=datacenters * per_dc,
+            extra_args=["--mode", "multi-leader", "--enable-debug-commands", *extra_args],
+            admin=True,
+        )
         self.per_dc = per_dc
         self.dc_names = [f"dc{d}" for d in range(1, datacenters + 1)]
-        self.client_ports = {i: free_port() for i in self.ids}
-        self.peer_ports = {i: free_port() for i in self.ids}
-        self.admin_ports = {i: free_port() for i in self.ids}
-        self.extra_args = list(extra_args)
-        self.procs = {}
-        self.logs = {}
-        self.initial_cluster = ",".join(f"{i}=127.0.0.1:{self.peer_ports[i]}" for i in self.ids)
 
     def dc_of(self, node_id):
         return self.dc_names[(node_id - 1) // self.per_dc]
@@ -55,51 +50,12 @@ class MultiDc:
     def nodes(self, dc):
         return [i for i in self.ids if self.dc_of(i) == dc]
 
-    def start(self, node_id):
-        log_path = self.tmp_path / f"node{node_id}-{len(self.logs.get(node_id, [])) + 1}.log"
-        self.logs.setdefault(node_id, []).append(log_path)
-        args = [
-            str(chorus_bin()), "server", "--id", str(node_id),
-            "--data-dir", str(self.tmp_path / f"data{node_id}"),
-            "--client-addr", f"127.0.0.1:{self.client_ports[node_id]}",
-            "--peer-addr", f"127.0.0.1:{self.peer_ports[node_id]}",
-            "--admin-addr", f"127.0.0.1:{self.admin_ports[node_id]}",
-            "--initial-cluster", self.initial_cluster,
-            "--mode", "multi-leader", "--datacenter", self.dc_of(node_id),
-            "--enable-debug-commands",
-            *self.extra_args,
-        ]
-        env = dict(os.environ, NO_COLOR="1", RUST_LOG=os.environ.get("RUST_LOG", "info"))
-        with open(log_path, "wb") as log:
-            self.procs[node_id] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
-
-    def start_all(self):
-        for node_id in self.ids:
-            self.start(node_id)
-
-    def client(self, node_id, **kwargs):
-        return redis.Redis(port=self.client_ports[node_id], socket_timeout=5, **kwargs)
-
-    def info(self, node_id, section="replication"):
-        try:
-            return self.client(node_id).info(section)
-        except redis.exceptions.RedisError:
-            return None
+    def node_args(self, node_id):
+        return ["--datacenter", self.dc_of(node_id)]
 
     def leader(self, dc):
         """The node of `dc` that leads it and serves, once every live node of it agrees."""
-        leaders = set()
-        for node_id in self.nodes(dc):
-            if self.procs[node_id].poll() is not None:
-                continue
-            info = self.info(node_id)
-            if info is None:
-                return None
-            if info.get("chorus_role") == "leader":
-                if not info.get("chorus_leader_ready"):
-                    return None
-                leaders.add(node_id)
-        return leaders.pop() if len(leaders) == 1 else None
+        return super().leader(among=[i for i in self.nodes(dc) if self.procs[i].poll() is None])
 
     def wait_leader(self, dc):
         return wait_until(lambda: self.leader(dc), 30, f"{dc} to elect a leader (seed {SEED})")
@@ -121,38 +77,9 @@ class MultiDc:
                 if dc != own and "dc1" in (dc, own):
                     assert self.client(node_id).execute_command("CHORUS.DEBUG", "DC-PARTITION", dc, flag) == b"OK"
 
-    def metrics(self, node_id):
-        """The node's Prometheus page as {metric line name: value}."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_ports[node_id]}/metrics", timeout=10) as page:
-            text = page.read().decode()
-        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                if line and not line.startswith("#")}
-
-    def kill(self, node_id):
-        self.procs[node_id].send_signal(signal.SIGKILL)
-        self.procs[node_id].wait()
-
     def stop(self, node_id):
         self.procs[node_id].send_signal(signal.SIGTERM)
         assert self.procs[node_id].wait(timeout=30) == 0, f"node {node_id} did not stop cleanly"
-
-    def stop_all(self):
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-    def log_tails(self, lines=30):
-        out = []
-        for paths in self.logs.values():
-            for path in paths:
-                text = path.read_text(errors="replace").splitlines()[-lines:]
-                out.append(f"--- {path.name}\n" + "\n".join(text))
-        return "\n".join(out)
 
 
 def make_cluster(tmp_path, *extra_args):
@@ -255,8 +182,7 @@ def test_partitioned_datacenters_take_conflicting_writes_and_converge_after_heal
             assert ml["chorus_ml_policy"] == policy
             assert ml["chorus_ml_conflicts_resolved"] >= 1, ml
             assert ml["chorus_ml_held_back"] == 0
-            with urllib.request.urlopen(f"http://127.0.0.1:{cluster.admin_ports[leader]}/status", timeout=10) as page:
-                status = json.loads(page.read())
+            status = cluster.status(leader)
             assert (status["mode"], status["role"], status["datacenter"]) == ("multi-leader", "leader", dc), status
             metrics = cluster.metrics(leader)
             assert metrics["chorus_ml_conflicts_resolved_total"] == ml["chorus_ml_conflicts_resolved"], metrics

@@ -2,12 +2,14 @@
 leader under write load, failover, no acknowledged write lost under `quorum`, and the old leader
 rejoining as a follower."""
 
+import json
 import os
 import random
 import signal
 import subprocess
 import threading
 import time
+import urllib.request
 
 import pytest
 import redis
@@ -18,11 +20,16 @@ ELECTION_TIMEOUT_MAX_S = 2.0  # the node's default election_timeout_ms_max
 
 
 class Group:
-    def __init__(self, tmp_path, size=3, durability="quorum", extra_args=()):
+    """`size` chorus servers on loopback forming one group (the leaderless and multi-leader test
+    harnesses build on it). With `admin`, every node also serves the admin port (/metrics,
+    /status)."""
+
+    def __init__(self, tmp_path, size=3, durability="quorum", extra_args=(), admin=False):
         self.tmp_path = tmp_path
         self.ids = list(range(1, size + 1))
         self.client_ports = {i: free_port() for i in self.ids}
         self.peer_ports = {i: free_port() for i in self.ids}
+        self.admin_ports = {i: free_port() for i in self.ids} if admin else None
         self.durability = durability
         self.extra_args = list(extra_args)
         self.learners = set()
@@ -41,12 +48,19 @@ class Group:
             "--initial-cluster", self.initial_cluster,
             "--durability", self.durability,
             *self.extra_args,
+            *self.node_args(node_id),
         ]
+        if self.admin_ports is not None:
+            args += ["--admin-addr", f"127.0.0.1:{self.admin_ports[node_id]}"]
         if node_id in self.learners:
             args.append("--learner")
         env = dict(os.environ, NO_COLOR="1", RUST_LOG=os.environ.get("RUST_LOG", "info"))
         with open(log_path, "wb") as log:
             self.procs[node_id] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def node_args(self, node_id):
+        """Arguments of one node beyond those every node gets (for harnesses built on this one)."""
+        return []
 
     def add_learner(self, node_id):
         """Starts node `node_id` as a learner joining the group (it still has to be added on the
@@ -65,16 +79,16 @@ class Group:
     def client(self, node_id, **kwargs):
         return redis.Redis(port=self.client_ports[node_id], socket_timeout=5, **kwargs)
 
-    def info(self, node_id):
+    def info(self, node_id, section="replication"):
         try:
-            return self.client(node_id).info("replication")
+            return self.client(node_id).info(section)
         except redis.exceptions.RedisError:
             return None
 
     def leader(self, among=None):
         """The node that says it leads, once every live node agrees on it."""
         leaders = set()
-        for node_id in among or self.ids:
+        for node_id in self.ids if among is None else among:
             info = self.info(node_id)
             if info is None:
                 return None
@@ -98,13 +112,27 @@ class Group:
             except subprocess.TimeoutExpired:
                 proc.kill()
 
-    def log_tails(self):
+    def log_tails(self, lines=20):
         out = []
-        for node_id, paths in self.logs.items():
+        for paths in self.logs.values():
             for path in paths:
-                lines = path.read_text(errors="replace").splitlines()[-20:]
-                out.append(f"--- {path.name}\n" + "\n".join(lines))
+                text = path.read_text(errors="replace").splitlines()[-lines:]
+                out.append(f"--- {path.name}\n" + "\n".join(text))
         return "\n".join(out)
+
+    def status(self, node_id):
+        """The admin port's /status JSON (with `admin`)."""
+        url = f"http://127.0.0.1:{self.admin_ports[node_id]}/status"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return json.loads(response.read())
+
+    def metrics(self, node_id):
+        """The node's Prometheus page (with `admin`) as {metric line name, labels included: value}."""
+        url = f"http://127.0.0.1:{self.admin_ports[node_id]}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line and not line.startswith("#")}
 
 
 @pytest.fixture
