@@ -107,6 +107,9 @@ impl LimitsConfig {
 pub struct StorageConfig {
     /// Size at which the log starts a new segment file.
     pub log_segment_bytes_max: u64,
+    /// Reserve each new log segment's space up front, so an append's fdatasync writes no inode
+    /// (see `chorus_storage::LogOptions::preallocate`).
+    pub log_preallocate: bool,
     /// After this many applied entries the state is made durable and the log prefix it covers is
     /// deleted (a checkpoint).
     pub checkpoint_entries: u64,
@@ -114,7 +117,7 @@ pub struct StorageConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { log_segment_bytes_max: 64 * 1024 * 1024, checkpoint_entries: 500_000 }
+        StorageConfig { log_segment_bytes_max: 64 * 1024 * 1024, log_preallocate: true, checkpoint_entries: 500_000 }
     }
 }
 

@@ -73,7 +73,10 @@ pub async fn run(
     let mut state = chorus_storage::load_latest_snapshot(&snapshot_dir)?.unwrap_or_default();
     let mut log = SegmentedLog::open(
         &config.data_dir.join("log"),
-        LogOptions { segment_bytes_max: config.storage.log_segment_bytes_max },
+        LogOptions {
+            segment_bytes_max: config.storage.log_segment_bytes_max,
+            preallocate: config.storage.log_preallocate,
+        },
     )?;
     if state.applied_index() > log.last_index() {
         // The snapshot is past what the log kept (the log's unsynced tail was lost with

@@ -18,7 +18,7 @@ mod snapshot;
 
 pub use error::StorageError;
 pub use hard_state::{HardState, RollbackRecord, append_rollback, load_hard_state, read_rollback, store_hard_state};
-pub use log::{LogOptions, SegmentedLog};
+pub use log::{LogOptions, RESERVE_CHUNK_BYTES, SegmentedLog};
 pub use snapshot::{
     SnapshotMeta, adopt_snapshot_file, latest_snapshot_file, load_latest_snapshot, load_snapshot, write_snapshot,
 };

@@ -31,8 +31,10 @@ fn entries(from: u64, to_inclusive: u64, term: u64) -> Vec<LogEntry> {
 /// `5 + 1 + 8` bytes of magic, version and base, and a checksum.
 const SEGMENT_HEADER_BYTES: u64 = 18;
 
+/// Small segments whose files hold exactly their records (the byte-level recovery tests cut and
+/// flip bytes at offsets computed from file lengths).
 fn small_segments() -> LogOptions {
-    LogOptions { segment_bytes_max: 512 }
+    LogOptions { segment_bytes_max: 512, preallocate: false }
 }
 
 fn open(dir: &Path, options: LogOptions) -> SegmentedLog {
@@ -171,7 +173,7 @@ fn a_torn_last_record_is_truncated_at_every_cut_point() {
 }
 
 #[test]
-fn garbage_and_zeros_after_the_last_record_are_truncated() {
+fn garbage_after_the_last_record_is_truncated_and_zeros_are_kept_as_reserved_space() {
     let dir = tempfile::tempdir().unwrap();
     let (last_path, _, after_last) = log_with_last_record_bounds(dir.path(), 30);
     let full = std::fs::read(&last_path).unwrap();
@@ -183,12 +185,23 @@ fn garbage_and_zeros_after_the_last_record_are_truncated() {
             (state >> 56) as u8
         })
         .collect();
-    for tail in [vec![0u8; 4096], garbage, vec![0xff; 3]] {
+    for tail in [garbage, vec![0xff; 3], [vec![0u8; 100], vec![7u8]].concat()] {
         std::fs::write(&last_path, [full.as_slice(), &tail].concat()).unwrap();
         let log = open(dir.path(), small_segments());
         assert_eq!(log.last_index(), LogIndex(30), "tail of {} bytes (seed {seed:#x})", tail.len());
         assert_eq!(std::fs::metadata(&last_path).unwrap().len(), after_last);
     }
+    // Zeros after the last record are what reserved space reads as: the end, left in place, and
+    // the next append goes right after the last record.
+    std::fs::write(&last_path, [full.as_slice(), &[0u8; 4096]].concat()).unwrap();
+    let mut log = open(dir.path(), small_segments());
+    assert_eq!(log.last_index(), LogIndex(30));
+    assert_eq!(std::fs::metadata(&last_path).unwrap().len(), after_last + 4096);
+    log.append(&entries(31, 31, 1)).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let log = open(dir.path(), small_segments());
+    assert_eq!(read_all(&log), entries(1, 31, 1));
 }
 
 #[test]
@@ -208,14 +221,15 @@ fn a_flipped_byte_in_the_last_record_counts_as_a_torn_write() {
 #[test]
 fn a_flipped_byte_in_a_middle_record_of_the_last_segment_is_corruption() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = open(dir.path(), LogOptions::default());
+    let exact = LogOptions { preallocate: false, ..LogOptions::default() };
+    let mut log = open(dir.path(), exact);
     log.append(&entries(1, 10, 1)).unwrap();
     log.sync().unwrap();
     let path = segment_paths(dir.path()).pop().unwrap();
     let record_11_start = std::fs::metadata(&path).unwrap().len();
     drop(log);
     let full_before = std::fs::read(&path).unwrap();
-    let mut log = open(dir.path(), LogOptions::default());
+    let mut log = open(dir.path(), exact);
     log.append(&entries(11, 11, 1)).unwrap();
     let record_11_end = log.size_bytes();
     log.append(&entries(12, 15, 1)).unwrap();
@@ -229,7 +243,7 @@ fn a_flipped_byte_in_a_middle_record_of_the_last_segment_is_corruption() {
         let mut damaged = full.clone();
         damaged[byte as usize] ^= 0x01;
         std::fs::write(&path, &damaged).unwrap();
-        match SegmentedLog::open(dir.path(), LogOptions::default()) {
+        match SegmentedLog::open(dir.path(), exact) {
             Err(StorageError::Corrupt { offset, .. }) => assert_eq!(offset, record_11_start, "flip at {byte}"),
             other => panic!("flip at byte {byte}: expected Corrupt, got {other:?}"),
         }
@@ -429,9 +443,11 @@ fn recovery_never_panics_on_arbitrary_segment_content() {
         state ^= state << 17;
         state
     };
+    // Small reserved segments: the damage lands in records and in reserved space alike.
+    let options = LogOptions { segment_bytes_max: 4096, preallocate: true };
     for round in 0..200 {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = open(dir.path(), LogOptions::default());
+        let mut log = open(dir.path(), options);
         log.append(&entries(1, 5, 1)).unwrap();
         drop(log);
         let path = segment_paths(dir.path()).pop().unwrap();
@@ -452,10 +468,161 @@ fn recovery_never_panics_on_arbitrary_segment_content() {
         }
         std::fs::write(&path, &bytes).unwrap();
         // Either a clean recovery or a typed error; the assertion is that we get here at all.
-        if let Ok(log) = SegmentedLog::open(dir.path(), LogOptions::default()) {
+        if let Ok(log) = SegmentedLog::open(dir.path(), options) {
             let all = log.read(log.first_index(), log.last_index());
             assert!(all.is_ok(), "round {round} (seed {seed:#x}): recovered log unreadable: {all:?}");
         }
+    }
+}
+
+/// Segments of 64 KiB with their space reserved up front (the node's default, scaled down).
+fn reserved_segments() -> LogOptions {
+    LogOptions { segment_bytes_max: 64 * 1024, preallocate: true }
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().len()
+}
+
+#[test]
+fn a_reserved_segment_keeps_its_size_through_appends_and_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), reserved_segments());
+    let path = segment_paths(dir.path()).pop().unwrap();
+    assert_eq!(file_len(&path), 64 * 1024, "the new segment's space is reserved");
+    for index in 1..=40 {
+        log.append(&entries(index, index, 1)).unwrap();
+        log.sync().unwrap();
+    }
+    assert_eq!(file_len(&path), 64 * 1024, "appends into reserved space do not grow the file");
+    drop(log);
+    let mut log = open(dir.path(), reserved_segments());
+    assert_eq!(log.last_index(), LogIndex(40));
+    assert_eq!(file_len(&path), 64 * 1024, "recovery keeps the reserved space");
+    log.append(&entries(41, 45, 2)).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let log = open(dir.path(), reserved_segments());
+    let expected = [entries(1, 40, 1), entries(41, 45, 2)].concat();
+    assert_eq!(read_all(&log), expected);
+}
+
+#[test]
+fn space_is_reserved_a_chunk_at_a_time_ahead_of_the_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = LogOptions { segment_bytes_max: 64 * 1024 * 1024, preallocate: true };
+    let chunk = chorus_storage::RESERVE_CHUNK_BYTES;
+    let mut log = open(dir.path(), options);
+    let path = segment_paths(dir.path()).pop().unwrap();
+    assert_eq!(file_len(&path), chunk, "a new segment reserves one chunk, not the whole segment");
+    let big = |index: u64| LogEntry {
+        index: LogIndex(index),
+        term: Term(1),
+        payload: EntryPayload::Write(vec![WriteOp::Put {
+            key: Bytes::from(format!("key-{index}")),
+            value: Bytes::from(vec![index as u8; 256 * 1024]),
+            expire_at: None,
+        }]),
+    };
+    let mut written = Vec::new();
+    for index in 1..=20 {
+        written.push(big(index));
+        log.append(&written[written.len() - 1..]).unwrap();
+        log.sync().unwrap();
+        let expected = log.size_bytes().div_ceil(chunk) * chunk;
+        assert_eq!(file_len(&path), expected, "after {index} appends of 256 KiB");
+    }
+    assert!(file_len(&path) > chunk, "the appends crossed into a second chunk");
+    drop(log);
+    let log = open(dir.path(), options);
+    assert_eq!(read_all(&log), written);
+}
+
+#[test]
+fn a_torn_record_in_reserved_space_is_cut_and_the_space_reserved_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), reserved_segments());
+    log.append(&entries(1, 20, 1)).unwrap();
+    log.sync().unwrap();
+    let end_of_records = log.size_bytes();
+    log.append(&entries(21, 21, 1)).unwrap();
+    log.sync().unwrap();
+    let end_of_21 = log.size_bytes();
+    drop(log);
+    let path = segment_paths(dir.path()).pop().unwrap();
+    let full = std::fs::read(&path).unwrap();
+    for cut in end_of_records + 1..end_of_21 {
+        // The crash: record 21 reached the disk only up to `cut`; zeros follow, as reserved.
+        let mut torn = full.clone();
+        torn[cut as usize..end_of_21 as usize].fill(0);
+        std::fs::write(&path, &torn).unwrap();
+        let mut log = open(dir.path(), reserved_segments());
+        assert_eq!(log.last_index(), LogIndex(20), "record 21 cut at byte {cut}");
+        assert_eq!(file_len(&path), 64 * 1024, "cut at byte {cut}: space reserved again");
+        log.append(&entries(21, 21, 1)).unwrap();
+        log.sync().unwrap();
+        drop(log);
+        assert_eq!(std::fs::read(&path).unwrap(), full, "cut at byte {cut}: rewritten identically");
+    }
+}
+
+#[test]
+fn a_suffix_truncated_in_a_reserved_segment_leaves_no_stale_records_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), reserved_segments());
+    log.append(&entries(1, 30, 1)).unwrap();
+    log.sync().unwrap();
+    let removed = log.truncate_suffix(LogIndex(11)).unwrap();
+    assert_eq!(removed, entries(11, 30, 1));
+    let path = segment_paths(dir.path()).pop().unwrap();
+    assert_eq!(file_len(&path), 64 * 1024, "the cut reserves the space again");
+    // A shorter replacement: stale records 13..30 must not come back after it on reopen.
+    log.append(&entries(11, 12, 2)).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let log = open(dir.path(), reserved_segments());
+    assert_eq!(read_all(&log), [entries(1, 10, 1), entries(11, 12, 2)].concat());
+}
+
+#[test]
+fn a_sealed_segment_with_unused_reserved_space_is_not_damage() {
+    // Segments reserved at one size and sealed at a smaller one (the setting was lowered between
+    // runs) keep zeros after their last record.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), reserved_segments());
+    log.append(&entries(1, 10, 1)).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let smaller = LogOptions { segment_bytes_max: 256, preallocate: true };
+    let mut log = open(dir.path(), smaller);
+    for index in 11..=40 {
+        log.append(&entries(index, index, 1)).unwrap();
+    }
+    log.sync().unwrap();
+    drop(log);
+    let segments = segment_paths(dir.path());
+    assert!(segments.len() >= 2, "the smaller size sealed the first segment");
+    assert_eq!(file_len(&segments[0]), 64 * 1024, "sealed with its reserved tail");
+    let log = open(dir.path(), smaller);
+    assert_eq!(read_all(&log), entries(1, 40, 1));
+}
+
+#[test]
+fn a_flipped_byte_in_a_middle_record_of_a_reserved_segment_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), reserved_segments());
+    log.append(&entries(1, 10, 1)).unwrap();
+    let record_11_start = log.size_bytes();
+    log.append(&entries(11, 15, 1)).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let path = segment_paths(dir.path()).pop().unwrap();
+    let mut damaged = std::fs::read(&path).unwrap();
+    damaged[record_11_start as usize + 9] ^= 0x01;
+    std::fs::write(&path, &damaged).unwrap();
+    match SegmentedLog::open(dir.path(), reserved_segments()) {
+        Err(StorageError::Corrupt { offset, .. }) => assert_eq!(offset, record_11_start),
+        other => panic!("expected Corrupt, got {other:?}"),
     }
 }
 
@@ -493,9 +660,9 @@ proptest! {
     /// Every operation against a plain vector of entries: the log must always read back exactly
     /// the model's entries from its first index on, and agree on first/last index and terms.
     #[test]
-    fn the_log_behaves_like_a_vector(steps in prop::collection::vec(step(), 1..40)) {
+    fn the_log_behaves_like_a_vector(steps in prop::collection::vec(step(), 1..40), preallocate in any::<bool>()) {
         let dir = tempfile::tempdir().unwrap();
-        let options = LogOptions { segment_bytes_max: 300 };
+        let options = LogOptions { segment_bytes_max: 300, preallocate };
         let mut log = open(dir.path(), options);
         // The model: entries after `prev`, and the term of `prev`.
         let mut model: Vec<LogEntry> = Vec::new();

@@ -7,6 +7,10 @@
 //! payload       = postcard(LogEntry)
 //! ```
 //!
+//! A segment's file may be longer than its records: space reserved when it was created
+//! (see `LogOptions::preallocate`) reads as zeros. A record never starts with a zero length, so
+//! an all-zero rest of the file after the last record is its end, not damage.
+//!
 //! Nothing here trusts the bytes it reads: every length is checked against the buffer before it is
 //! used, so recovery can be handed any file content without panicking.
 
@@ -184,6 +188,9 @@ pub(crate) fn scan_records(path: &Path, buf: &[u8], base: LogIndex) -> Result<Se
     let mut offset = SEGMENT_HEADER_BYTES;
     let mut index_expected = base;
     while offset < buf.len() {
+        if is_reserved_space(&buf[offset..]) {
+            break;
+        }
         let detail = match read_record(buf, offset) {
             RecordRead::Valid { head, end, .. } => {
                 if head.index != index_expected {
@@ -208,6 +215,27 @@ pub(crate) fn scan_records(path: &Path, buf: &[u8], base: LogIndex) -> Result<Se
         break;
     }
     Ok(scan)
+}
+
+/// Whether `rest` (the bytes after the last record) is unwritten reserved space: all zeros. A
+/// torn record leaves some non-zero byte (its length is never zero), so it is not mistaken for
+/// this.
+fn is_reserved_space(rest: &[u8]) -> bool {
+    rest.iter().all(|&byte| byte == 0)
+}
+
+/// Reserves disk space for `file` up to `length` bytes, growing the file to that length (its new
+/// bytes read as zeros); returns the length, or `None` when the file system refuses (no
+/// `fallocate`, a full disk). Reserving is an optimization: the caller goes on without it.
+pub(crate) fn preallocate(file: &File, path: &Path, length: u64) -> Option<u64> {
+    let signed = i64::try_from(length).ok()?;
+    match nix::fcntl::fallocate(file, nix::fcntl::FallocateFlags::empty(), 0, signed) {
+        Ok(()) => Some(length),
+        Err(error) => {
+            tracing::debug!(path = %path.display(), %error, "cannot reserve space for a log segment; it grows by appends");
+            None
+        }
+    }
 }
 
 /// Opens a segment file for reading and writing (reads and writes are positioned, so one handle
