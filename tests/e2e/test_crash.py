@@ -379,6 +379,18 @@ def test_flushall_and_deletes_survive_kill(chorus):
     assert client.get("new:3") == "overwritten"
 
 
+def records_end(segment):
+    """Where the records of an undamaged log segment end: an 18-byte header, then records of a
+    4-byte little-endian length, a 4-byte checksum and that many bytes (docs/storage-and-protocol.md)."""
+    offset = 18
+    while offset + 8 <= len(segment):
+        length = int.from_bytes(segment[offset : offset + 4], "little")
+        if length == 0 or offset + 8 + length > len(segment):
+            break
+        offset += 8 + length
+    return offset
+
+
 def newest_log_file(data_dir):
     files = [path for path in data_dir.rglob("*.log") if path.is_file()]
     assert files, f"no *.log file under {data_dir}: the test needs to find the replication log"
@@ -396,12 +408,19 @@ def test_damaged_log_tail(chorus, damage):
         assert client.set(f"k{i}", f"value-{i}" * 4) is True
     node.kill()
     log = newest_log_file(node.data_dir)
+    data = log.read_bytes()
+    # Space the node reserved ahead of its appends (zeros) may follow the records.
+    end = records_end(data)
     if damage.startswith("cut-"):
-        os.truncate(log, log.stat().st_size - int(damage[4:]))
+        # The last entry reached the disk only in part: its tail reads as zeros.
+        cut = int(damage[4:])
+        damaged = data[: end - cut] + b"\0" * (len(data) - end + cut)
+    elif damage == "zeros":
+        damaged = data + b"\0" * 4096
     else:
-        filler = b"\0" * 4096 if damage == "zeros" else random.Random(99).randbytes(100)
-        with open(log, "ab") as file:
-            file.write(filler)
+        filler = random.Random(99).randbytes(100)
+        damaged = data[:end] + filler + data[end + len(filler) :]
+    log.write_bytes(damaged)
     node.start()
     client = node.client(decode_responses=True)
     values = client.mget([f"k{i}" for i in range(100)])
