@@ -10,6 +10,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod link;
 mod network;
 
 pub use network::{NetworkError, PeerConfig, PeerNetwork};

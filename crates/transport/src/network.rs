@@ -11,6 +11,9 @@
 //! a later write reports the broken pipe. So the dialling side watches its connection's read half
 //! (peers never write on it: end of stream means the far end closed), and a peer that connects to
 //! this node (it is back) cuts the redial backoff short.
+//!
+//! A message to a connected, idle link is written by `send` itself, from the calling thread, with
+//! a non-blocking write; everything else goes through the link's dial task (see [`crate::link`]).
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
@@ -22,10 +25,11 @@ use std::time::Duration;
 use bytes::BytesMut;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
 
+use crate::link::{self, DirectWriteCounters, LinkReceiver, LinkSender, Queued};
 use crate::{FrameDecoder, FrameError, encode_frame, read_frame};
 
 const HELLO_MAGIC: &[u8; 8] = b"CHORUS01";
@@ -70,14 +74,11 @@ pub enum NetworkError {
     Hello(String),
 }
 
-/// A frame waiting to be written, stamped with when it was queued (for the WAN delay).
-type Queued = (tokio::time::Instant, BytesMut);
-
-/// One peer this node dials: where, the queue its dialling task drains, and how to wake that task
-/// from its backoff (the peer just connected to us, so it is up again).
+/// One peer this node dials: where, the sending half of the link its dialling task drives, and how
+/// to wake that task from its backoff (the peer just connected to us, so it is up again).
 struct Link {
     addr: SocketAddr,
-    queue: mpsc::Sender<Queued>,
+    sender: LinkSender,
     wake: Arc<Notify>,
 }
 
@@ -124,6 +125,7 @@ pub struct PeerNetwork<M> {
     runtime: tokio::runtime::Handle,
     accept_task: Arc<tokio::task::AbortHandle>,
     controls: Arc<LinkControls>,
+    direct_writes: Arc<DirectWriteCounters>,
     _message: PhantomData<fn(M)>,
 }
 
@@ -137,6 +139,7 @@ impl<M> Clone for PeerNetwork<M> {
             runtime: self.runtime.clone(),
             accept_task: Arc::clone(&self.accept_task),
             controls: Arc::clone(&self.controls),
+            direct_writes: Arc::clone(&self.direct_writes),
             _message: PhantomData,
         }
     }
@@ -164,6 +167,7 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> PeerNetwork<M> {
             runtime: tokio::runtime::Handle::current(),
             accept_task: Arc::new(accept_task),
             controls,
+            direct_writes: Arc::new(DirectWriteCounters::default()),
             _message: PhantomData,
         };
         network.set_peers(&config.peers);
@@ -174,15 +178,15 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> PeerNetwork<M> {
     /// task, peers no longer listed are disconnected. This node's own id is skipped.
     pub fn set_peers(&self, peers: &BTreeMap<u64, SocketAddr>) {
         let mut links = self.links.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        // Dropping a link's queue ends its dialling task.
+        // Dropping a link's sending half ends its dialling task, which closes the connection.
         links.retain(|id, link| peers.get(id) == Some(&link.addr));
         for (&peer, &addr) in peers {
             if peer == self.node_id || links.contains_key(&peer) {
                 continue;
             }
-            let (queue, receiver) = mpsc::channel(PEER_QUEUE_MAX);
+            let (sender, receiver) = link::link(peer, PEER_QUEUE_MAX);
             let wake = Arc::new(Notify::new());
-            links.insert(peer, Link { addr, queue, wake: Arc::clone(&wake) });
+            links.insert(peer, Link { addr, sender, wake: Arc::clone(&wake) });
             self.runtime.spawn(dial_loop(
                 self.node_id,
                 peer,
@@ -196,6 +200,7 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> PeerNetwork<M> {
     }
 
     /// Delays every later message to `peer` by `delay` (WAN emulation; zero: none). Order is kept.
+    /// A delayed link never takes the direct path: its frames wait in the dialling task.
     pub fn set_link_delay(&self, peer: u64, delay: Duration) {
         let mut delays = self.controls.delays.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         if delay.is_zero() {
@@ -232,14 +237,36 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> PeerNetwork<M> {
         self.redial.failures.load(Ordering::Relaxed)
     }
 
+    /// How many messages `send` wrote to a peer's connection itself, whole (all peers together).
+    pub fn direct_writes(&self) -> u64 {
+        self.direct_writes.whole()
+    }
+
+    /// How many messages `send` began to write itself whose rest the dialling task wrote (the
+    /// connection took only part of them at once).
+    pub fn partial_direct_writes(&self) -> u64 {
+        self.direct_writes.partial()
+    }
+
+    /// Whether a `send` to `peer` now would write directly (connected, nothing queued). Tests use
+    /// it to know the direct path is open before relying on it.
+    #[cfg(test)]
+    fn link_is_idle(&self, peer: u64) -> bool {
+        let links = self.links.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        links.get(&peer).is_some_and(|link| link.sender.is_idle())
+    }
+
     /// Stops accepting and dialling peers (node shutdown); sends are dropped from now on.
     pub fn shut_down(&self) {
         self.accept_task.abort();
         self.links.write().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
     }
 
-    /// Queues `message` for `to`. Returns false when it was dropped (unknown peer, queue full, a
-    /// message larger than a frame may be, or encoding failed — the last two are logged).
+    /// Sends `message` to `to`: written to the connection right away from this thread when the link
+    /// is connected and idle and has no delay (the rest queued if the socket takes only part),
+    /// else queued for the link's dialling task. Never blocks. Returns false when it was dropped
+    /// (unknown peer, queue full, a direct write failed, a message larger than a frame may be, or
+    /// encoding failed — the last two are logged).
     pub fn send(&self, to: u64, message: &M) -> bool {
         if self.controls.is_blocked(to) {
             return false;
@@ -265,25 +292,28 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> PeerNetwork<M> {
         }
         let mut frame = BytesMut::with_capacity(payload.len() + 8);
         encode_frame(&payload, &mut frame);
-        link.queue.try_send((tokio::time::Instant::now(), frame)).is_ok()
+        // A delayed frame must wait its turn in the dialling task, and so must every frame after
+        // it (the link is not idle until the delayed ones are written: order is kept).
+        let direct_write_allowed = self.controls.delay(to).is_zero();
+        link.sender.send(frame, direct_write_allowed, &self.direct_writes)
     }
 }
 
 /// Keeps one connection to `peer` open, writing every queued frame; redials at once when the peer
-/// closes it, and with backoff while the peer is unreachable (until `wake`: the peer connected to
-/// us).
+/// closes it (or a write to it fails, here or in `send`), and with backoff while the peer is
+/// unreachable (until `wake`: the peer connected to us).
 async fn dial_loop(
     node_id: u64,
     peer: u64,
     addr: SocketAddr,
-    mut queue: mpsc::Receiver<Queued>,
+    mut link: LinkReceiver,
     wake: Arc<Notify>,
     redial: Redial,
     controls: Arc<LinkControls>,
 ) {
     let mut delay = redial.delay_min;
     loop {
-        if queue.is_closed() {
+        if link.is_closed() {
             return; // the peer left the group, or the node is shutting down
         }
         let stream = match TcpStream::connect(addr).await {
@@ -292,7 +322,7 @@ async fn dial_loop(
                 tracing::debug!(peer, %addr, %error, "peer unreachable; retrying");
                 redial.failures.fetch_add(1, Ordering::Relaxed);
                 // Messages for an unreachable peer are stale by the time it returns: drop them.
-                while queue.try_recv().is_ok() {}
+                link.discard_queued();
                 tokio::select! {
                     () = tokio::time::sleep(delay) => delay = (delay * 2).min(redial.delay_max),
                     () = wake.notified() => {
@@ -305,7 +335,11 @@ async fn dial_loop(
         };
         delay = redial.delay_min;
         let _ = stream.set_nodelay(true);
-        match write_frames(node_id, peer, stream, &mut queue, &controls).await {
+        let outcome = write_frames(node_id, peer, stream, &mut link, &controls).await;
+        // Whatever ended the connection, `send` must stop writing to it (and the socket closes
+        // once the last reference goes).
+        link.withdraw();
+        match outcome {
             Ok(()) => return, // the node is shutting down: its sender is gone
             Err(error) => tracing::debug!(peer, %error, "peer connection lost; redialling"),
         }
@@ -313,61 +347,78 @@ async fn dial_loop(
 }
 
 /// Writes the hello, then every queued frame, until the queue closes (`Ok`) or the connection
-/// fails or the peer closes it (`Err`: redial).
+/// fails or the peer closes it (`Err`: redial). Once the hello is written, `send` may write frames
+/// directly while this task has none to write (see [`crate::link`]).
 async fn write_frames(
     node_id: u64,
     peer: u64,
     stream: TcpStream,
-    queue: &mut mpsc::Receiver<Queued>,
+    link: &mut LinkReceiver,
     controls: &LinkControls,
 ) -> std::io::Result<()> {
-    let (mut reader, mut writer) = stream.into_split();
+    let (mut reader, writer) = stream.into_split();
+    let writer = Arc::new(writer);
     let mut hello = BytesMut::new();
     let mut payload = HELLO_MAGIC.to_vec();
     payload.extend_from_slice(&node_id.to_le_bytes());
     encode_frame(&payload, &mut hello);
-    writer.write_all(&hello).await?;
+    link::write_all(&writer, &hello).await?;
+    // Only now: the hello must be the first frame on every connection.
+    link.publish(Arc::clone(&writer));
+    let failure_watch = link.failure_watch();
     let mut batch = BytesMut::new();
     // Peers never write on a connection they accepted: reading only tells when the far end closed
     // it (the peer process died or dropped the connection), which a write would report only after
     // a frame or more had been lost into it.
     let mut ignored = [0u8; 64];
-    // A frame taken from the queue that was not due yet when the last batch was written.
+    // Bytes taken from the queue that were not due yet when the last batch was written.
     let mut early: Option<Queued> = None;
     loop {
+        if early.is_none() {
+            // Everything taken from the queue is written: if nothing else is queued, the link is
+            // idle and `send` may write directly again.
+            link.mark_idle_if_drained();
+        }
         tokio::select! {
-            queued = next_frame(&mut early, queue) => {
-                let Some((queued_at, frame)) = queued else { return Ok(()) };
-                let delay = controls.delay(peer);
-                if !delay.is_zero() {
-                    tokio::time::sleep_until(queued_at + delay).await;
-                }
-                batch.extend_from_slice(&frame);
-                // Coalesce whatever else is queued (and due) into one write.
-                while let Ok((queued_at, frame)) = queue.try_recv() {
-                    if !delay.is_zero() && queued_at + delay > tokio::time::Instant::now() {
-                        early = Some((queued_at, frame));
-                        break;
-                    }
-                    batch.extend_from_slice(&frame);
-                }
-                writer.write_all(&batch).await?;
-                batch.clear();
+            // A failed direct write first: frames queued after it must not go into the dead
+            // connection.
+            biased;
+            () = failure_watch.direct_write_failed() => {
+                return Err(std::io::Error::other("a direct write to the peer failed"));
             }
             read = reader.read(&mut ignored) => match read {
                 Ok(0) => return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "the peer closed the connection")),
                 Ok(_) => {} // not part of the protocol; ignored
                 Err(error) => return Err(error),
             },
+            queued = next_frame(&mut early, link) => {
+                let Some(first) = queued else { return Ok(()) };
+                let delay = controls.delay(peer);
+                let due_at = first.due_at(delay);
+                if due_at > tokio::time::Instant::now() {
+                    tokio::time::sleep_until(due_at).await;
+                }
+                batch.extend_from_slice(&first.bytes);
+                // Coalesce whatever else is queued (and due) into one write.
+                while let Some(next) = link.try_recv() {
+                    if next.due_at(delay) > tokio::time::Instant::now() {
+                        early = Some(next);
+                        break;
+                    }
+                    batch.extend_from_slice(&next.bytes);
+                }
+                link::write_all(&writer, &batch).await?;
+                batch.clear();
+            }
         }
     }
 }
 
-/// The frame held back from the last batch, else the next one queued (`None`: the queue closed).
-async fn next_frame(early: &mut Option<Queued>, queue: &mut mpsc::Receiver<Queued>) -> Option<Queued> {
+/// The bytes held back from the last batch, else the next queued (`None`: the queue closed).
+async fn next_frame(early: &mut Option<Queued>, link: &mut LinkReceiver) -> Option<Queued> {
     match early.take() {
         Some(queued) => Some(queued),
-        None => queue.recv().await,
+        None => link.recv().await,
     }
 }
 
@@ -438,11 +489,16 @@ async fn read_peer<M: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt;
 
+    /// `Tagged` is the `n`th message a sending thread sent; a `Blob`'s bytes depend on its
+    /// `sequence` (see [`blob_bytes`]).
     #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
     enum Ping {
         Hello { text: String },
         Number(u64),
+        Tagged { thread: u64, n: u64 },
+        Blob { sequence: u64, bytes: bytes::Bytes },
     }
 
     async fn bind() -> (TcpListener, SocketAddr) {
@@ -666,5 +722,238 @@ mod tests {
         .await;
         assert!(closed.is_ok(), "the node closes a connection that is not a peer");
         assert!(inbox.try_recv().is_err(), "nothing was delivered");
+    }
+
+    /// Waits (polling, up to 10 s) until `condition` holds.
+    async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Two started nodes, 1 and 2, with node 1's link to node 2 connected and idle (so its next
+    /// `send` to node 2 takes the direct path).
+    async fn two_connected_nodes() -> (PeerNetwork<Ping>, PeerNetwork<Ping>, mpsc::Receiver<(u64, Ping)>) {
+        let (listener_1, addr_1) = bind().await;
+        let (listener_2, addr_2) = bind().await;
+        let peers: BTreeMap<u64, SocketAddr> = [(1, addr_1), (2, addr_2)].into();
+        let (inbound_1, _inbox_1) = mpsc::channel(16);
+        let (inbound_2, mut inbox_2) = mpsc::channel(8192);
+        let network_1 = PeerNetwork::start(PeerConfig::new(1, peers.clone()), listener_1, inbound_1);
+        let network_2 = PeerNetwork::start(PeerConfig::new(2, peers), listener_2, inbound_2);
+        send_until_received(&network_1, 2, Ping::Number(0), &mut inbox_2).await;
+        wait_until("node 1's link to node 2 is idle", || network_1.link_is_idle(2)).await;
+        // Retries of the first message may still be on their way: everything sent before the
+        // marker arrives before it.
+        let marker = Ping::Hello { text: "connected".into() };
+        assert!(network_1.send(2, &marker));
+        while receive(&mut inbox_2).await != (1, marker.clone()) {}
+        wait_until("node 1's link to node 2 is idle", || network_1.link_is_idle(2)).await;
+        (network_1, network_2, inbox_2)
+    }
+
+    /// Runs `work` on a plain thread (not a tokio worker: like a storage log writer) and waits for
+    /// it without blocking the runtime.
+    async fn on_plain_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+        let (done, result) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(work());
+        });
+        tokio::time::timeout(Duration::from_secs(30), result).await.unwrap().unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sends_from_several_plain_threads_arrive_whole_and_in_each_threads_order() {
+        let (network_1, _network_2, mut inbox_2) = two_connected_nodes().await;
+        const THREADS: u64 = 4;
+        const PER_THREAD: u64 = 800; // all of them fit the queue, should the link be busy throughout
+        let direct_before = network_1.direct_writes();
+        let senders: Vec<_> = (0..THREADS)
+            .map(|thread| {
+                let network = network_1.clone();
+                std::thread::spawn(move || (0..PER_THREAD).all(|n| network.send(2, &Ping::Tagged { thread, n })))
+            })
+            .collect();
+        let mut next_expected = [0u64; THREADS as usize];
+        for _ in 0..THREADS * PER_THREAD {
+            match receive(&mut inbox_2).await {
+                (1, Ping::Tagged { thread, n }) => {
+                    assert_eq!(n, next_expected[thread as usize], "thread {thread}'s messages in its order");
+                    next_expected[thread as usize] += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(next_expected, [PER_THREAD; THREADS as usize]);
+        for sender in senders {
+            assert!(sender.join().unwrap(), "every send was accepted");
+        }
+        assert!(network_1.direct_writes() > direct_before, "the idle link was written to directly");
+        assert!(inbox_2.try_recv().is_err(), "nothing more, nothing duplicated");
+    }
+
+    /// The bytes of blob `sequence`: different for every blob and position, so a lost, duplicated
+    /// or misplaced stretch of bytes shows.
+    fn blob_bytes(sequence: u64, length: usize) -> bytes::Bytes {
+        (0..length).map(|i| (i as u64).wrapping_mul(31).wrapping_add(sequence) as u8).collect()
+    }
+
+    /// A listener whose accepted connections have a small, fixed receive buffer: with nobody
+    /// reading, such a connection holds at most the sender's send buffer (Linux grows it up to
+    /// `net.ipv4.tcp_wmem`'s maximum, 4 MiB by default) and a little more.
+    async fn bind_with_small_receive_buffer() -> (TcpListener, SocketAddr) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(64 * 1024).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(16).unwrap();
+        let addr = listener.local_addr().unwrap();
+        (listener, addr)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frames_a_direct_write_takes_only_part_of_arrive_intact_and_in_order() {
+        let (listener_1, addr_1) = bind().await;
+        let (listener_2, addr_2) = bind_with_small_receive_buffer().await;
+        let (inbound_1, _inbox_1) = mpsc::channel(16);
+        let network_1 =
+            PeerNetwork::<Ping>::start(PeerConfig::new(1, [(1, addr_1), (2, addr_2)].into()), listener_1, inbound_1);
+        // Node 2 is played by this test, which reads nothing until every message is sent.
+        let (mut peer_2, _) = accept_peer(&listener_2).await;
+        wait_until("node 1's link to node 2 is idle", || network_1.link_is_idle(2)).await;
+
+        const BLOBS: u64 = 4;
+        const BLOB_BYTES: usize = 16 * 1024 * 1024; // far more than the connection can hold
+        let network = network_1.clone();
+        let all_accepted = on_plain_thread(move || {
+            (0..BLOBS).all(|sequence| {
+                network.send(2, &Ping::Blob { sequence, bytes: blob_bytes(sequence, BLOB_BYTES) })
+                    && network.send(2, &Ping::Number(sequence))
+            })
+        })
+        .await;
+        assert!(all_accepted);
+        assert!(network_1.partial_direct_writes() >= 1, "the first blob was written partly by send");
+
+        let decoder = FrameDecoder::default();
+        let mut buffer = BytesMut::new();
+        let mut next_frame = async || {
+            let frame = tokio::time::timeout(Duration::from_secs(30), read_frame(&mut peer_2, &mut buffer, &decoder))
+                .await
+                .expect("the frame arrived")
+                .unwrap()
+                .expect("the connection stayed open");
+            postcard::from_bytes::<Ping>(&frame).unwrap()
+        };
+        for expected_sequence in 0..BLOBS {
+            match next_frame().await {
+                Ping::Blob { sequence, bytes } => {
+                    assert_eq!(sequence, expected_sequence, "blobs in order");
+                    assert!(bytes == blob_bytes(sequence, BLOB_BYTES), "blob {sequence} intact");
+                }
+                other => panic!("expected blob {expected_sequence}, got {other:?}"),
+            }
+            assert_eq!(next_frame().await, Ping::Number(expected_sequence), "small messages keep their place");
+        }
+
+        // Once the dialling task has written the tail and everything queued behind it, the link
+        // is idle again and the next message goes out directly.
+        wait_until("the link is idle again", || network_1.link_is_idle(2)).await;
+        let direct_before = network_1.direct_writes();
+        let network = network_1.clone();
+        assert!(on_plain_thread(move || network.send(2, &Ping::Number(99))).await);
+        assert_eq!(network_1.direct_writes(), direct_before + 1);
+        assert_eq!(next_frame().await, Ping::Number(99));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_link_is_written_directly_from_a_plain_thread_but_a_delayed_one_never_is() {
+        let (network_1, _network_2, mut inbox_2) = two_connected_nodes().await;
+        let direct_before = network_1.direct_writes();
+        let network = network_1.clone();
+        assert!(on_plain_thread(move || (1..=10).all(|n| network.send(2, &Ping::Number(n)))).await);
+        assert_eq!(network_1.direct_writes(), direct_before + 10, "every send on the idle link was direct");
+        for n in 1..=10 {
+            assert_eq!(receive(&mut inbox_2).await, (1, Ping::Number(n)));
+        }
+
+        // A delay switched on and off mid-stream: the frames sent while it was on wait for it,
+        // and those sent after it went off queue behind them rather than overtake them directly.
+        let direct_before = network_1.direct_writes();
+        network_1.set_link_delay(2, Duration::from_millis(50));
+        let network = network_1.clone();
+        let (all_accepted, direct_while_delayed) = on_plain_thread(move || {
+            let delayed = (11..=20).all(|n| network.send(2, &Ping::Number(n)));
+            let direct_while_delayed = network.direct_writes();
+            network.set_link_delay(2, Duration::ZERO);
+            let after = (21..=30).all(|n| network.send(2, &Ping::Number(n)));
+            (delayed && after, direct_while_delayed)
+        })
+        .await;
+        assert!(all_accepted);
+        assert_eq!(direct_while_delayed, direct_before, "a delayed link is not written directly");
+        for n in 11..=30 {
+            assert_eq!(receive(&mut inbox_2).await, (1, Ping::Number(n)), "order across the delay switch");
+        }
+        let direct_before = network_1.direct_writes();
+
+        wait_until("the link is idle again", || network_1.link_is_idle(2)).await;
+        network_1.set_link_delay(2, Duration::from_millis(1));
+        assert!(network_1.send(2, &Ping::Number(31)));
+        assert_eq!(network_1.direct_writes(), direct_before, "a delayed link, even idle, is never written directly");
+        assert_eq!(receive(&mut inbox_2).await, (1, Ping::Number(31)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_that_closes_mid_stream_is_redialled_and_later_frames_arrive() {
+        let (listener_1, addr_1) = bind().await;
+        let (listener_2, addr_2) = bind().await;
+        let (inbound_1, _inbox_1) = mpsc::channel(16);
+        let network_1 =
+            PeerNetwork::<Ping>::start(PeerConfig::new(1, [(1, addr_1), (2, addr_2)].into()), listener_1, inbound_1);
+        let decoder = FrameDecoder::default();
+        let (mut first, _) = accept_peer(&listener_2).await;
+        wait_until("node 1's link to node 2 is idle", || network_1.link_is_idle(2)).await;
+        assert!(network_1.send(2, &Ping::Number(1)));
+        let mut buffer = BytesMut::new();
+        let frame = read_frame(&mut first, &mut buffer, &decoder).await.unwrap().unwrap();
+        assert_eq!(postcard::from_bytes::<Ping>(&frame).unwrap(), Ping::Number(1));
+        drop(first); // the peer goes away mid-stream
+
+        // Sends right after the close may be written directly into the dead connection (and
+        // fail), or queue for the dialling task: either way they must neither block nor panic,
+        // and the connection is redialled.
+        let network = network_1.clone();
+        on_plain_thread(move || {
+            for n in 2..100 {
+                network.send(2, &Ping::Number(n));
+            }
+        })
+        .await;
+        let (mut second, _) = tokio::time::timeout(Duration::from_secs(10), listener_2.accept())
+            .await
+            .expect("the node redialled the peer")
+            .unwrap();
+        let mut buffer = BytesMut::new();
+        let hello = read_frame(&mut second, &mut buffer, &decoder).await.unwrap().unwrap();
+        assert_eq!(hello[..8], HELLO_MAGIC[..], "the hello comes first on the new connection");
+        wait_until("the new connection is idle", || network_1.link_is_idle(2)).await;
+        assert!(network_1.send(2, &Ping::Number(100)));
+        // Frames queued while redialling may arrive first; all in order, ending with the last.
+        let mut last = 1;
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut second, &mut buffer, &decoder))
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            let Ping::Number(n) = postcard::from_bytes::<Ping>(&frame).unwrap() else { panic!("not a number") };
+            assert!(n > last, "in order: {n} after {last}");
+            last = n;
+            if n == 100 {
+                break;
+            }
+        }
     }
 }
