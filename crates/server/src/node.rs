@@ -55,6 +55,11 @@ pub async fn run(
     bound: Option<oneshot::Sender<BoundAddrs>>,
 ) -> Result<(), NodeError> {
     config.validate()?;
+    if config.admin_addr.is_some() {
+        // Before any thread takes its metric handles: a handle taken before the recorder exists
+        // records nothing, ever (the log writer's fsync metrics were missing on most nodes).
+        let _ = admin::prometheus_handle();
+    }
     let started = Instant::now();
     std::fs::create_dir_all(&config.data_dir)
         .map_err(io_error(format!("cannot create data directory {}", config.data_dir.display())))?;
