@@ -107,8 +107,8 @@ impl LimitsConfig {
 pub struct StorageConfig {
     /// Size at which the log starts a new segment file.
     pub log_segment_bytes_max: u64,
-    /// Reserve each new log segment's space up front, so an append's fdatasync writes no inode
-    /// (see `chorus_storage::LogOptions::preallocate`).
+    /// Write the log's space ahead of its appends (zeros), so an append's fdatasync writes no
+    /// metadata (see `chorus_storage::LogOptions::preallocate`).
     pub log_preallocate: bool,
     /// After this many applied entries the state is made durable and the log prefix it covers is
     /// deleted (a checkpoint).

@@ -490,6 +490,8 @@ fn a_reserved_segment_keeps_its_size_through_appends_and_reopens() {
     let mut log = open(dir.path(), reserved_segments());
     let path = segment_paths(dir.path()).pop().unwrap();
     assert_eq!(file_len(&path), 64 * 1024, "the new segment's space is reserved");
+    let allocated = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&path).unwrap()) * 512;
+    assert!(allocated >= 64 * 1024, "the reserved space is written (zeros), not a hole: {allocated} bytes allocated");
     for index in 1..=40 {
         log.append(&entries(index, index, 1)).unwrap();
         log.sync().unwrap();

@@ -35,13 +35,14 @@ pub struct LogOptions {
     /// A segment that has grown to this size is sealed before the next append. A single append
     /// is never split, so a segment can exceed this by one append's worth of bytes.
     pub segment_bytes_max: u64,
-    /// Reserve the active segment's disk space ahead of its appends (`fallocate`, in chunks of
-    /// [`RESERVE_CHUNK_BYTES`] or `segment_bytes_max` if smaller), so that most appends do not
-    /// change the file's size. An `fdatasync` after an append that grew the file must also write
-    /// the inode (a second device write and flush, in series with the first); into reserved space
-    /// it writes the data alone. Measured on this project's ext4 machines: 0.137 ms against
-    /// 0.092 ms per append + fdatasync. Reserved space reads as zeros, which recovery takes for the
-    /// end of the segment. A file system that cannot reserve space (or a full disk) gets none.
+    /// Write the active segment's space ahead of its appends: zeros, in chunks of
+    /// [`RESERVE_CHUNK_BYTES`] (or `segment_bytes_max` if smaller), so that appends overwrite
+    /// blocks the file already has. An `fdatasync` after an append that grew the file, or that
+    /// wrote into space reserved with `fallocate` (its extents still marked unwritten), must also
+    /// write metadata: a second device write in series with the data's. Into written zeros it
+    /// writes the data alone. Measured in a 3-node cluster on this project's ext4 machines: mean
+    /// `fdatasync` 0.34 ms appending, 0.31 ms into `fallocate`d space, 0.22 ms into zeros (see
+    /// docs/storage-and-protocol.md). Zeros read as the end of the segment in recovery.
     pub preallocate: bool,
 }
 
@@ -51,9 +52,10 @@ impl Default for LogOptions {
     }
 }
 
-/// Disk space reserved at a time ahead of the active segment's appends: one file-size change (and
-/// inode write) per this many bytes of log, and at most this much unused space per log.
-pub const RESERVE_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
+/// Zeros written at a time ahead of the active segment's appends: one file-size change (an inode
+/// write in that round's `fdatasync`, with the chunk's data) per this many bytes of log, small
+/// enough that the round that writes it is not held up long, and at most this much unused space.
+pub const RESERVE_CHUNK_BYTES: u64 = 256 * 1024;
 
 impl LogOptions {
     /// Bytes reserved at a time, if reserving.
@@ -90,7 +92,7 @@ struct Segment {
     len_bytes: u64,
     /// The file's length: the space from `len_bytes` to here is reserved and reads as zeros.
     file_bytes: u64,
-    /// Reserving space failed for this file (no `fallocate`, or a full disk): it grows by appends.
+    /// Writing space ahead failed for this file (a full disk): it grows by appends.
     reserve_failed: bool,
 }
 
@@ -104,24 +106,20 @@ impl Segment {
         LogIndex(self.base.0 + self.entry_count() - 1)
     }
 
-    /// Makes sure the file reaches `end` in reserved space, reserving up to the next multiple of
-    /// `chunk` when it does not (see `LogOptions::preallocate`). A refusal to reserve only means
-    /// the file grows by appends; the error returned is a failed fsync.
-    fn reserve(&mut self, end: u64, chunk: Option<u64>) -> Result<(), StorageError> {
-        let Some(chunk) = chunk else { return Ok(()) };
+    /// Makes sure the file reaches `end` in written zeros, writing them up to the next multiple
+    /// of `chunk` when it does not (see `LogOptions::preallocate`). The zeros need no sync of
+    /// their own: the next `fdatasync` makes them durable with the records written into them, as
+    /// for any append that grows a file. A refusal (a full disk) only means the file grows by
+    /// appends.
+    fn reserve(&mut self, end: u64, chunk: Option<u64>) {
+        let Some(chunk) = chunk else { return };
         if end <= self.file_bytes || self.reserve_failed {
-            return Ok(());
+            return;
         }
-        let Some(file_bytes) = segment::preallocate(&self.file, &self.path, end.div_ceil(chunk) * chunk) else {
-            self.reserve_failed = true;
-            return Ok(());
-        };
-        // The new length must be durable before appends rely on it: an `fdatasync` is not bound
-        // to write a size change that no write of its own made, and a crash that forgot it would
-        // lose the records synced past the old length.
-        self.file.sync_all().map_err(|error| StorageError::io(format!("fsync {}", self.path.display()), error))?;
-        self.file_bytes = file_bytes;
-        Ok(())
+        match segment::write_zeros(&self.file, &self.path, self.file_bytes, end.div_ceil(chunk) * chunk) {
+            Some(file_bytes) => self.file_bytes = file_bytes,
+            None => self.reserve_failed = true,
+        }
     }
 
     /// Byte offset where the record of `index` starts; `index` may be one past the last entry.
@@ -301,7 +299,7 @@ impl SegmentedLog {
             reserve_failed: false,
         };
         if is_last {
-            segment.reserve(scan.valid_len + 1, self.options.reserve_chunk_bytes())?;
+            segment.reserve(scan.valid_len + 1, self.options.reserve_chunk_bytes());
         }
         Ok(segment)
     }
@@ -388,9 +386,7 @@ impl SegmentedLog {
         let active = self.active_segment_mut();
         let write_at = active.len_bytes;
         // Reserve first: only the append that crosses into a new chunk changes the file's size.
-        let reserved = active.reserve(write_at + buf.len() as u64, chunk);
-        self.poison_on_error(reserved)?;
-        let active = self.active_segment_mut();
+        active.reserve(write_at + buf.len() as u64, chunk);
         if let Err(error) = active.file.write_all_at(&buf, write_at) {
             // A partial write may have left whole records past the length we track. The next
             // append overwrites from that length and may be shorter, so recovery could later find
@@ -495,7 +491,8 @@ impl SegmentedLog {
         segment.len_bytes = cut_at;
         segment.file_bytes = cut_at;
         // The cut dropped the reserved space after it; reserve it again.
-        segment.reserve(cut_at + 1, chunk)
+        segment.reserve(cut_at + 1, chunk);
+        Ok(())
     }
 
     /// Deletes every sealed segment whose entries are all at or before `up_to` (a snapshot covers
@@ -568,7 +565,7 @@ impl SegmentedLog {
             file_bytes: SEGMENT_HEADER_BYTES as u64,
             reserve_failed: false,
         };
-        segment.reserve(SEGMENT_HEADER_BYTES as u64 + 1, self.options.reserve_chunk_bytes())?;
+        segment.reserve(SEGMENT_HEADER_BYTES as u64 + 1, self.options.reserve_chunk_bytes());
         self.segments.push(segment);
         Ok(())
     }

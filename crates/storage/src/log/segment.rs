@@ -224,18 +224,23 @@ fn is_reserved_space(rest: &[u8]) -> bool {
     rest.iter().all(|&byte| byte == 0)
 }
 
-/// Reserves disk space for `file` up to `length` bytes, growing the file to that length (its new
-/// bytes read as zeros); returns the length, or `None` when the file system refuses (no
-/// `fallocate`, a full disk). Reserving is an optimization: the caller goes on without it.
-pub(crate) fn preallocate(file: &File, path: &Path, length: u64) -> Option<u64> {
-    let signed = i64::try_from(length).ok()?;
-    match nix::fcntl::fallocate(file, nix::fcntl::FallocateFlags::empty(), 0, signed) {
-        Ok(()) => Some(length),
-        Err(error) => {
-            tracing::debug!(path = %path.display(), %error, "cannot reserve space for a log segment; it grows by appends");
-            None
+/// Writes zeros to `file` from `from` (its length) up to `length`; returns the new length, or
+/// `None` when a write fails (a full disk: the zeros are an optimization, the caller goes on
+/// without them; whatever part was written reads as zeros too).
+pub(crate) fn write_zeros(file: &File, path: &Path, from: u64, length: u64) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    let mut at = from;
+    while at < length {
+        let piece = usize::try_from(length - at).map_or(ZEROS.len(), |left| left.min(ZEROS.len()));
+        if let Err(error) = file.write_all_at(&ZEROS[..piece], at) {
+            tracing::debug!(path = %path.display(), %error, "cannot write a log segment's space ahead; it grows by appends");
+            return None;
         }
+        at += piece as u64;
     }
+    Some(length)
 }
 
 /// Opens a segment file for reading and writing (reads and writes are positioned, so one handle
