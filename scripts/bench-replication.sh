@@ -402,7 +402,8 @@ echo "Replicated SET on $HOST, ${VALUE_SIZE}-byte values, $KEYS keys, ${BENCH_SE
 echo "  chorus: 3 voters, --fsync always on every node; etcd: 3 members (fsync per write);"
 echo "  redis: primary + 2 replicas, SET + WAIT n 0 per op; aof-always = appendonly yes appendfsync always"
 echo "  etcd tools: http = chorus bench --protocol etcd-http (JSON gateway), grpc = etcd_load.py (native gRPC)"
-echo "  ratios: x etcd = against the better etcd tool (higher ops/s, lower p50); x redis = against redis aof-always wait2"
+echo "  ratios: x etcd = against the better etcd tool (higher ops/s, lower p50); x redis = against redis wait2 without"
+echo "          persistence (the replication issue's reference), or with aof-always when only that ran"
 echo "  disk: one 100-byte append + fdatasync from a serial Python loop: $SYNC_PROBE"
 echo
 awk -F'\t' -v C="$CLIENTS" '
@@ -414,11 +415,15 @@ awk -F'\t' -v C="$CLIENTS" '
           if ($4 == C && $5 > etcd_ops) etcd_ops = $5
           if ($4 == 1 && (etcd_p50 == "" || $6 < etcd_p50)) etcd_p50 = $6
       }
-      if ($1 == "redis" && $2 == "aof-always" && $3 == "wait2" && $4 == C) redis_ops = $5
+      if ($1 == "redis" && $3 == "wait2" && $4 == C) {
+          if ($2 == "none") redis_none = $5
+          if ($2 == "aof-always") redis_aof = $5
+      }
     }
     function r(a, b) { return (a != "" && b != "" && b > 0) ? sprintf("%.2fx", a / b) : "-" }
     function v(x, u) { return x == "" ? "-" : x u }
     END {
+        redis_ops = redis_none != "" ? redis_none : redis_aof
         f = "%-6s %-12s %-12s | %9s %8s %8s %7s %7s | %8s %8s %8s %7s\n"
         printf f, "system", "config", "tool", C " cl op/s", "p50 ms", "p99 ms", "x etcd", "x redis", "1 cl op/s", "p50 ms", "p99 ms", "x etcd"
         for (i = 1; i <= n; i++) {
@@ -441,7 +446,7 @@ echo
 awk -F'\t' -v C="$CLIENTS" -v failover="$(cut -f2 "$FAILOVERS" | sort -n | awk '{ a[NR] = $1 } END { if (NR) print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }')" '
     $1 == "etcd" && $4 == C && $5 > etcd_ops { etcd_ops = $5 }
     $1 == "etcd" && $4 == 1 && (etcd_p50 == "" || $6 < etcd_p50) { etcd_p50 = $6 }
-    $1 == "redis" && $2 == "aof-always" && $4 == C { redis[$3] = $5 }
+    $1 == "redis" && $4 == C { redis[$2 " + " $3] = $5 }
     $1 == "chorus" && $2 == "quorum" && $4 == C { q_ops = $5 }
     $1 == "chorus" && $2 == "quorum" && $4 == 1 { q_p50 = $6 }
     function goal(name, value, ok) { printf "  %-48s %-28s %s\n", name, value, ok }
@@ -449,8 +454,10 @@ awk -F'\t' -v C="$CLIENTS" -v failover="$(cut -f2 "$FAILOVERS" | sort -n | awk '
         print "Goals (chorus quorum, fsync always on every node):"
         if (q_ops != "" && etcd_ops > 0)
             goal("throughput at " C " clients >= 5x etcd", sprintf("%.2fx", q_ops / etcd_ops), q_ops >= 5 * etcd_ops ? "met" : "NOT met")
+        # The issue states this goal against Redis without persistence and WAIT 2; the others are
+        # printed for reference.
         for (w in redis) if (q_ops != "" && redis[w] > 0)
-            goal("throughput >= 0.8x redis aof-always + " w, sprintf("%.2fx", q_ops / redis[w]), q_ops >= 0.8 * redis[w] ? "met" : "NOT met")
+            goal("throughput >= 0.8x redis " w (w == "none + wait2" ? "" : " (reference)"), sprintf("%.2fx", q_ops / redis[w]), q_ops >= 0.8 * redis[w] ? "met" : "NOT met")
         if (q_p50 != "" && etcd_p50 > 0)
             goal("1-client p50 latency <= 0.5x etcd", sprintf("%.2fx (%s vs %s ms)", q_p50 / etcd_p50, q_p50, etcd_p50), q_p50 <= 0.5 * etcd_p50 ? "met" : "NOT met")
         if (failover != "")
