@@ -449,7 +449,7 @@ awk -F'\t' -v C="$CLIENTS" -v failover="$(cut -f2 "$FAILOVERS" | sort -n | awk '
     $1 == "redis" && $4 == C { redis[$2 " + " $3] = $5 }
     $1 == "chorus" && $2 == "quorum" && $4 == C { q_ops = $5 }
     $1 == "chorus" && $2 == "quorum" && $4 == 1 { q_p50 = $6 }
-    function goal(name, value, ok) { printf "  %-48s %-28s %s\n", name, value, ok }
+    function goal(name, value, ok) { printf "  %-56s %-28s %s\n", name, value, ok }
     END {
         print "Goals (chorus quorum, fsync always on every node):"
         if (q_ops != "" && etcd_ops > 0)
