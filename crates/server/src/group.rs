@@ -206,7 +206,9 @@ fn send_snapshot(
         let last = offset + read as u64 >= length || read == 0;
         let chunk = SnapshotChunk { leader_term: request.leader_term, meta: meta.clone(), offset, data, last };
         if !network.send(request.to.0, &PeerMessage::SnapshotChunk(chunk)) {
-            return Err("the chunk was dropped (the peer's queue is full, its connection failed, or it left the group)".into());
+            return Err(
+                "the chunk was dropped (the peer's queue is full, its connection failed, or it left the group)".into(),
+            );
         }
         offset += read as u64;
         if last {
