@@ -392,6 +392,8 @@ impl SegmentedLog {
             // append overwrites from that length and may be shorter, so recovery could later find
             // those stale records after the new ones and take them for entries.
             let rollback = active.file.set_len(write_at);
+            // The cut also dropped the zeros written ahead: the next append writes them again.
+            active.file_bytes = write_at;
             let context = format!("append to {}", active.path.display());
             if let Err(rollback_error) = rollback {
                 tracing::error!(%rollback_error, "cannot roll back a failed log append");
