@@ -7,9 +7,9 @@
 //! payload       = postcard(LogEntry)
 //! ```
 //!
-//! A segment's file may be longer than its records: space reserved when it was created
-//! (see `LogOptions::preallocate`) reads as zeros. A record never starts with a zero length, so
-//! an all-zero rest of the file after the last record is its end, not damage.
+//! A segment's file may be longer than its records: space written ahead of the appends (zeros;
+//! see `LogOptions::preallocate`). A record never starts with a zero length, so an all-zero rest
+//! of the file after the last record is its end, not damage.
 //!
 //! Nothing here trusts the bytes it reads: every length is checked against the buffer before it is
 //! used, so recovery can be handed any file content without panicking.
@@ -217,9 +217,8 @@ pub(crate) fn scan_records(path: &Path, buf: &[u8], base: LogIndex) -> Result<Se
     Ok(scan)
 }
 
-/// Whether `rest` (the bytes after the last record) is unwritten reserved space: all zeros. A
-/// torn record leaves some non-zero byte (its length is never zero), so it is not mistaken for
-/// this.
+/// Whether `rest` (the bytes after the last record) is space written ahead: all zeros. A torn
+/// record leaves some non-zero byte (its length is never zero), so it is not mistaken for this.
 fn is_reserved_space(rest: &[u8]) -> bool {
     rest.iter().all(|&byte| byte == 0)
 }
