@@ -443,11 +443,13 @@ awk -F'\t' -v C="$C" '
 echo
 done
 
+# The median failover time (empty when none was measured), printed below and judged in the goals.
+FAILOVER_MEDIAN=$(cut -f2 "$FAILOVERS" | sort -n | awk '{ a[NR] = $1 } END { if (NR) print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }')
 if [[ -s $FAILOVERS ]]; then
     echo
     echo "Chorus failover (quorum, kill -9 of the leader to the first acknowledged write through a survivor):"
     awk -F'\t' '{ printf "  run %s: %s ms (gap since the last write before the kill: %s ms)\n", $1, $2, $3 }' "$FAILOVERS"
-    echo "  median: $(cut -f2 "$FAILOVERS" | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }') ms"
+    echo "  median: $FAILOVER_MEDIAN ms"
 fi
 
 # The goals of the replication issue, for the quorum rule: the throughput goals at each client
@@ -458,7 +460,7 @@ last_count=$(wc -w <<<"$CLIENTS")
 count=0
 for C in $CLIENTS; do
 count=$((count + 1))
-awk -F'\t' -v C="$C" -v last="$((count == last_count))" -v failover="$(cut -f2 "$FAILOVERS" | sort -n | awk '{ a[NR] = $1 } END { if (NR) print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }')" '
+awk -F'\t' -v C="$C" -v last="$((count == last_count))" -v failover="$FAILOVER_MEDIAN" '
     $1 == "etcd" && $4 == C && $5 > etcd_ops { etcd_ops = $5 }
     $1 == "etcd" && $4 == 1 && (etcd_p50 == "" || $6 < etcd_p50) { etcd_p50 = $6 }
     $1 == "redis" && $4 == C { redis[$2 " + " $3] = $5 }
